@@ -1,0 +1,337 @@
+//! Every counter auditlb keeps, in one `prometheus::Registry` served on the
+//! admin `/metrics`. Components resolve their label sets once (at listener,
+//! backend or pool creation) and count through the resolved handles, so the
+//! hot path never hashes label values.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The registry and metric families.
+pub struct Metrics {
+    pub registry: Registry,
+    connections_accepted: IntCounterVec,
+    connections_rejected: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_closed: IntCounterVec,
+    frames_in: IntCounterVec,
+    bytes_in: IntCounterVec,
+    frames_truncated: IntCounterVec,
+    frames_refused: IntCounterVec,
+    frames_out: IntCounterVec,
+    bytes_out: IntCounterVec,
+    frames_settled: IntCounterVec,
+    backend_up: IntGaugeVec,
+    backend_transitions: IntCounterVec,
+    check_duration: HistogramVec,
+    unsettled_bytes: IntGaugeVec,
+    upstream_connects: IntCounterVec,
+    frames_escaped: IntCounterVec,
+    frames_redispatched: IntCounterVec,
+    frames_lost: IntCounterVec,
+    pending_frames: IntGaugeVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    reg.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    reg.register(Box::new(g.clone()))
+        .expect("metric names are unique");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("auditlb".into()), None).expect("valid prefix");
+        let build = IntGaugeVec::new(
+            Opts::new("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(build.clone()))
+            .expect("metric names are unique");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let check_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "health_check_duration_seconds",
+                "Time taken by active health checks.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            &["pool", "backend"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(check_duration.clone()))
+            .expect("metric names are unique");
+        Self {
+            connections_accepted: counter(
+                &r,
+                "connections_accepted_total",
+                "Client connections accepted.",
+                &["listener"],
+            ),
+            connections_rejected: counter(
+                &r,
+                "connections_rejected_total",
+                "Client connections refused, by reason.",
+                &["listener", "reason"],
+            ),
+            connections_open: gauge(
+                &r,
+                "connections_open",
+                "Client connections open now.",
+                &["listener"],
+            ),
+            connections_closed: counter(
+                &r,
+                "connections_closed_total",
+                "Client connections closed, by reason.",
+                &["listener", "reason"],
+            ),
+            frames_in: counter(
+                &r,
+                "frames_in_total",
+                "Frames received from clients and accepted.",
+                &["listener"],
+            ),
+            bytes_in: counter(
+                &r,
+                "bytes_in_total",
+                "Bytes read from clients.",
+                &["listener"],
+            ),
+            frames_truncated: counter(
+                &r,
+                "frames_truncated_total",
+                "Frames longer than max-frame that were truncated and forwarded.",
+                &["listener"],
+            ),
+            frames_refused: counter(
+                &r,
+                "frames_refused_total",
+                "Frames refused, by reason (oversize, malformed, incomplete).",
+                &["listener", "reason"],
+            ),
+            frames_out: counter(
+                &r,
+                "frames_out_total",
+                "Frames written to a backend.",
+                &["pool", "backend"],
+            ),
+            bytes_out: counter(
+                &r,
+                "bytes_out_total",
+                "Bytes written to a backend, framing included.",
+                &["pool", "backend"],
+            ),
+            frames_settled: counter(
+                &r,
+                "frames_settled_total",
+                "Frames whose bytes the backend's TCP stack acknowledged.",
+                &["pool", "backend"],
+            ),
+            backend_up: gauge(
+                &r,
+                "backend_up",
+                "1 when the backend is up, 0 when down.",
+                &["pool", "backend"],
+            ),
+            backend_transitions: counter(
+                &r,
+                "backend_transitions_total",
+                "Backend state changes, by new state.",
+                &["pool", "backend", "to"],
+            ),
+            check_duration,
+            unsettled_bytes: gauge(
+                &r,
+                "backend_unsettled_bytes",
+                "Bytes queued for or written to a backend and not yet acknowledged.",
+                &["pool", "backend"],
+            ),
+            upstream_connects: counter(
+                &r,
+                "upstream_connects_total",
+                "Connection attempts to backends, by result.",
+                &["pool", "backend", "result"],
+            ),
+            frames_escaped: counter(
+                &r,
+                "frames_escaped_total",
+                "Frames with embedded LF escaped as #012 for an LF-framed pool.",
+                &["pool"],
+            ),
+            frames_redispatched: counter(
+                &r,
+                "frames_redispatched_total",
+                "Frames handed back by a failed backend connection and routed again.",
+                &["pool"],
+            ),
+            frames_lost: counter(
+                &r,
+                "frames_lost_total",
+                "Frames not delivered when shutdown grace ran out.",
+                &["pool"],
+            ),
+            pending_frames: gauge(
+                &r,
+                "dispatch_pending_frames",
+                "Frames waiting in the dispatcher for an available backend.",
+                &["pool"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+
+    /// Sum of a metric family's samples whose labels include all of
+    /// `labels`. For tests and readiness checks.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut total = 0.0;
+        for fam in self.registry.gather() {
+            if fam.name() != name {
+                continue;
+            }
+            let is_counter = fam.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            for m in fam.get_metric() {
+                let matches = labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                });
+                if matches {
+                    total += if is_counter {
+                        m.get_counter().get_value()
+                    } else {
+                        m.get_gauge().get_value()
+                    };
+                }
+            }
+        }
+        total
+    }
+
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let rej = |r: &str| self.connections_rejected.with_label_values(&[name, r]);
+        let closed = |r: &str| self.connections_closed.with_label_values(&[name, r]);
+        let refused = |r: &str| self.frames_refused.with_label_values(&[name, r]);
+        ListenerMetrics {
+            accepted: self.connections_accepted.with_label_values(&[name]),
+            rejected_limit: rej("source_limit"),
+            open: self.connections_open.with_label_values(&[name]),
+            closed_eof: closed("eof"),
+            closed_idle: closed("idle_timeout"),
+            closed_frame_timeout: closed("frame_timeout"),
+            closed_malformed: closed("malformed"),
+            closed_oversize: closed("oversize"),
+            closed_error: closed("error"),
+            closed_shutdown: closed("shutdown"),
+            frames_in: self.frames_in.with_label_values(&[name]),
+            bytes_in: self.bytes_in.with_label_values(&[name]),
+            truncated: self.frames_truncated.with_label_values(&[name]),
+            refused_oversize: refused("oversize"),
+            refused_malformed: refused("malformed"),
+            refused_incomplete: refused("incomplete"),
+        }
+    }
+
+    pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
+        let l = [pool, backend];
+        BackendMetrics {
+            frames_out: self.frames_out.with_label_values(&l),
+            bytes_out: self.bytes_out.with_label_values(&l),
+            settled: self.frames_settled.with_label_values(&l),
+            up: self.backend_up.with_label_values(&l),
+            to_up: self
+                .backend_transitions
+                .with_label_values(&[pool, backend, "up"]),
+            to_down: self
+                .backend_transitions
+                .with_label_values(&[pool, backend, "down"]),
+            check_duration: self.check_duration.with_label_values(&l),
+            unsettled: self.unsettled_bytes.with_label_values(&l),
+            connect_ok: self
+                .upstream_connects
+                .with_label_values(&[pool, backend, "ok"]),
+            connect_failed: self
+                .upstream_connects
+                .with_label_values(&[pool, backend, "failed"]),
+        }
+    }
+
+    pub fn pool(&self, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            escaped: self.frames_escaped.with_label_values(&[pool]),
+            redispatched: self.frames_redispatched.with_label_values(&[pool]),
+            lost: self.frames_lost.with_label_values(&[pool]),
+            pending: self.pending_frames.with_label_values(&[pool]),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resolved handles for one listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub accepted: IntCounter,
+    pub rejected_limit: IntCounter,
+    pub open: IntGauge,
+    pub closed_eof: IntCounter,
+    pub closed_idle: IntCounter,
+    pub closed_frame_timeout: IntCounter,
+    pub closed_malformed: IntCounter,
+    pub closed_oversize: IntCounter,
+    pub closed_error: IntCounter,
+    pub closed_shutdown: IntCounter,
+    pub frames_in: IntCounter,
+    pub bytes_in: IntCounter,
+    pub truncated: IntCounter,
+    pub refused_oversize: IntCounter,
+    pub refused_malformed: IntCounter,
+    pub refused_incomplete: IntCounter,
+}
+
+/// Resolved handles for one backend.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub frames_out: IntCounter,
+    pub bytes_out: IntCounter,
+    pub settled: IntCounter,
+    pub up: IntGauge,
+    pub to_up: IntCounter,
+    pub to_down: IntCounter,
+    pub check_duration: Histogram,
+    pub unsettled: IntGauge,
+    pub connect_ok: IntCounter,
+    pub connect_failed: IntCounter,
+}
+
+/// Resolved handles for one pool.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    pub escaped: IntCounter,
+    pub redispatched: IntCounter,
+    pub lost: IntCounter,
+    pub pending: IntGauge,
+}

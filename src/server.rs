@@ -1,0 +1,316 @@
+//! Builds a running proxy from a validated [`Config`]: per pool its backends,
+//! health checkers, upstream connections and dispatcher; the listeners; the
+//! admin endpoint. [`Server::shutdown`] is the graceful stop: accept stops
+//! first, sessions hand over what they read, dispatchers and upstreams drain
+//! within the grace period. `auditlb run` and the integration tests use it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin;
+use crate::balance::{Member, Selector};
+use crate::config::{Config, PoolConfig};
+use crate::dispatcher::{ConnHandle, Dispatcher, INGRESS_BATCHES, UPSTREAM_BATCHES};
+use crate::frame::Frame;
+use crate::health;
+use crate::listener::{self, Listener};
+use crate::metrics::Metrics;
+use crate::pool::Backend;
+use crate::upstream::{ConnShared, Handback, Upstream, UpstreamSettings};
+
+/// A pool as the server keeps it: its backends, for status and tests.
+pub struct PoolRuntime {
+    pub name: String,
+    pub backends: Vec<Arc<Backend>>,
+}
+
+/// State the admin endpoint reads.
+struct AdminStatus {
+    metrics: Arc<Metrics>,
+    pools: Arc<Vec<PoolRuntime>>,
+}
+
+impl admin::Status for AdminStatus {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        readiness(&self.pools)
+    }
+}
+
+fn readiness(pools: &[PoolRuntime]) -> Result<(), String> {
+    let missing: Vec<String> = pools
+        .iter()
+        .filter(|p| !p.backends.iter().any(|b| b.available()))
+        .map(|p| format!("pool {} has no available backend", p.name))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+/// A running proxy.
+pub struct Server {
+    metrics: Arc<Metrics>,
+    pools: Arc<Vec<PoolRuntime>>,
+    listeners: Vec<(String, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
+    grace: Duration,
+    /// Stops accepting and reading from clients.
+    stop: CancellationToken,
+    /// Shutdown grace is over: drop what is still queued (counted).
+    abort: CancellationToken,
+    /// Stops health checks and the admin endpoint, last.
+    background_stop: CancellationToken,
+    /// Listeners and their sessions.
+    client_tasks: TaskTracker,
+    /// Dispatchers and upstreams.
+    pool_tasks: TaskTracker,
+}
+
+impl Server {
+    /// Binds every listener and the admin address, connects to backends and
+    /// starts all tasks. Fails (naming the listener and address) if a bind
+    /// fails; backends that are down at start are not an error.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let background_stop = CancellationToken::new();
+        let client_tasks = TaskTracker::new();
+        let pool_tasks = TaskTracker::new();
+        let background = TaskTracker::new();
+
+        // Bind first, so a bad address fails before anything starts.
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push(listener::bind(l)?);
+        }
+        let admin_listener = match &config.admin {
+            Some(a) => {
+                let addr = a.socket_addr();
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("admin: cannot listen on {addr}: {e}"))?,
+                )
+            }
+            None => None,
+        };
+
+        let mut pools = Vec::new();
+        let mut ingress = Vec::new();
+        for p in &config.pools {
+            let (tx, runtime) = start_pool(
+                p,
+                &metrics,
+                &pool_tasks,
+                &background,
+                &abort,
+                &background_stop,
+            );
+            ingress.push((p.name.clone(), tx));
+            pools.push(runtime);
+        }
+        let pools = Arc::new(pools);
+
+        let mut listeners = Vec::new();
+        for (cfg, sock) in config.listeners.iter().zip(bound) {
+            let tx = ingress
+                .iter()
+                .find(|(n, _)| *n == cfg.pool)
+                .map(|(_, tx)| tx.clone())
+                .expect("listener pools checked by Config::validate");
+            let l = Listener::new(cfg, sock, tx, metrics.listener(&cfg.name));
+            let addr = l.local_addr()?;
+            tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, "listening");
+            listeners.push((cfg.name.clone(), addr));
+            client_tasks.spawn(l.run(stop.clone(), client_tasks.clone()));
+        }
+        // Only listeners and sessions may hold ingress senders, so the
+        // dispatchers see their input close once those are gone.
+        drop(ingress);
+
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz");
+                let status = Arc::new(AdminStatus {
+                    metrics: metrics.clone(),
+                    pools: pools.clone(),
+                });
+                background.spawn(admin::run(l, status, background_stop.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        Ok(Server {
+            metrics,
+            pools,
+            listeners,
+            admin_addr,
+            grace: config.shutdown.grace.0,
+            stop,
+            abort,
+            background_stop,
+            client_tasks,
+            pool_tasks,
+        })
+    }
+
+    /// Where a listener is bound (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn pools(&self) -> &[PoolRuntime] {
+        &self.pools
+    }
+
+    /// Whether backend `index` of `pool` is up (health verdict).
+    pub fn backend_up(&self, pool: &str, index: usize) -> Option<bool> {
+        let p = self.pools.iter().find(|p| p.name == pool)?;
+        Some(p.backends.get(index)?.is_up())
+    }
+
+    pub fn ready(&self) -> Result<(), String> {
+        readiness(&self.pools)
+    }
+
+    /// Graceful stop: stop accepting and reading, let queued frames reach the
+    /// backends for up to the configured grace, then stop everything. Frames
+    /// still queued when grace runs out are counted in
+    /// `auditlb_frames_lost_total` and logged.
+    pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        tracing::info!(grace = ?self.grace, "stopping: no new connections, draining");
+        self.stop.cancel();
+        self.client_tasks.close();
+        self.pool_tasks.close();
+        if tokio::time::timeout_at(deadline, self.client_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("client sessions did not finish within grace");
+        }
+        if tokio::time::timeout_at(deadline, self.pool_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("backends did not take every queued frame within grace");
+            self.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.pool_tasks.wait()).await;
+        }
+        self.abort.cancel();
+        self.background_stop.cancel();
+        tracing::info!("stopped");
+    }
+}
+
+/// Starts one pool's backends, health checkers, upstreams and dispatcher.
+/// Returns the sender sessions use and the pool's runtime view.
+fn start_pool(
+    p: &PoolConfig,
+    metrics: &Metrics,
+    pool_tasks: &TaskTracker,
+    background: &TaskTracker,
+    abort: &CancellationToken,
+    background_stop: &CancellationToken,
+) -> (mpsc::Sender<Vec<Frame>>, PoolRuntime) {
+    let name: Arc<str> = p.name.as_str().into();
+    let wake = Arc::new(Notify::new());
+    let handback = Arc::new(Handback::new(wake.clone()));
+    let pool_metrics = metrics.pool(&p.name);
+    let settings = UpstreamSettings {
+        framing: p.framing,
+        connect_timeout: p.connect_timeout.0,
+        tcp_user_timeout: p.tcp_user_timeout.0,
+        metrics: pool_metrics.clone(),
+    };
+    let mut backends = Vec::new();
+    let mut conns = Vec::new();
+    for (i, b) in p.backends.iter().enumerate() {
+        let backend = Arc::new(Backend::new(
+            i,
+            name.clone(),
+            b,
+            p.health.rise,
+            p.health.fall,
+            metrics.backend(&p.name, &b.address),
+            wake.clone(),
+        ));
+        background.spawn(health::run(
+            backend.clone(),
+            p.health.interval.0,
+            p.health.timeout.0,
+            background_stop.clone(),
+        ));
+        let mut handles = Vec::new();
+        for _ in 0..p.connections {
+            let (tx, rx) = mpsc::channel(UPSTREAM_BATCHES);
+            let shared = Arc::new(ConnShared::default());
+            let up = Upstream::new(
+                backend.clone(),
+                rx,
+                shared.clone(),
+                handback.clone(),
+                settings.clone(),
+            );
+            pool_tasks.spawn(up.run(abort.clone()));
+            handles.push(ConnHandle { tx, shared });
+        }
+        conns.push(handles);
+        backends.push(backend);
+    }
+    let members = p
+        .backends
+        .iter()
+        .map(|b| Member {
+            name: b.address.clone(),
+            weight: b.weight,
+            backup: b.backup,
+        })
+        .collect();
+    let selector = Selector::new(p.balance, p.hash_key(), members);
+    let (tx, rx) = mpsc::channel(INGRESS_BATCHES);
+    let dispatcher = Dispatcher::new(
+        name,
+        backends.clone(),
+        conns,
+        selector,
+        rx,
+        handback,
+        wake,
+        p.queue_bytes.0,
+        pool_metrics,
+    );
+    pool_tasks.spawn(dispatcher.run(abort.clone()));
+    (
+        tx,
+        PoolRuntime {
+            name: p.name.clone(),
+            backends,
+        },
+    )
+}
