@@ -115,6 +115,12 @@ impl Selector {
         }
     }
 
+    /// True when a frame's backend is fixed by its key or connection, so a
+    /// full backend must be waited for rather than skipped.
+    pub fn is_keyed(&self) -> bool {
+        matches!(self.mode, Balance::Hash | Balance::Connection)
+    }
+
     /// Which tier serves now: `Some(false)` primaries, `Some(true)` backups,
     /// `None` when nothing is available.
     pub fn tier(&self, view: View<'_>) -> Option<bool> {

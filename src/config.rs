@@ -196,6 +196,12 @@ pub struct PoolConfig {
     /// but unacknowledged by its kernel). Default 4MiB.
     #[serde(default = "default_queue_bytes")]
     pub queue_bytes: ByteSize,
+    /// After a backend connection is reset (not closed cleanly), frames its
+    /// kernel acknowledged within this many bytes before the failure are
+    /// sent again: they may have sat unread in its receive buffer. Bounded
+    /// duplicates instead of silent loss. `0` turns it off. Default 1MiB.
+    #[serde(default = "default_replay_window")]
+    pub replay_window: ByteSize,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default, rename = "backend")]
@@ -284,6 +290,9 @@ fn default_tcp_user_timeout() -> HumanDuration {
 }
 fn default_queue_bytes() -> ByteSize {
     ByteSize(4 << 20)
+}
+fn default_replay_window() -> ByteSize {
+    ByteSize(1 << 20)
 }
 fn default_health_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
@@ -457,6 +466,9 @@ impl Config {
             }
             if p.tcp_user_timeout.0 < Duration::from_millis(1) {
                 errs.push(format!("{at}.tcp-user-timeout: must be at least 1ms"));
+            }
+            if p.replay_window.0 > 256 << 20 {
+                errs.push(format!("{at}.replay-window: at most 256MiB"));
             }
             if p.queue_bytes.0 < 4096 {
                 errs.push(format!("{at}.queue-bytes: must be at least 4KiB"));

@@ -179,12 +179,17 @@ impl Dispatcher {
     }
 
     async fn route_round(&mut self, abort: &CancellationToken) -> Round {
-        let avail: Vec<bool> = self
-            .backends
-            .iter()
-            .zip(&self.conns)
-            .map(|(b, cs)| b.available() && cs.iter().any(|c| c.shared.is_connected()))
-            .collect();
+        let keyed = self.selector.is_keyed();
+        let mut avail = Vec::with_capacity(self.backends.len());
+        let mut room = Vec::with_capacity(self.backends.len());
+        for (b, cs) in self.backends.iter().zip(&self.conns) {
+            let open = cs.iter().filter(|c| c.shared.is_connected()).count() as u64;
+            let cap = open * self.queue_bytes;
+            room.push(cap);
+            // A full backend is skipped unless frames are keyed to it, so one
+            // slow backend does not stall the pool while others have room.
+            avail.push(b.available() && open > 0 && (keyed || b.pending_bytes() < cap));
+        }
         let mut pend: Vec<u64> = self.backends.iter().map(|b| b.pending_bytes()).collect();
         if self
             .selector
@@ -209,6 +214,9 @@ impl Dispatcher {
             ) {
                 Some(i) => {
                     pend[i] += f.len() as u64;
+                    if !keyed && pend[i] >= room[i] {
+                        avail[i] = false;
+                    }
                     out[i].push(f);
                 }
                 None => {
@@ -222,10 +230,28 @@ impl Dispatcher {
             if frames.is_empty() {
                 continue;
             }
-            match self.send_to_backend(i, frames, abort).await {
-                Ok(()) => sent_any = true,
-                Err(Some(frames)) => self.requeue(frames),
-                Err(None) => return Round::Aborted,
+            // Each client connection's frames stay on one upstream
+            // connection of the backend, so their order holds there.
+            let open: Vec<usize> = (0..self.conns[i].len())
+                .filter(|&c| self.conns[i][c].shared.is_connected())
+                .collect();
+            if open.is_empty() {
+                self.requeue(frames);
+                continue;
+            }
+            let mut per_conn: Vec<Vec<Frame>> = vec![Vec::new(); open.len()];
+            for f in frames {
+                per_conn[(f.conn.id % open.len() as u64) as usize].push(f);
+            }
+            for (k, frames) in per_conn.into_iter().enumerate() {
+                if frames.is_empty() {
+                    continue;
+                }
+                match self.send_to_conn(i, open[k], frames, abort).await {
+                    Ok(()) => sent_any = true,
+                    Err(Some(frames)) => self.requeue(frames),
+                    Err(None) => return Round::Aborted,
+                }
             }
         }
         if sent_any {
@@ -235,25 +261,21 @@ impl Dispatcher {
         }
     }
 
-    /// Sends one backend's share to its least-loaded open connection,
-    /// waiting while that connection is over `queue-bytes`. Gives the frames
-    /// back (`Err(Some)`) when no connection takes them, `Err(None)` on
-    /// abort.
-    async fn send_to_backend(
+    /// Sends frames to connection `c` of backend `i`; in keyed modes first
+    /// waits while that connection is over `queue-bytes`. Gives the frames
+    /// back (`Err(Some)`) when the connection is gone, `Err(None)` on abort.
+    async fn send_to_conn(
         &mut self,
         i: usize,
+        c: usize,
         frames: Vec<Frame>,
         abort: &CancellationToken,
     ) -> Result<(), Option<Vec<Frame>>> {
-        let Some(conn) = self.conns[i]
-            .iter()
-            .filter(|c| c.shared.is_connected())
-            .min_by_key(|c| c.shared.unsettled())
-        else {
-            return Err(Some(frames));
-        };
+        let conn = &self.conns[i][c];
         let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
-        loop {
+        // Unkeyed modes checked room when routing (and may overshoot by one
+        // round); keyed frames must wait for their backend.
+        while self.selector.is_keyed() {
             let queued = conn.shared.unsettled();
             if queued == 0 || queued + bytes <= self.queue_bytes || !conn.shared.is_connected() {
                 break;
@@ -263,7 +285,7 @@ impl Dispatcher {
                     self.pending.extend(frames);
                     return Err(None);
                 }
-                _ = conn.shared.space.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }

@@ -69,7 +69,10 @@ enum Skip {
     /// Discard through the next LF (rest of an oversize line). The event is
     /// reported at the LF, when the line's length is known: `held` is the
     /// truncated frame (`truncate`), or `None` (`drop`).
-    ToLf { held: Option<Bytes>, seen: u64 },
+    ToLf {
+        held: Option<Bytes>,
+        seen: u64,
+    },
 }
 
 /// Per-connection decoder state.
@@ -324,13 +327,15 @@ impl Decoder {
             None if buf.len() > self.max_frame + 1 => {
                 // No LF within max-frame (+CR): oversize whatever comes next.
                 self.scanned = 0;
-                let len = buf.len() as u64;
                 match self.oversize {
                     Oversize::Close => Err(FrameError::LineTooLong {
                         max: self.max_frame,
                     }),
                     Oversize::Drop => {
-                        self.skip = Skip::ToLf { held: None, seen: 0 };
+                        self.skip = Skip::ToLf {
+                            held: None,
+                            seen: 0,
+                        };
                         Ok(Step::Again)
                     }
                     Oversize::Truncate => {
@@ -577,7 +582,10 @@ mod tests {
         assert_eq!(out.events.len(), 3);
         let out = check_all_splits(Framing::Lf, 8, Oversize::Close, input);
         assert_eq!(frames(&out), vec![&b"abc"[..]]);
-        assert!(matches!(out.error, Some(FrameError::LineTooLong { max: 8 })));
+        assert!(matches!(
+            out.error,
+            Some(FrameError::LineTooLong { max: 8 })
+        ));
         // Exactly max-frame, with CRLF, is not oversize.
         let out = check_all_splits(Framing::Lf, 8, Oversize::Close, b"01234567\r\nx\n");
         assert_eq!(frames(&out), vec![&b"01234567"[..], b"x"]);

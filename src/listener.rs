@@ -290,6 +290,7 @@ async fn read_loop(
     let mut last_read = Instant::now();
     let mut partial_since: Option<Instant> = None;
     let mut eof = false;
+    let mut draining = false;
     loop {
         // Cut every complete frame out of what we have.
         let mut completed = false;
@@ -371,8 +372,11 @@ async fn read_loop(
             Some(t) => idle_deadline.min(t + s.frame_timeout),
             None => idle_deadline,
         };
-        tokio::select! {
-            _ = stop.cancelled() => return Close::Shutdown,
+        if draining {
+            // Stopping: take what the kernel already holds, then close.
+        } else {
+            tokio::select! {
+            _ = stop.cancelled() => draining = true,
             _ = tokio::time::sleep_until(deadline) => {
                 return if partial_since.is_some_and(|t| t + s.frame_timeout <= Instant::now()) {
                     Close::FrameTimeout
@@ -385,6 +389,7 @@ async fn read_loop(
                     return Close::Error(e);
                 }
             }
+            }
         }
         buf.reserve(chunk);
         match stream.try_read_buf(&mut buf) {
@@ -393,7 +398,11 @@ async fn read_loop(
                 s.metrics.bytes_in.inc_by(n as u64);
                 last_read = Instant::now();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if draining {
+                    return Close::Shutdown;
+                }
+            }
             Err(e) => return Close::Error(e),
         }
     }

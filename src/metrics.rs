@@ -30,6 +30,7 @@ pub struct Metrics {
     frames_escaped: IntCounterVec,
     frames_redispatched: IntCounterVec,
     frames_lost: IntCounterVec,
+    frames_replayed: IntCounterVec,
     pending_frames: IntGaugeVec,
 }
 
@@ -175,6 +176,7 @@ impl Metrics {
                 "Frames handed back by a failed backend connection and routed again.",
                 &["pool"],
             ),
+            frames_replayed: counter(&r, "frames_replayed_total", "Already acknowledged frames sent again from the replay window after a backend reset (possible duplicates).", &["pool"]),
             frames_lost: counter(
                 &r,
                 "frames_lost_total",
@@ -280,6 +282,7 @@ impl Metrics {
             escaped: self.frames_escaped.with_label_values(&[pool]),
             redispatched: self.frames_redispatched.with_label_values(&[pool]),
             lost: self.frames_lost.with_label_values(&[pool]),
+            replayed: self.frames_replayed.with_label_values(&[pool]),
             pending: self.pending_frames.with_label_values(&[pool]),
         }
     }
@@ -333,5 +336,6 @@ pub struct PoolMetrics {
     pub escaped: IntCounter,
     pub redispatched: IntCounter,
     pub lost: IntCounter,
+    pub replayed: IntCounter,
     pub pending: IntGauge,
 }

@@ -244,6 +244,7 @@ fn start_pool(
     let pool_metrics = metrics.pool(&p.name);
     let settings = UpstreamSettings {
         framing: p.framing,
+        replay_window: p.replay_window.0,
         connect_timeout: p.connect_timeout.0,
         tcp_user_timeout: p.tcp_user_timeout.0,
         metrics: pool_metrics.clone(),
@@ -269,7 +270,7 @@ fn start_pool(
         let mut handles = Vec::new();
         for _ in 0..p.connections {
             let (tx, rx) = mpsc::channel(UPSTREAM_BATCHES);
-            let shared = Arc::new(ConnShared::default());
+            let shared = Arc::new(ConnShared::new(wake.clone()));
             let up = Upstream::new(
                 backend.clone(),
                 rx,

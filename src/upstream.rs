@@ -35,18 +35,26 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// State of one upstream connection that the dispatcher reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnShared {
     /// Open and ready for frames.
     connected: AtomicBool,
     /// Bytes of frames handed to this connection and not yet settled.
     unsettled: AtomicU64,
-    /// Signalled when frames settle or come back, so a dispatcher waiting for
-    /// room can go on.
-    pub space: Notify,
+    /// The pool dispatcher's wake-up, signalled when frames settle or come
+    /// back so a dispatcher waiting for room can go on.
+    wake: Arc<Notify>,
 }
 
 impl ConnShared {
+    pub fn new(wake: Arc<Notify>) -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            unsettled: AtomicU64::new(0),
+            wake,
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
@@ -63,7 +71,7 @@ impl ConnShared {
     /// Frames charged to this connection settled, came back, or were lost.
     pub fn release(&self, n: u64) {
         self.unsettled.fetch_sub(n, Ordering::AcqRel);
-        self.space.notify_one();
+        self.wake.notify_one();
     }
 }
 
@@ -127,6 +135,8 @@ impl Backoff {
 #[derive(Clone)]
 pub struct UpstreamSettings {
     pub framing: OutFraming,
+    /// Bytes of settled frames sent again after a reset (0: off).
+    pub replay_window: u64,
     pub connect_timeout: Duration,
     pub tcp_user_timeout: Duration,
     pub metrics: PoolMetrics,
@@ -138,7 +148,10 @@ enum End {
     Done,
     /// Shutdown grace ran out.
     Aborted,
-    Failed(String),
+    /// The connection failed. `clean` when the backend closed it with a
+    /// FIN (it read everything it acknowledged); a reset or timeout is not
+    /// clean, and the replay window is sent again.
+    Failed { reason: String, clean: bool },
 }
 
 /// One connection task's state.
@@ -152,6 +165,11 @@ pub struct Upstream {
     fifo: VecDeque<(u64, Frame)>,
     /// Bytes handed to the socket on this connection.
     written: u64,
+    /// The most recently settled frames, covering up to `replay-window`
+    /// bytes: acknowledged by the backend's kernel but perhaps never read by
+    /// the backend, so sent again after a reset.
+    replay: VecDeque<Frame>,
+    replay_bytes: u64,
     /// The dispatcher dropped its sender.
     input_closed: bool,
 }
@@ -172,6 +190,8 @@ impl Upstream {
             settings,
             fifo: VecDeque::new(),
             written: 0,
+            replay: VecDeque::new(),
+            replay_bytes: 0,
             input_closed: false,
         }
     }
@@ -206,9 +226,12 @@ impl Upstream {
                             self.lose_queued();
                             return;
                         }
-                        End::Failed(reason) => {
-                            tracing::debug!(backend = %self.backend.addr, %reason, "upstream connection failed");
+                        End::Failed { reason, clean } => {
+                            tracing::debug!(backend = %self.backend.addr, %reason, clean, "upstream connection failed");
                             self.backend.passive_failure(&reason);
+                            if !clean {
+                                self.hand_back_replay();
+                            }
                         }
                     }
                 }
@@ -268,6 +291,8 @@ impl Upstream {
     async fn serve(&mut self, mut stream: TcpStream, abort: &CancellationToken) -> End {
         let fd = stream.as_raw_fd();
         self.written = 0;
+        self.replay.clear();
+        self.replay_bytes = 0;
         let (mut rd, mut wr) = stream.split();
         let mut discard = [0u8; 512];
         let mut tick = tokio::time::interval(SETTLE_TICK);
@@ -281,9 +306,9 @@ impl Upstream {
                 biased;
                 _ = abort.cancelled() => return End::Aborted,
                 r = rd.read(&mut discard) => match r {
-                    Ok(0) => return End::Failed("backend closed the connection".into()),
+                    Ok(0) => return End::Failed { reason: "backend closed the connection".into(), clean: true },
                     Ok(_) => {} // backends have nothing to say; ignore it
-                    Err(e) => return End::Failed(format!("read: {e}")),
+                    Err(e) => return End::Failed { reason: format!("read: {e}"), clean: false },
                 },
                 b = self.rx.recv(), if !self.input_closed => match b {
                     Some(batch) => {
@@ -295,7 +320,7 @@ impl Upstream {
                         };
                         parts.clear();
                         if let Err(e) = res {
-                            return End::Failed(format!("write: {e}"));
+                            return End::Failed { reason: format!("write: {e}"), clean: false };
                         }
                         self.backend.metrics.frames_out.inc_by(n);
                         self.backend.metrics.bytes_out.inc_by(bytes);
@@ -364,12 +389,51 @@ impl Upstream {
             let (_, f) = self.fifo.pop_front().expect("front exists");
             n += 1;
             bytes += f.len() as u64;
+            self.remember(f);
         }
         if n > 0 {
             self.backend.metrics.settled.inc_by(n);
             self.backend.sub_pending(bytes);
             self.shared.release(bytes);
         }
+    }
+
+    /// Keeps a settled frame in the replay window, dropping the oldest
+    /// beyond it.
+    fn remember(&mut self, f: Frame) {
+        let window = self.settings.replay_window;
+        if window == 0 {
+            return;
+        }
+        self.replay_bytes += f.len() as u64;
+        self.replay.push_back(f);
+        while let Some(front) = self.replay.front() {
+            let len = front.len() as u64;
+            if self.replay_bytes - len < window {
+                break;
+            }
+            self.replay_bytes -= len;
+            self.replay.pop_front();
+        }
+    }
+
+    /// After a reset or timeout: the replay window goes back to the
+    /// dispatcher, ahead of the unsettled frames (duplicates, counted).
+    fn hand_back_replay(&mut self) {
+        let frames: Vec<Frame> = self.replay.drain(..).collect();
+        self.replay_bytes = 0;
+        if frames.is_empty() {
+            return;
+        }
+        tracing::info!(
+            pool = %self.backend.pool,
+            backend = %self.backend.addr,
+            frames = frames.len(),
+            "connection reset: sending the replay window again"
+        );
+        self.settings.metrics.replayed.inc_by(frames.len() as u64);
+        // Settled frames are no longer charged anywhere.
+        self.handback.push(frames);
     }
 
     /// Returns frames to the dispatcher (no longer charged to this

@@ -1,0 +1,301 @@
+//! Test helpers: real TCP backends ("sinks") that record the frames they
+//! receive, an in-process auditlb started from TOML text, and polling.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use auditlb::config::Config;
+use auditlb::server::Server;
+
+/// Frames a sink received: (connection number, frame bytes).
+pub type Received = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// How a sink cuts what it receives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SinkFraming {
+    Octet,
+    Lf,
+}
+
+/// A backend: accepts connections and records every frame it reads, with
+/// the number of the connection it came on.
+pub struct Sink {
+    pub addr: SocketAddr,
+    framing: SinkFraming,
+    pub frames: Received,
+    /// Bytes that did not parse as the expected framing.
+    pub garbage: Arc<Mutex<usize>>,
+    accept: Option<JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn bind_reuse(addr: SocketAddr) -> TcpListener {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_nonblocking(true).unwrap();
+    s.bind(&addr.into()).unwrap();
+    s.listen(1024).unwrap();
+    TcpListener::from_std(s.into()).unwrap()
+}
+
+impl Sink {
+    pub async fn start(framing: SinkFraming) -> Sink {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), framing)
+    }
+
+    pub fn start_at(addr: SocketAddr, framing: SinkFraming) -> Sink {
+        let listener = bind_reuse(addr);
+        let addr = listener.local_addr().unwrap();
+        let mut sink = Sink {
+            addr,
+            framing,
+            frames: Arc::default(),
+            garbage: Arc::default(),
+            accept: None,
+            conns: Arc::default(),
+        };
+        sink.accept = Some(sink.spawn_accept(listener));
+        sink
+    }
+
+    fn spawn_accept(&self, listener: TcpListener) -> JoinHandle<()> {
+        let frames = self.frames.clone();
+        let garbage = self.garbage.clone();
+        let conns = self.conns.clone();
+        let framing = self.framing;
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                // Dropping the stream later sends RST: a crashed backend.
+                SockRef::from(&stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                n += 1;
+                let h = tokio::spawn(read_frames(
+                    stream,
+                    n,
+                    framing,
+                    frames.clone(),
+                    garbage.clone(),
+                ));
+                conns.lock().unwrap().push(h);
+            }
+        })
+    }
+
+    /// Crash: listener gone, every connection reset.
+    pub fn kill(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Stop accepting new connections but keep the open ones (so only the
+    /// active health check notices).
+    pub fn stop_accepting(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+    }
+
+    /// Come back on the same address, keeping the recorded frames.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listener = bind_reuse(self.addr);
+        self.accept = Some(self.spawn_accept(listener));
+    }
+
+    pub fn count(&self) -> usize {
+        self.frames.lock().unwrap().len()
+    }
+
+    pub fn take(&self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut *self.frames.lock().unwrap())
+    }
+
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An independent RFC 6587 reader (not auditlb's framer), so the tests
+/// check auditlb's output framing against the standard, not against itself.
+async fn read_frames(
+    mut stream: TcpStream,
+    conn: u64,
+    framing: SinkFraming,
+    frames: Received,
+    garbage: Arc<Mutex<usize>>,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut pos = 0;
+        let mut got = Vec::new();
+        loop {
+            let rest = &buf[pos..];
+            match framing {
+                SinkFraming::Lf => match rest.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        got.push((conn, rest[..i].to_vec()));
+                        pos += i + 1;
+                    }
+                    None => break,
+                },
+                SinkFraming::Octet => {
+                    let Some(sp) = rest.iter().position(|&b| b == b' ') else {
+                        break;
+                    };
+                    let Some(len) = std::str::from_utf8(&rest[..sp])
+                        .ok()
+                        .and_then(|s| s.parse::<usize>().ok())
+                    else {
+                        *garbage.lock().unwrap() += rest.len();
+                        return;
+                    };
+                    if rest.len() < sp + 1 + len {
+                        break;
+                    }
+                    got.push((conn, rest[sp + 1..sp + 1 + len].to_vec()));
+                    pos += sp + 1 + len;
+                }
+            }
+        }
+        buf.drain(..pos);
+        if !got.is_empty() {
+            frames.lock().unwrap().extend(got);
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `secs` pass.
+pub async fn wait_for(secs: f64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts auditlb in-process from TOML text.
+pub async fn start(toml: &str) -> Server {
+    let cfg = Config::parse(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    if let Err(e) = cfg.validate() {
+        panic!("{e:?}\n{toml}");
+    }
+    Server::start(cfg).await.unwrap()
+}
+
+/// A config with one listener "in" and one pool "p" over `backends`
+/// (address, weight, backup); `pool_extra` goes into the [[pool]] table and
+/// `listener_extra` into the [[listener]] table.
+pub fn config(
+    backends: &[(SocketAddr, u32, bool)],
+    listener_extra: &str,
+    pool_extra: &str,
+) -> String {
+    let mut s = format!(
+        r#"
+[shutdown]
+grace = "5s"
+
+[[listener]]
+name = "in"
+address = "127.0.0.1:0"
+pool = "p"
+{listener_extra}
+
+[[pool]]
+name = "p"
+connect-timeout = "500ms"
+{pool_extra}
+
+[pool.health]
+interval = "100ms"
+timeout = "100ms"
+rise = 2
+fall = 2
+"#
+    );
+    for (a, w, b) in backends {
+        s.push_str(&format!(
+            "\n[[pool.backend]]\naddress = \"{a}\"\nweight = {w}\nbackup = {b}\n"
+        ));
+    }
+    s
+}
+
+/// Waits until every listed backend of pool "p" has an open connection.
+pub async fn wait_connected(server: &Server, n: usize) {
+    wait_for(5.0, "backends connected", || {
+        server.pools()[0].backends[..n]
+            .iter()
+            .all(|b| b.available())
+    })
+    .await;
+}
+
+/// Sends `lines` as LF frames on one new connection and closes it.
+pub async fn send_lf(addr: SocketAddr, lines: &[String]) {
+    use tokio::io::AsyncWriteExt;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut data = Vec::new();
+    for l in lines {
+        data.extend_from_slice(l.as_bytes());
+        data.push(b'\n');
+    }
+    c.write_all(&data).await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+/// Octet-counted encoding of `frames`.
+pub fn octet(frames: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        out.extend_from_slice(format!("{} ", f.len()).as_bytes());
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// Frames `msg-<tag>-<i>` for i in range.
+pub fn lines(tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| format!("<13>1 - host app - - - msg-{tag}-{i}"))
+        .collect()
+}
+
+pub fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
+    server.metrics().sum(name, labels)
+}

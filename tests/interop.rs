@@ -1,0 +1,183 @@
+//! Interop with the real tools: util-linux `logger` as the client (octet
+//! counted and plain LF), real `rsyslogd` with `imtcp` as the backend.
+//! `.ci/run` installs rsyslog; without it these tests fail and say so.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A private rsyslogd writing every message it receives, raw, to a file.
+struct Rsyslog {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rsyslog {
+    async fn start() -> Rsyslog {
+        let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("rsyslogd not found: install it with `apt-get install rsyslog` (.ci/run does)");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let out = d.join("out.log");
+        let conf = d.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{d}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{d}/port")
+template(name="raw" type="string" string="%rawmsg%\n")
+action(type="omfile" file="{out}" template="raw" flushOnTXEnd="on" asyncWriting="off")
+"#,
+                d = d.display(),
+                out = out.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(rsyslogd)
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(d.join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rsyslogd");
+        let port_file = d.join("port");
+        wait_for(10.0, "rsyslogd to listen", || {
+            std::fs::read_to_string(&port_file)
+                .ok()
+                .is_some_and(|s| s.trim().parse::<u16>().is_ok())
+        })
+        .await;
+        let port = std::fs::read_to_string(&port_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Rsyslog {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `logger` sending each line of `messages` as one message over TCP.
+fn logger(port: u16, octet_count: bool, tag: &str, messages: &[String]) {
+    let mut cmd = Command::new("logger");
+    cmd.args([
+        "--tcp",
+        "-n",
+        "127.0.0.1",
+        "-P",
+        &port.to_string(),
+        "-t",
+        tag,
+    ]);
+    if octet_count {
+        cmd.arg("--octet-count");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("logger (util-linux) not found");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for m in messages {
+            writeln!(stdin, "{m}").unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "logger failed: {status}");
+}
+
+async fn logger_through_auditlb_to_rsyslog(pool_framing: &str) {
+    let rs = Rsyslog::start().await;
+    let backend = format!("127.0.0.1:{}", rs.port).parse().unwrap();
+    let server = start(&config(
+        &[(backend, 1, false)],
+        "",
+        &format!("framing = \"{pool_framing}\""),
+    ))
+    .await;
+    wait_connected(&server, 1).await;
+    let port = server.listener_addr("in").unwrap().port();
+    let octet: Vec<String> = (0..300)
+        .map(|i| format!("octet message {i} with some text"))
+        .collect();
+    let plain: Vec<String> = (0..300)
+        .map(|i| format!("plain message {i} with some text"))
+        .collect();
+    let p = port;
+    let (o2, p2) = (octet.clone(), plain.clone());
+    tokio::task::spawn_blocking(move || {
+        logger(p, true, "octettag", &o2);
+        logger(p, false, "plaintag", &p2);
+    })
+    .await
+    .unwrap();
+    wait_for(15.0, "600 messages in rsyslog's file", || {
+        rs.lines().len() >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = rs.lines();
+    assert_eq!(got.len(), 600, "no duplicates, nothing extra");
+    for (tag, msgs) in [("octettag", &octet), ("plaintag", &plain)] {
+        for m in msgs.iter() {
+            let hits: Vec<&String> = got.iter().filter(|l| l.ends_with(m.as_str())).collect();
+            assert_eq!(hits.len(), 1, "{m:?} arrived {} times", hits.len());
+            let line = hits[0];
+            // An intact RFC 5424 message as logger wrote it: PRI, version,
+            // the tag as APP-NAME, and the text, with no framing left over.
+            assert!(line.starts_with("<13>1 "), "{line}");
+            assert!(line.contains(&format!(" {tag} ")), "{line}");
+        }
+    }
+    // Per-sender order is kept (one client connection each, one pool).
+    let order: Vec<&String> = got.iter().filter(|l| l.contains("octettag")).collect();
+    for (i, l) in order.iter().enumerate() {
+        assert!(
+            l.ends_with(&format!("octet message {i} with some text")),
+            "order: {l}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logger_to_rsyslog_octet_counted_pool() {
+    logger_through_auditlb_to_rsyslog("octet-counted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logger_to_rsyslog_lf_pool() {
+    logger_through_auditlb_to_rsyslog("lf").await;
+}
