@@ -155,7 +155,7 @@ async fn hash_keeps_hosts_together_and_moves_only_the_failed_share() {
     let server = start(&config(
         &backends,
         "",
-        "balance = \"hash\"\nhash-key = \"hostname\"",
+        "balance = \"hash\"\nhash-key = \"hostname\"\n# exact counts below: no replay duplicates\nreplay-window = 0",
     ))
     .await;
     wait_connected(&server, 3).await;
@@ -336,7 +336,7 @@ async fn backups_only_while_no_primary_is_up() {
     let server = start(&config(
         &[(p1.addr, 1, false), (p2.addr, 1, false), (bk.addr, 1, true)],
         "",
-        "",
+        "replay-window = 0", // exact counts below: no replay duplicates
     ))
     .await;
     wait_connected(&server, 3).await;
