@@ -677,3 +677,57 @@ async fn admin_endpoint_serves_metrics_health_and_readiness() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_listeners_to_several_pools() {
+    let a = Sink::start(SinkFraming::Octet).await;
+    let b = Sink::start(SinkFraming::Lf).await;
+    let toml = format!(
+        r#"
+[[listener]]
+name = "one"
+address = "127.0.0.1:0"
+pool = "pa"
+[[listener]]
+name = "two"
+address = "127.0.0.1:0"
+framing = "octet-counted"
+pool = "pb"
+[[pool]]
+name = "pa"
+[[pool.backend]]
+address = "{}"
+[[pool]]
+name = "pb"
+framing = "lf"
+[[pool.backend]]
+address = "{}"
+"#,
+        a.addr, b.addr
+    );
+    let server = start(&toml).await;
+    wait_for(5.0, "both pools connected", || {
+        server.pools().iter().all(|p| p.backends[0].available())
+    })
+    .await;
+    send_lf(server.listener_addr("one").unwrap(), &lines("one", 0..50)).await;
+    let mut c = TcpStream::connect(server.listener_addr("two").unwrap())
+        .await
+        .unwrap();
+    c.write_all(&octet(&[b"<13>x", b"<13>y"])).await.unwrap();
+    c.shutdown().await.unwrap();
+    wait_for(5.0, "frames in both pools", || {
+        a.count() == 50 && b.count() == 2
+    })
+    .await;
+    assert_eq!(b.bodies(), vec![b"<13>x".to_vec(), b"<13>y".to_vec()]);
+    assert_eq!(
+        metric(&server, "auditlb_frames_in_total", &[("listener", "one")]),
+        50.0
+    );
+    assert_eq!(
+        metric(&server, "auditlb_frames_in_total", &[("listener", "two")]),
+        2.0
+    );
+    server.shutdown().await;
+}
