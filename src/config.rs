@@ -42,6 +42,12 @@ pub enum ConfigError {
 pub struct Config {
     /// Admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); off when absent.
     pub admin: Option<AdminConfig>,
+    /// The audit journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// SHA-256 of the config text (for the journal's CONFIG record).
+    #[serde(skip)]
+    pub source_hash: [u8; 32],
     /// How a SIGTERM/SIGINT stop drains.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
@@ -58,6 +64,81 @@ pub struct Config {
 pub struct AdminConfig {
     /// `IP:PORT` to serve on; keep it on loopback or a management network.
     pub address: String,
+}
+
+/// When the journal calls fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncPolicy {
+    /// Before the frames of a batch are routed.
+    Always,
+    /// Group commit every `sync-interval`.
+    Interval,
+    /// Leave it to the kernel.
+    Os,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JournalConfig {
+    /// Directory of segment files. Default `var/journal`.
+    #[serde(default = "default_journal_dir")]
+    pub dir: PathBuf,
+    /// Default `interval`.
+    #[serde(default = "default_sync")]
+    pub sync: SyncPolicy,
+    /// Group commit period with `sync = "interval"`. Default 50ms.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: HumanDuration,
+    /// A segment is closed after this many bytes. Default 256MiB, at least
+    /// 64KiB.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: ByteSize,
+    /// A checkpoint after this many records. Default 10000.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// And at least this often (a HEARTBEAT when idle). Default 1s.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: HumanDuration,
+    /// File that every checkpoint is appended to; keep it on other storage.
+    pub anchors: Option<PathBuf>,
+    /// Forward-secure seal key from `auditlb keygen`; checkpoints are
+    /// unsealed without it.
+    pub seal_key: Option<PathBuf>,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_journal_dir(),
+            sync: default_sync(),
+            sync_interval: default_sync_interval(),
+            segment_size: default_segment_size(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
+            anchors: None,
+            seal_key: None,
+        }
+    }
+}
+
+fn default_journal_dir() -> PathBuf {
+    PathBuf::from("var/journal")
+}
+fn default_sync() -> SyncPolicy {
+    SyncPolicy::Interval
+}
+fn default_sync_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(50))
+}
+fn default_segment_size() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_checkpoint_every() -> u64 {
+    10_000
+}
+fn default_checkpoint_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -364,7 +445,10 @@ impl Config {
 
     /// Parses TOML text without validating it.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        use sha2::Digest;
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        c.source_hash = sha2::Sha256::digest(text.as_bytes()).into();
+        Ok(c)
     }
 
     /// Checks everything serde cannot: references, uniqueness, ranges. Returns
@@ -374,6 +458,38 @@ impl Config {
         if let Some(admin) = &self.admin {
             if let Err(e) = parse_addr(&admin.address) {
                 errs.push(format!("admin.address: {e}"));
+            }
+        }
+        let j = &self.journal;
+        if j.dir.as_os_str().is_empty() {
+            errs.push("journal.dir: must not be empty".into());
+        }
+        if j.sync_interval.0 < Duration::from_millis(1) {
+            errs.push("journal.sync-interval: must be at least 1ms".into());
+        }
+        if j.segment_size.0 < 64 * 1024 {
+            errs.push("journal.segment-size: must be at least 64KiB".into());
+        }
+        if j.checkpoint_every == 0 {
+            errs.push("journal.checkpoint-every: must be at least 1".into());
+        }
+        if j.checkpoint_interval.0 < Duration::from_millis(10) {
+            errs.push("journal.checkpoint-interval: must be at least 10ms".into());
+        }
+        if let Some(a) = &j.anchors {
+            if a.starts_with(&j.dir) {
+                errs.push(format!(
+                    "journal.anchors: {} is inside journal.dir; anchors must live apart from the journal",
+                    a.display()
+                ));
+            }
+        }
+        if let Some(k) = &j.seal_key {
+            if !k.is_file() {
+                errs.push(format!(
+                    "journal.seal-key: {} does not exist (make it with `auditlb keygen --out DIR`)",
+                    k.display()
+                ));
             }
         }
         if self.listeners.is_empty() {

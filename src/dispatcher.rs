@@ -1,14 +1,13 @@
-//! The pool dispatcher: one task per pool. It takes batches of frames from
-//! the client sessions in arrival order, numbers them, picks a backend for
+//! The pool dispatcher: one task per pool. It takes batches of journaled
+//! frames in sequence order, picks a backend for
 //! each frame with the pool's [`Selector`], and sends per-backend batches to
 //! that backend's upstream connections. Frames an upstream hands back (its
 //! unacknowledged suffix after a failure) come first in the next round.
 //! When no backend is available, frames wait here and no more input is
 //! taken, so clients feel backpressure instead of memory growing.
 //!
-//! Later the journal writer sits between sessions and this task and assigns
-//! the sequence numbers; the dispatcher's contract (frames in `seq` order,
-//! handed-back frames re-routed) stays the same.
+//! Its input comes from the journal writer: frames already numbered and
+//! written, in `seq` order.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -58,7 +57,6 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     /// The pool's `queue-bytes`: most unsettled bytes per connection.
     queue_bytes: u64,
-    next_seq: u64,
     /// Frames taken in (or handed back) and not yet sent to an upstream.
     pending: VecDeque<Frame>,
     metrics: PoolMetrics,
@@ -86,7 +84,6 @@ impl Dispatcher {
             handback,
             wake,
             queue_bytes,
-            next_seq: 1,
             pending: VecDeque::new(),
             metrics,
         }
@@ -134,13 +131,7 @@ impl Dispatcher {
                 _ = abort.cancelled() => break,
                 _ = self.wake.notified() => {}
                 b = self.rx.recv() => match b {
-                    Some(mut batch) => {
-                        for f in &mut batch {
-                            f.seq = self.next_seq;
-                            self.next_seq += 1;
-                        }
-                        self.pending.extend(batch);
-                    }
+                    Some(batch) => self.pending.extend(batch),
                     None => input_open = false,
                 },
             }

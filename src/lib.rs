@@ -26,6 +26,7 @@ pub mod dispatcher;
 pub mod frame;
 pub mod framer;
 pub mod health;
+pub mod journal;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

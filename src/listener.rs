@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Framing, ListenerConfig, Oversize};
 use crate::frame::{ConnMeta, Frame};
+use crate::journal::Ingress;
 use crate::framer::{Decoder, Event, FrameError};
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit::LogLimiter;
@@ -73,7 +74,10 @@ struct SessionSettings {
     idle_timeout: Duration,
     frame_timeout: Duration,
     metrics: ListenerMetrics,
-    tx: mpsc::Sender<Vec<Frame>>,
+    /// To the journal writer.
+    tx: mpsc::Sender<Ingress>,
+    /// Index of this listener's pool.
+    pool: usize,
     warn_limit: LogLimiter,
 }
 
@@ -127,7 +131,8 @@ impl Listener {
     pub fn new(
         cfg: &ListenerConfig,
         listener: TcpListener,
-        tx: mpsc::Sender<Vec<Frame>>,
+        tx: mpsc::Sender<Ingress>,
+        pool: usize,
         metrics: ListenerMetrics,
     ) -> Self {
         Self {
@@ -148,6 +153,7 @@ impl Listener {
                 frame_timeout: cfg.frame_timeout.0,
                 metrics,
                 tx,
+                pool,
                 warn_limit: LogLimiter::new(10, Duration::from_secs(10)),
             }),
         }
@@ -315,6 +321,10 @@ async fn read_loop(
                         }
                         Event::Dropped { len } => {
                             s.metrics.refused_oversize.inc();
+                            if !flush(&mut batch, s).await {
+                                return Close::Downstream;
+                            }
+                            record_gap(s, meta, "oversize").await;
                             if let Some(skipped) = s.warn_limit.allow() {
                                 tracing::warn!(listener = %s.name, client = %meta.peer, len, max_frame = s.max_frame, skipped, "oversize frame dropped");
                             }
@@ -335,20 +345,22 @@ async fn read_loop(
             return Close::Downstream;
         }
         if let Some(e) = failure {
-            return match e {
+            let (reason, close) = match e {
                 FrameError::Malformed(_) => {
                     s.metrics.refused_malformed.inc();
-                    Close::Malformed(e.to_string())
+                    ("malformed", Close::Malformed(e.to_string()))
                 }
                 FrameError::Oversize { .. } | FrameError::LineTooLong { .. } => {
                     s.metrics.refused_oversize.inc();
-                    Close::Oversize(e.to_string())
+                    ("oversize", Close::Oversize(e.to_string()))
                 }
                 FrameError::Incomplete { .. } => {
                     s.metrics.refused_incomplete.inc();
-                    Close::Malformed(e.to_string())
+                    ("incomplete", Close::Malformed(e.to_string()))
                 }
             };
+            record_gap(s, meta, reason).await;
+            return close;
         }
         if eof {
             return Close::Eof;
@@ -408,9 +420,22 @@ async fn read_loop(
     }
 }
 
-/// Hands the batch to the dispatcher. False when the dispatcher is gone.
+/// Hands the batch to the journal writer. False when it is gone.
 async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
     let frames = std::mem::take(batch);
     s.metrics.frames_in.inc_by(frames.len() as u64);
-    s.tx.send(frames).await.is_ok()
+    s.tx.send(Ingress::Frames { pool: s.pool, frames }).await.is_ok()
+}
+
+/// Records frames refused before routing in the journal (a GAP record).
+async fn record_gap(s: &SessionSettings, meta: &ConnMeta, reason: &'static str) {
+    let _ = s
+        .tx
+        .send(Ingress::Gap {
+            listener: s.name.clone(),
+            client: meta.peer,
+            reason,
+            count: 1,
+        })
+        .await;
 }

@@ -1,4 +1,5 @@
-//! The `auditlb` command line: `run` the proxy, `check` a config.
+//! The `auditlb` command line: `run` the proxy, `check` a config, `verify`
+//! and `cat` a journal, `keygen` the seal keys.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,46 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check a journal: exit 0 intact, 1 tampered, 2 intact but the tail is
+    /// not anchored, 3 I/O or usage error.
+    Verify {
+        #[arg(long)]
+        journal: PathBuf,
+        /// The anchors file the journal's checkpoints were appended to.
+        #[arg(long)]
+        anchors: Option<PathBuf>,
+        /// `verify.key` from `auditlb keygen` (checks every seal).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print frames (raw) or records (jsonl) from a journal.
+    Cat {
+        #[arg(long)]
+        journal: PathBuf,
+        /// First seq or RFC 3339 time to print.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last seq or RFC 3339 time to print.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = CatFormat::Raw)]
+        format: CatFormat,
+    },
+    /// Make a forward-secure seal key pair: DIR/seal.key (stays on the host,
+    /// evolves) and DIR/verify.key (k_0: move it offline).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CatFormat {
+    Raw,
+    Jsonl,
 }
 
 fn init_logs(format: LogFormat) {
@@ -72,6 +113,76 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Verify {
+            journal,
+            anchors,
+            key,
+            json,
+        } => {
+            let key = match key.as_deref().map(auditlb::journal::seal::read_verify_key).transpose() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("auditlb verify: {e}");
+                    return ExitCode::from(3);
+                }
+            };
+            match auditlb::journal::verify::verify(&journal, anchors.as_deref(), key.as_ref()) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", report.json());
+                    } else {
+                        print!("{}", report.text());
+                    }
+                    ExitCode::from(report.exit_code())
+                }
+                Err(e) => {
+                    eprintln!("auditlb verify: {e}");
+                    ExitCode::from(3)
+                }
+            }
+        }
+        Command::Cat {
+            journal,
+            from,
+            to,
+            format,
+        } => {
+            use auditlb::journal::cat::{cat, Bound, Format};
+            let parse = |b: Option<String>| b.map(|s| Bound::parse(&s)).transpose();
+            let (from, to) = match (parse(from), parse(to)) {
+                (Ok(f), Ok(t)) => (f, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("auditlb cat: {e}");
+                    return ExitCode::from(3);
+                }
+            };
+            let format = match format {
+                CatFormat::Raw => Format::Raw,
+                CatFormat::Jsonl => Format::Jsonl,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            match cat(&journal, from, to, format, &mut out) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("auditlb cat: {}: {e}", journal.display());
+                    ExitCode::from(3)
+                }
+            }
+        }
+        Command::Keygen { out } => match auditlb::journal::seal::keygen(&out) {
+            Ok(k0) => {
+                println!("wrote {0}/seal.key (keep on the host; auditlb evolves it) and {0}/verify.key", out.display());
+                println!("verification key (k_0), shown once; move verify.key offline:");
+                println!("{k0}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("auditlb keygen: {e}");
                 ExitCode::from(1)
             }
         },

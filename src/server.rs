@@ -18,6 +18,7 @@ use crate::config::{Config, PoolConfig};
 use crate::dispatcher::{ConnHandle, Dispatcher, INGRESS_BATCHES, UPSTREAM_BATCHES};
 use crate::frame::Frame;
 use crate::health;
+use crate::journal::{self, INGRESS_ITEMS};
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::pool::Backend;
@@ -108,7 +109,7 @@ impl Server {
         };
 
         let mut pools = Vec::new();
-        let mut ingress = Vec::new();
+        let mut outputs = Vec::new();
         for p in &config.pools {
             let (tx, runtime) = start_pool(
                 p,
@@ -118,26 +119,47 @@ impl Server {
                 &abort,
                 &background_stop,
             );
-            ingress.push((p.name.clone(), tx));
+            outputs.push(tx);
             pools.push(runtime);
         }
         let pools = Arc::new(pools);
 
+        // Sessions -> journal writer -> pool dispatchers.
+        let (ingress, journal_rx) = mpsc::channel(INGRESS_ITEMS);
+        let journal_ready = journal::writer::spawn(
+            config.journal.clone(),
+            metrics.journal(),
+            config.source_hash,
+            journal_rx,
+            outputs,
+            abort.clone(),
+        );
+        match journal_ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                abort.cancel();
+                background_stop.cancel();
+                return Err(e.into());
+            }
+            Err(_) => anyhow::bail!("journal writer thread died while opening the journal"),
+        }
+
         let mut listeners = Vec::new();
         for (cfg, sock) in config.listeners.iter().zip(bound) {
-            let tx = ingress
+            let pool = config
+                .pools
                 .iter()
-                .find(|(n, _)| *n == cfg.pool)
-                .map(|(_, tx)| tx.clone())
+                .position(|p| p.name == cfg.pool)
                 .expect("listener pools checked by Config::validate");
-            let l = Listener::new(cfg, sock, tx, metrics.listener(&cfg.name));
+            let l = Listener::new(cfg, sock, ingress.clone(), pool, metrics.listener(&cfg.name));
             let addr = l.local_addr()?;
             tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, "listening");
             listeners.push((cfg.name.clone(), addr));
             client_tasks.spawn(l.run(stop.clone(), client_tasks.clone()));
         }
         // Only listeners and sessions may hold ingress senders, so the
-        // dispatchers see their input close once those are gone.
+        // journal (then the dispatchers) see their input close once those
+        // are gone.
         drop(ingress);
 
         let admin_addr = match admin_listener {

@@ -684,6 +684,9 @@ async fn several_listeners_to_several_pools() {
     let b = Sink::start(SinkFraming::Lf).await;
     let toml = format!(
         r#"
+[journal]
+dir = "{}"
+
 [[listener]]
 name = "one"
 address = "127.0.0.1:0"
@@ -703,7 +706,9 @@ framing = "lf"
 [[pool.backend]]
 address = "{}"
 "#,
-        a.addr, b.addr
+        scratch_dir("journal").display(),
+        a.addr,
+        b.addr
     );
     let server = start(&toml).await;
     wait_for(5.0, "both pools connected", || {

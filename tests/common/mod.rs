@@ -208,6 +208,23 @@ pub async fn wait_for(secs: f64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A fresh directory under cargo's scratch space for integration tests.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{what}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// Starts auditlb in-process from TOML text.
 pub async fn start(toml: &str) -> Server {
     let cfg = Config::parse(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
@@ -225,10 +242,20 @@ pub fn config(
     listener_extra: &str,
     pool_extra: &str,
 ) -> String {
+    let dir = scratch_dir("journal");
     let mut s = format!(
         r#"
 [shutdown]
 grace = "5s"
+
+[journal]
+dir = "{}"
+checkpoint-interval = "200ms"
+"#,
+        dir.display()
+    );
+    s.push_str(&format!(
+        r#"
 
 [[listener]]
 name = "in"
@@ -247,7 +274,7 @@ timeout = "100ms"
 rise = 2
 fall = 2
 "#
-    );
+    ));
     for (a, w, b) in backends {
         s.push_str(&format!(
             "\n[[pool.backend]]\naddress = \"{a}\"\nweight = {w}\nbackup = {b}\n"

@@ -1,0 +1,614 @@
+//! `auditlb verify`: checks every record, link, segment, seal and anchor of a
+//! journal and reports the first failure with its seq, segment file, byte
+//! offset and class. Record digests are computed on all cores; only the
+//! cheap chain step runs in order.
+//!
+//! Exit codes: 0 intact, 1 tampered, 2 intact but the tail after the last
+//! anchor is not covered, 3 I/O or usage error.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::format::{
+    chain_step, flags, genesis, hex, record_digest, unhex, CheckpointBody, Hash, Header,
+    ParseError, Record, RecordType, HEADER_LEN,
+};
+use super::reader::{list_segments, Records};
+use super::seal::{key_at, ratchet, seal, SealInput};
+
+/// How many later epoch keys are tried to tell WRONG_EPOCH from BAD_SEAL.
+const EPOCH_LOOKAHEAD: u64 = 64;
+
+/// Kinds of damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Modified,
+    Inserted,
+    Deleted,
+    Reordered,
+    SegmentMissing,
+    TailTruncated,
+    BadSeal,
+    WrongEpoch,
+    EpochGap,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Modified => "MODIFIED",
+            Class::Inserted => "INSERTED",
+            Class::Deleted => "DELETED",
+            Class::Reordered => "REORDERED",
+            Class::SegmentMissing => "SEGMENT_MISSING",
+            Class::TailTruncated => "TAIL_TRUNCATED",
+            Class::BadSeal => "BAD_SEAL",
+            Class::WrongEpoch => "WRONG_EPOCH",
+            Class::EpochGap => "EPOCH_GAP",
+        }
+    }
+}
+
+/// The first thing found wrong.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub class: Class,
+    pub seq: Option<u64>,
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub message: String,
+}
+
+/// What a verification found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub journal_id: Option<[u8; 16]>,
+    pub failure: Option<Failure>,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub records: u64,
+    pub frames: u64,
+    pub checkpoints: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    /// Torn tails that recovery cut (TORN_TAIL_RECOVERED notes).
+    pub recovered: Vec<String>,
+    pub seals_checked: bool,
+    pub anchors_checked: u64,
+    pub last_anchored: Option<u64>,
+    /// Why the tail is not proven, when it is not.
+    pub tail_uncovered: Option<String>,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        if self.failure.is_some() {
+            1
+        } else if self.tail_uncovered.is_some() {
+            2
+        } else {
+            0
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        match &self.failure {
+            Some(f) => {
+                let _ = writeln!(
+                    s,
+                    "TAMPERED: {} at seq {}, segment {}, byte offset {}: {}",
+                    f.class.name(),
+                    f.seq.map_or("-".to_owned(), |q| q.to_string()),
+                    f.segment.display(),
+                    f.offset,
+                    f.message
+                );
+            }
+            None if self.tail_uncovered.is_some() => {
+                let _ = writeln!(s, "INTACT, TAIL NOT ANCHORED: {}", self.tail_uncovered.as_deref().unwrap_or(""));
+            }
+            None => {
+                let _ = writeln!(s, "INTACT");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "validated seq {}..{}, {} records ({} frames), {} checkpoints, {} segments, {} bytes",
+            self.first_seq.map_or("-".into(), |v| v.to_string()),
+            self.last_seq.map_or("-".into(), |v| v.to_string()),
+            self.records,
+            self.frames,
+            self.checkpoints,
+            self.segments,
+            self.bytes
+        );
+        let _ = writeln!(
+            s,
+            "seals: {}; anchors: {}",
+            if self.seals_checked { "checked" } else { "not checked (no --key)" },
+            match self.last_anchored {
+                Some(a) => format!("{} checked, last anchored seq {a}", self.anchors_checked),
+                None => "none".into(),
+            }
+        );
+        for r in &self.recovered {
+            let _ = writeln!(s, "note: TORN_TAIL_RECOVERED {r}");
+        }
+        s
+    }
+
+    pub fn json(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
+        let failure = match &self.failure {
+            Some(f) => format!(
+                "{{\"class\":\"{}\",\"seq\":{},\"segment\":{},\"offset\":{},\"message\":{}}}",
+                f.class.name(),
+                opt(f.seq),
+                json_str(&f.segment.display().to_string()),
+                f.offset,
+                json_str(&f.message)
+            ),
+            None => "null".into(),
+        };
+        let recovered: Vec<String> = self.recovered.iter().map(|r| json_str(r)).collect();
+        format!(
+            "{{\"status\":\"{}\",\"exit\":{},\"journal_id\":{},\"failure\":{},\"first_seq\":{},\"last_seq\":{},\"records\":{},\"frames\":{},\"checkpoints\":{},\"segments\":{},\"bytes\":{},\"seals_checked\":{},\"anchors_checked\":{},\"last_anchored\":{},\"tail_uncovered\":{},\"torn_tail_recovered\":[{}]}}",
+            match self.exit_code() {
+                0 => "intact",
+                1 => "tampered",
+                _ => "tail_not_anchored",
+            },
+            self.exit_code(),
+            self.journal_id.map_or("null".into(), |id| json_str(&hex(&id))),
+            failure,
+            opt(self.first_seq),
+            opt(self.last_seq),
+            self.records,
+            self.frames,
+            self.checkpoints,
+            self.segments,
+            self.bytes,
+            self.seals_checked,
+            self.anchors_checked,
+            opt(self.last_anchored),
+            self.tail_uncovered.as_deref().map_or("null".into(), json_str),
+            recovered.join(",")
+        )
+    }
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// One anchor line.
+#[derive(Debug, Clone)]
+struct Anchor {
+    seq: u64,
+    chain: Hash,
+}
+
+fn read_anchors(path: &Path) -> Result<HashMap<[u8; 16], Vec<Anchor>>, VerifyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| VerifyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out: HashMap<[u8; 16], Vec<Anchor>> = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.is_empty() {
+            continue;
+        }
+        let parsed = (|| {
+            if f.len() != 7 || f[0] != "v1" {
+                return None;
+            }
+            let id: [u8; 16] = unhex(f[1])?.try_into().ok()?;
+            let seq = f[2].parse().ok()?;
+            let chain: Hash = unhex(f[3])?.try_into().ok()?;
+            Some((id, Anchor { seq, chain }))
+        })();
+        match parsed {
+            Some((id, a)) => out.entry(id).or_default().push(a),
+            None => {
+                return Err(VerifyError::Usage(format!(
+                    "{}:{}: not an auditlb anchor line",
+                    path.display(),
+                    n + 1
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Digests of all records, computed on all cores.
+fn digests(recs: &[(usize, Record<'_>)]) -> Vec<Hash> {
+    let mut out = vec![[0u8; 32]; recs.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || recs.len() < 2048 {
+        for (o, (_, r)) in out.iter_mut().zip(recs) {
+            *o = record_digest(r.raw);
+        }
+        return out;
+    }
+    let chunk = recs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for (o, rs) in out.chunks_mut(chunk).zip(recs.chunks(chunk)) {
+            s.spawn(move || {
+                for (d, (_, r)) in o.iter_mut().zip(rs) {
+                    *d = record_digest(r.raw);
+                }
+            });
+        }
+    });
+    out
+}
+
+/// Walks a journal; the result says what holds. `Err` only for I/O and
+/// usage problems (exit 3).
+pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Result<Report, VerifyError> {
+    let io = |source| VerifyError::Io {
+        path: journal.to_owned(),
+        source,
+    };
+    let segments = list_segments(journal).map_err(io)?;
+    if segments.is_empty() {
+        return Err(VerifyError::Usage(format!("{}: no segment files (*.seg)", journal.display())));
+    }
+    let anchors = anchors.map(read_anchors).transpose()?;
+    let mut rep = Report {
+        seals_checked: key.is_some(),
+        ..Report::default()
+    };
+    let mut w = Walk {
+        key_state: None,
+        k0: key.copied(),
+        last_epoch: None,
+        checkpoints: HashMap::new(),
+    };
+    let mut head: Hash = [0; 32];
+    let mut expected_seq = 0u64;
+    let mut prev_no = 0u64;
+    let mut prev_end: Option<(PathBuf, u64, bool)> = None;
+    let mut last_checkpoint_at: Option<(PathBuf, u64)> = None;
+    let mut journal_id = [0u8; 16];
+    let n_segments = segments.len();
+    for (k, seg) in segments.iter().enumerate() {
+        let path = seg.path.clone();
+        let bytes = std::fs::read(&path).map_err(|source| VerifyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        rep.segments += 1;
+        rep.bytes += bytes.len() as u64;
+        let fail = |class, seq, offset: usize, message: String| Failure {
+            class,
+            seq,
+            segment: path.clone(),
+            offset: offset as u64,
+            message,
+        };
+        let header = match Header::decode(&bytes) {
+            Ok(h) => h,
+            Err(m) => {
+                rep.failure = Some(fail(Class::Modified, None, 0, format!("segment header: {m}")));
+                return Ok(rep);
+            }
+        };
+        if seg.name_seq != header.first_seq {
+            rep.failure = Some(fail(
+                Class::Reordered,
+                Some(header.first_seq),
+                0,
+                format!("file name says first seq {}, header says {}", seg.name_seq, header.first_seq),
+            ));
+            return Ok(rep);
+        }
+        if k == 0 {
+            journal_id = header.journal_id;
+            rep.journal_id = Some(journal_id);
+            if header.segment_no != 0 {
+                rep.failure = Some(fail(
+                    Class::SegmentMissing,
+                    Some(header.first_seq),
+                    0,
+                    format!("journal starts at segment {}; earlier segments are missing", header.segment_no),
+                ));
+                return Ok(rep);
+            }
+            if header.prev_chain != genesis(&journal_id) {
+                rep.failure = Some(fail(Class::Modified, Some(header.first_seq), 0, "first segment does not start from the journal's genesis hash".into()));
+                return Ok(rep);
+            }
+            head = header.prev_chain;
+            expected_seq = header.first_seq;
+            rep.first_seq = Some(header.first_seq);
+        } else {
+            if header.journal_id != journal_id {
+                rep.failure = Some(fail(Class::Inserted, Some(header.first_seq), 0, "segment belongs to another journal".into()));
+                return Ok(rep);
+            }
+            if header.segment_no > prev_no + 1 {
+                rep.failure = Some(fail(
+                    Class::SegmentMissing,
+                    Some(expected_seq),
+                    0,
+                    format!("segment {} follows segment {prev_no}", header.segment_no),
+                ));
+                return Ok(rep);
+            }
+            if header.segment_no <= prev_no {
+                rep.failure = Some(fail(
+                    Class::Reordered,
+                    Some(header.first_seq),
+                    0,
+                    format!("segment {} follows segment {prev_no}", header.segment_no),
+                ));
+                return Ok(rep);
+            }
+            if let Some((p, end, false)) = &prev_end {
+                rep.failure = Some(Failure {
+                    class: Class::Deleted,
+                    seq: Some(expected_seq),
+                    segment: p.clone(),
+                    offset: *end,
+                    message: "segment was cut short: it has no SEGMENT_END".into(),
+                });
+                return Ok(rep);
+            }
+            if header.first_seq != expected_seq {
+                let class = if header.first_seq > expected_seq { Class::Deleted } else { Class::Inserted };
+                rep.failure = Some(fail(class, Some(header.first_seq), 0, format!("segment starts at seq {}, expected {expected_seq}", header.first_seq)));
+                return Ok(rep);
+            }
+            if header.prev_chain != head {
+                rep.failure = Some(fail(Class::Modified, Some(header.first_seq), 0, "segment header does not link to the previous segment's last chain hash".into()));
+                return Ok(rep);
+            }
+        }
+        prev_no = header.segment_no;
+        let mut recs = Vec::new();
+        let mut parse_error = None;
+        for step in Records::new(&bytes) {
+            match step {
+                Ok(x) => recs.push(x),
+                Err(e) => parse_error = Some(e),
+            }
+        }
+        let ds = digests(&recs);
+        let mut ended = false;
+        for (i, ((at, r), d)) in recs.iter().zip(&ds).enumerate() {
+            let at = *at;
+            if ended {
+                rep.failure = Some(fail(Class::Inserted, Some(r.seq), at, "record after SEGMENT_END".into()));
+                return Ok(rep);
+            }
+            if r.seq != expected_seq {
+                let class = if r.seq > expected_seq {
+                    if recs[i + 1..].iter().take(16).any(|(_, n)| n.seq == expected_seq) {
+                        Class::Reordered
+                    } else {
+                        Class::Deleted
+                    }
+                } else {
+                    // A seq already passed: a copy or an injected record.
+                    Class::Inserted
+                };
+                rep.failure = Some(fail(class, Some(expected_seq), at, format!("found seq {}, expected {expected_seq}", r.seq)));
+                return Ok(rep);
+            }
+            let c = chain_step(&head, r.seq, d);
+            if c != r.chain {
+                let class = match recs.get(i + 1) {
+                    Some((_, n)) if n.seq == r.seq => Class::Inserted,
+                    _ => Class::Modified,
+                };
+                rep.failure = Some(fail(class, Some(r.seq), at, "record does not match its chain hash".into()));
+                return Ok(rep);
+            }
+            let kind = r.kind();
+            if (i == 0) != (kind == Some(RecordType::SegmentStart)) {
+                rep.failure = Some(fail(Class::Modified, Some(r.seq), at, "SEGMENT_START must open each segment, once".into()));
+                return Ok(rep);
+            }
+            match kind {
+                None => {
+                    rep.failure = Some(fail(Class::Modified, Some(r.seq), at, format!("unknown record type {}", r.rtype)));
+                    return Ok(rep);
+                }
+                Some(RecordType::Frame) => rep.frames += 1,
+                Some(RecordType::SegmentEnd) => ended = true,
+                Some(RecordType::Recovery) => {
+                    rep.recovered.push(format!(
+                        "seq {} in {}: {}",
+                        r.seq,
+                        path.display(),
+                        String::from_utf8_lossy(r.meta_value(super::format::tag::REASON).unwrap_or(b""))
+                    ));
+                }
+                Some(t) if t.is_checkpoint() => {
+                    if let Err((class, msg)) = w.checkpoint(r, &journal_id, &head) {
+                        rep.failure = Some(fail(class, Some(r.seq), at, msg));
+                        return Ok(rep);
+                    }
+                    rep.checkpoints += 1;
+                    last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
+                    w.checkpoints.insert(r.seq, c);
+                }
+                Some(_) => {}
+            }
+            head = c;
+            expected_seq += 1;
+            rep.records += 1;
+            rep.last_seq = Some(r.seq);
+        }
+        let end = recs.last().map_or(HEADER_LEN, |(at, r)| at + r.raw.len());
+        if let Some((at, e)) = parse_error {
+            let is_last = k + 1 == n_segments;
+            let after_checkpoint = last_checkpoint_at.as_ref().is_none_or(|(p, off)| *p != path || *off <= at as u64);
+            match e {
+                ParseError::Incomplete { have, need } if is_last && after_checkpoint => {
+                    rep.tail_uncovered = Some(format!(
+                        "torn record at the end of {} (offset {at}, {have} of {need} bytes); auditlb cuts it at its next start",
+                        path.display()
+                    ));
+                }
+                ParseError::Incomplete { have, need } => {
+                    rep.failure = Some(fail(Class::Deleted, Some(expected_seq), at, format!("record cut short ({have} of {need} bytes)")));
+                    return Ok(rep);
+                }
+                ParseError::Malformed(m) => {
+                    rep.failure = Some(fail(Class::Modified, Some(expected_seq), at, format!("unreadable record: {m}")));
+                    return Ok(rep);
+                }
+            }
+        }
+        prev_end = Some((path.clone(), end as u64, ended));
+    }
+    // Anchors: the journal must reach every anchored seq with the same hash.
+    match anchors {
+        Some(all) => {
+            let mine = all.get(&journal_id).cloned().unwrap_or_default();
+            let last_seq = rep.last_seq.unwrap_or(0);
+            let last_path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+            for a in &mine {
+                rep.anchors_checked += 1;
+                if a.seq > last_seq {
+                    rep.failure = Some(Failure {
+                        class: Class::TailTruncated,
+                        seq: Some(a.seq),
+                        segment: last_path,
+                        offset: prev_end.as_ref().map_or(0, |p| p.1),
+                        message: format!("anchored seq {} is past the journal's end (seq {last_seq})", a.seq),
+                    });
+                    return Ok(rep);
+                }
+                if w.checkpoints.get(&a.seq) != Some(&a.chain) {
+                    rep.failure = Some(Failure {
+                        class: Class::Modified,
+                        seq: Some(a.seq),
+                        segment: last_path,
+                        offset: 0,
+                        message: format!("the journal's checkpoint at seq {} does not match its anchor", a.seq),
+                    });
+                    return Ok(rep);
+                }
+                rep.last_anchored = Some(rep.last_anchored.map_or(a.seq, |l: u64| l.max(a.seq)));
+            }
+            match rep.last_anchored {
+                None => {
+                    rep.tail_uncovered.get_or_insert_with(|| "the anchors file has no anchor for this journal".into());
+                }
+                Some(l) if l < last_seq => {
+                    rep.tail_uncovered.get_or_insert_with(|| format!("records after seq {l} (to {last_seq}) are not anchored"));
+                }
+                Some(_) => {}
+            }
+        }
+        None => {
+            rep.tail_uncovered.get_or_insert_with(|| "no --anchors given: a cut tail cannot be ruled out".into());
+        }
+    }
+    Ok(rep)
+}
+
+/// Seal and epoch state along the walk.
+struct Walk {
+    /// (epoch, key) last derived.
+    key_state: Option<(u64, Hash)>,
+    k0: Option<Hash>,
+    last_epoch: Option<u64>,
+    /// Chain hash of each checkpoint, by seq, for the anchors.
+    checkpoints: HashMap<u64, Hash>,
+}
+
+impl Walk {
+    fn key_for(&mut self, epoch: u64) -> Option<Hash> {
+        let k0 = self.k0?;
+        let (mut e, mut k) = match self.key_state {
+            Some((e, k)) if e <= epoch => (e, k),
+            _ => (epoch, key_at(&k0, epoch)),
+        };
+        while e < epoch {
+            k = ratchet(&k);
+            e += 1;
+        }
+        self.key_state = Some((e, k));
+        Some(k)
+    }
+
+    fn checkpoint(&mut self, r: &Record<'_>, journal_id: &[u8; 16], prev: &Hash) -> Result<(), (Class, String)> {
+        let Some(cp) = CheckpointBody::decode(r.body) else {
+            return Err((Class::Modified, "checkpoint body is malformed".into()));
+        };
+        if cp.covered_seq + 1 != r.seq || &cp.covered_chain != prev {
+            return Err((Class::Modified, "checkpoint does not cover the record before it".into()));
+        }
+        if let Some(last) = self.last_epoch {
+            if cp.epoch > last + 1 {
+                return Err((Class::EpochGap, format!("epoch {} follows epoch {last}: checkpoints are missing", cp.epoch)));
+            }
+            if cp.epoch <= last {
+                return Err((Class::WrongEpoch, format!("epoch {} does not advance from {last}", cp.epoch)));
+            }
+        }
+        self.last_epoch = Some(cp.epoch);
+        if self.k0.is_none() {
+            return Ok(());
+        }
+        if r.flags & flags::SEALED == 0 {
+            return Err((Class::BadSeal, "checkpoint is not sealed".into()));
+        }
+        let input = SealInput {
+            journal_id,
+            seq: r.seq,
+            time_ns: r.time_ns,
+            epoch: cp.epoch,
+            covered_seq: cp.covered_seq,
+            covered_chain: &cp.covered_chain,
+        };
+        let key = self.key_for(cp.epoch).expect("k0 is set");
+        if seal(&key, &input) == cp.seal {
+            return Ok(());
+        }
+        let mut k = key;
+        for later in 1..=EPOCH_LOOKAHEAD {
+            k = ratchet(&k);
+            if seal(&k, &input) == cp.seal {
+                return Err((
+                    Class::WrongEpoch,
+                    format!("sealed with the key of epoch {}, not {}", cp.epoch + later, cp.epoch),
+                ));
+            }
+        }
+        Err((Class::BadSeal, format!("seal does not match epoch {}'s key", cp.epoch)))
+    }
+}

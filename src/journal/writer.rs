@@ -1,0 +1,608 @@
+//! The journal writer: one thread owns the open segment and the chain head.
+//! Sessions hand it batches ([`Ingress`]); it numbers every record, chains
+//! it, appends each batch with one `write(2)`, syncs by policy, writes
+//! sealed checkpoints (and heartbeats when idle) with an anchor line each,
+//! rolls segments, and only then passes frames on to the pool dispatchers.
+//! On start it recovers the last segment: a torn tail after the last
+//! checkpoint is cut and recorded; damage before it is left alone and
+//! reported as tampering.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::format::{
+    encode_record, flags, genesis, hex, segment_name, tag, CheckpointBody, Hash, Header,
+    ParseError, RecordType, HEADER_LEN,
+};
+use super::reader::{list_segments, read_segment, Records};
+use super::seal::{random_bytes, seal, KeyError, SealInput, SealKey};
+use super::{Ingress, JournalMetrics};
+use crate::config::{JournalConfig, SyncPolicy};
+use crate::frame::Frame;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("journal {path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("journal seal key: {0}")]
+    Key(#[from] KeyError),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// What recovery learned of the existing journal.
+struct Resume {
+    journal_id: [u8; 16],
+    next_segment: u64,
+    prev_chain: Hash,
+    next_seq: u64,
+    /// Epoch of the last checkpoint found, if any.
+    last_epoch: Option<u64>,
+}
+
+/// Owns the open segment and the chain head.
+pub struct Writer {
+    cfg: JournalConfig,
+    metrics: JournalMetrics,
+    journal_id: [u8; 16],
+    file: File,
+    seg_path: PathBuf,
+    seg_no: u64,
+    seg_len: u64,
+    next_seq: u64,
+    /// Chain hash of the last record written.
+    head: Hash,
+    /// Records since the last checkpoint.
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    next_epoch: u64,
+    seal_key: Option<SealKey>,
+    anchors: Option<(PathBuf, File)>,
+    /// Written but not yet synced.
+    dirty: bool,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    /// Opens (creating or recovering) the journal and starts a new segment.
+    pub fn open(cfg: &JournalConfig, metrics: JournalMetrics, config_hash: &Hash) -> Result<Writer, JournalError> {
+        let dir = &cfg.dir;
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let resume = recover(dir, &metrics)?;
+        let mut seal_key = match &cfg.seal_key {
+            Some(p) => Some(SealKey::open(p)?),
+            None => None,
+        };
+        let mut next_epoch = resume.last_epoch.map_or(0, |e| e + 1);
+        if let Some(k) = &mut seal_key {
+            // A checkpoint written just before a crash may not have had its
+            // key ratcheted yet: never seal two checkpoints with one key.
+            k.advance_to(next_epoch)?;
+            next_epoch = k.epoch();
+        }
+        let anchors = match &cfg.anchors {
+            Some(p) => {
+                if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+                }
+                let f = OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o640)
+                    .open(p)
+                    .map_err(io_at(p))?;
+                Some((p.clone(), f))
+            }
+            None => None,
+        };
+        let (file, seg_path) = create_segment(dir, &resume.journal_id, resume.next_segment, resume.next_seq, &resume.prev_chain)?;
+        let mut w = Writer {
+            cfg: cfg.clone(),
+            metrics,
+            journal_id: resume.journal_id,
+            file,
+            seg_path,
+            seg_no: resume.next_segment,
+            seg_len: HEADER_LEN as u64,
+            next_seq: resume.next_seq,
+            head: resume.prev_chain,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            next_epoch,
+            seal_key,
+            anchors,
+            dirty: true,
+            buf: Vec::with_capacity(1 << 20),
+        };
+        w.metrics.segments.inc();
+        w.start_segment_records();
+        w.push(RecordType::Config, 0, &[], config_hash);
+        w.flush().map_err(io_at(&w.seg_path.clone()))?;
+        tracing::info!(
+            journal = %dir.display(),
+            id = %hex(&w.journal_id),
+            segment = %w.seg_path.display(),
+            next_seq = w.next_seq,
+            sealed = w.seal_key.is_some(),
+            "journal open"
+        );
+        Ok(w)
+    }
+
+    pub fn journal_id(&self) -> [u8; 16] {
+        self.journal_id
+    }
+
+    fn start_segment_records(&mut self) {
+        let mut body = [0u8; 24];
+        body[..8].copy_from_slice(&self.seg_no.to_be_bytes());
+        body[8..24].copy_from_slice(&self.journal_id);
+        self.push(RecordType::SegmentStart, 0, &[], &body);
+    }
+
+    /// Encodes one record into the batch buffer. Returns its seq.
+    fn push(&mut self, rtype: RecordType, fl: u8, meta: &[(u8, &[u8])], body: &[u8]) -> u64 {
+        let seq = self.next_seq;
+        self.head = encode_record(&mut self.buf, rtype, fl, seq, now_ns(), meta, body, &self.head);
+        self.next_seq += 1;
+        self.since_checkpoint += 1;
+        self.metrics.records.inc();
+        seq
+    }
+
+    /// Journals a batch of frames, numbering them.
+    pub fn append_frames(&mut self, frames: &mut [Frame]) {
+        let t = now_ns();
+        let mut client = String::with_capacity(48);
+        for f in frames.iter_mut() {
+            use std::fmt::Write as _;
+            client.clear();
+            write!(client, "{}", f.conn.peer).expect("writing to a String cannot fail");
+            let meta: [(u8, &[u8]); 2] = [(tag::LISTENER, f.conn.listener.as_bytes()), (tag::CLIENT, client.as_bytes())];
+            f.seq = self.next_seq;
+            self.head = encode_record(&mut self.buf, RecordType::Frame, 0, f.seq, t, &meta, &f.data, &self.head);
+            self.next_seq += 1;
+        }
+        let n = frames.len() as u64;
+        self.since_checkpoint += n;
+        self.metrics.records.inc_by(n);
+    }
+
+    /// Journals frames refused before routing.
+    pub fn append_gap(&mut self, listener: &str, client: &str, reason: &str, count: u64) {
+        self.push(
+            RecordType::Gap,
+            0,
+            &[(tag::LISTENER, listener.as_bytes()), (tag::CLIENT, client.as_bytes()), (tag::REASON, reason.as_bytes())],
+            &count.to_be_bytes(),
+        );
+    }
+
+    /// Writes the batch buffer with one `write(2)`. On failure the segment
+    /// is cut back to its last whole batch, so a retry cannot leave a torn
+    /// record in the middle.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.metrics.write_errors.inc();
+            let _ = self.file.set_len(self.seg_len);
+            return Err(e);
+        }
+        self.seg_len += self.buf.len() as u64;
+        self.metrics.bytes.inc_by(self.buf.len() as u64);
+        self.buf.clear();
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.dirty {
+            let t = Instant::now();
+            self.file.sync_data()?;
+            self.metrics.fsync.observe(t.elapsed().as_secs_f64());
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint is due now (count, interval, or idle heartbeat).
+    pub fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint >= self.cfg.checkpoint_every
+            || self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval.0
+    }
+
+    /// Writes a sealed checkpoint (a HEARTBEAT when nothing was written since
+    /// the last one), syncs the segment, appends the anchor line and syncs
+    /// it, then ratchets the seal key.
+    pub fn checkpoint(&mut self) -> io::Result<()> {
+        let rtype = if self.since_checkpoint == 0 {
+            RecordType::Heartbeat
+        } else {
+            RecordType::Checkpoint
+        };
+        let seq = self.next_seq;
+        let time_ns = now_ns();
+        let epoch = self.next_epoch;
+        let covered_seq = seq - 1;
+        let covered_chain = self.head;
+        let (fl, tag_bytes) = match &self.seal_key {
+            Some(k) => (
+                flags::SEALED,
+                seal(
+                    k.key(),
+                    &SealInput {
+                        journal_id: &self.journal_id,
+                        seq,
+                        time_ns,
+                        epoch,
+                        covered_seq,
+                        covered_chain: &covered_chain,
+                    },
+                ),
+            ),
+            None => (0, [0u8; 32]),
+        };
+        let body = CheckpointBody {
+            epoch,
+            covered_seq,
+            covered_chain,
+            seal: tag_bytes,
+        }
+        .encode();
+        self.head = encode_record(&mut self.buf, rtype, fl, seq, time_ns, &[], &body, &self.head);
+        self.next_seq += 1;
+        self.metrics.records.inc();
+        self.flush()?;
+        self.sync()?;
+        if let Some((path, f)) = &mut self.anchors {
+            let line = format!(
+                "v1 {} {} {} {} {} {}\n",
+                hex(&self.journal_id),
+                seq,
+                hex(&self.head),
+                epoch,
+                time_ns,
+                hex(&tag_bytes)
+            );
+            f.write_all(line.as_bytes())
+                .and_then(|()| f.sync_data())
+                .map_err(|e| io::Error::new(e.kind(), format!("anchors {}: {e}", path.display())))?;
+        }
+        if let Some(k) = &mut self.seal_key {
+            k.advance().map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        self.next_epoch = epoch + 1;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.metrics.last_checkpoint_seq.set(seq as i64);
+        Ok(())
+    }
+
+    /// Closes the segment if it reached `segment-size` and opens the next.
+    pub fn maybe_roll(&mut self) -> io::Result<()> {
+        if self.seg_len < self.cfg.segment_size.0 {
+            return Ok(());
+        }
+        self.end_segment()?;
+        let (file, path) = create_segment(&self.cfg.dir, &self.journal_id, self.seg_no + 1, self.next_seq, &self.head)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.file = file;
+        self.seg_path = path;
+        self.seg_no += 1;
+        self.seg_len = HEADER_LEN as u64;
+        self.metrics.segments.inc();
+        self.start_segment_records();
+        self.flush()
+    }
+
+    fn end_segment(&mut self) -> io::Result<()> {
+        self.push(RecordType::SegmentEnd, 0, &[], &self.seg_no.to_be_bytes());
+        self.flush()?;
+        self.dirty = true;
+        self.sync()?;
+        seal_file(&self.seg_path)
+    }
+
+    /// Clean stop: a final checkpoint, synced.
+    pub fn close(&mut self) -> io::Result<()> {
+        self.checkpoint()?;
+        self.sync()
+    }
+}
+
+/// Makes a closed segment read-only.
+fn seal_file(path: &Path) -> io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
+}
+
+fn create_segment(dir: &Path, id: &[u8; 16], no: u64, first_seq: u64, prev: &Hash) -> Result<(File, PathBuf), JournalError> {
+    let path = dir.join(segment_name(first_seq));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    let header = Header {
+        journal_id: *id,
+        segment_no: no,
+        first_seq,
+        prev_chain: *prev,
+    };
+    f.write_all(&header.encode()).map_err(io_at(&path))?;
+    // The directory entry must survive a crash too.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok((f, path))
+}
+
+/// Looks at the last segment of an existing journal: cuts a torn tail
+/// (recording it), closes the segment, and says where to go on.
+fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError> {
+    let segments = list_segments(dir).map_err(io_at(dir))?;
+    let Some(last) = segments.last() else {
+        let journal_id: [u8; 16] = random_bytes().map_err(io_at(Path::new("/dev/urandom")))?;
+        return Ok(Resume {
+            journal_id,
+            next_segment: 0,
+            prev_chain: genesis(&journal_id),
+            next_seq: 1,
+            last_epoch: None,
+        });
+    };
+    let path = &last.path;
+    let (bytes, header) = read_segment(path).map_err(io_at(path))?;
+    let header = header.map_err(|message| JournalError::Corrupt {
+        path: path.clone(),
+        message: format!("cannot read the segment header ({message}); refusing to guess where the journal goes on"),
+    })?;
+    let mut head = header.prev_chain;
+    let mut next_seq = header.first_seq;
+    let mut last_checkpoint_end = HEADER_LEN;
+    let mut last_epoch = None;
+    let mut ended = false;
+    let mut valid_until = HEADER_LEN;
+    let mut damage: Option<(usize, String)> = None;
+    for step in Records::new(&bytes) {
+        match step {
+            Ok((at, r)) => {
+                let expect = super::format::chain_step(&head, r.seq, &super::format::record_digest(r.raw));
+                if r.seq != next_seq || expect != r.chain {
+                    damage = Some((at, format!("record at offset {at} (seq {}) does not chain", r.seq)));
+                    break;
+                }
+                head = r.chain;
+                next_seq = r.seq + 1;
+                valid_until = at + r.raw.len();
+                match r.kind() {
+                    Some(k) if k.is_checkpoint() => {
+                        last_checkpoint_end = valid_until;
+                        if let Some(cp) = CheckpointBody::decode(r.body) {
+                            last_epoch = Some(cp.epoch);
+                        }
+                    }
+                    Some(RecordType::SegmentEnd) => ended = true,
+                    _ => {}
+                }
+            }
+            Err((at, e)) => {
+                let what = match e {
+                    ParseError::Incomplete { have, need } => format!("incomplete record at offset {at} ({have} of {need} bytes)"),
+                    ParseError::Malformed(m) => format!("unreadable record at offset {at}: {m}"),
+                };
+                damage = Some((at, what));
+                break;
+            }
+        }
+    }
+    if let Some((at, what)) = damage {
+        if at >= last_checkpoint_end {
+            // A torn write after the last checkpoint: cut it and say so.
+            let dropped = &bytes[valid_until..];
+            let digest: Hash = Sha256::digest(dropped).into();
+            let old_len = bytes.len() as u64;
+            let f = OpenOptions::new().append(true).open(path).map_err(io_at(path))?;
+            f.set_len(valid_until as u64).map_err(io_at(path))?;
+            let mut body = Vec::with_capacity(48);
+            body.extend_from_slice(&old_len.to_be_bytes());
+            body.extend_from_slice(&(valid_until as u64).to_be_bytes());
+            body.extend_from_slice(&digest);
+            let mut buf = Vec::new();
+            head = encode_record(&mut buf, RecordType::Recovery, 0, next_seq, now_ns(), &[(tag::REASON, what.as_bytes())], &body, &head);
+            next_seq += 1;
+            (&f).write_all(&buf).map_err(io_at(path))?;
+            f.sync_data().map_err(io_at(path))?;
+            metrics.recoveries.inc();
+            tracing::warn!(
+                segment = %path.display(),
+                cut_bytes = old_len - valid_until as u64,
+                at = valid_until,
+                reason = %what,
+                "journal torn tail cut and recorded"
+            );
+        } else {
+            // Damage before the last checkpoint is tampering: never repaired.
+            metrics.tampered.set(1);
+            tracing::error!(
+                segment = %path.display(),
+                offset = at,
+                reason = %what,
+                "journal damaged before its last checkpoint: not appending to this segment; run `auditlb verify`"
+            );
+            return Ok(Resume {
+                journal_id: header.journal_id,
+                next_segment: header.segment_no + 1,
+                prev_chain: head,
+                next_seq,
+                last_epoch,
+            });
+        }
+    }
+    if !ended {
+        let mut buf = Vec::new();
+        head = encode_record(&mut buf, RecordType::SegmentEnd, 0, next_seq, now_ns(), &[], &header.segment_no.to_be_bytes(), &head);
+        next_seq += 1;
+        let mut f = OpenOptions::new().append(true).open(path).map_err(io_at(path))?;
+        f.write_all(&buf).map_err(io_at(path))?;
+        f.sync_data().map_err(io_at(path))?;
+    }
+    seal_file(path).map_err(io_at(path))?;
+    Ok(Resume {
+        journal_id: header.journal_id,
+        next_segment: header.segment_no + 1,
+        prev_chain: head,
+        next_seq,
+        last_epoch,
+    })
+}
+
+/// Runs the writer on its own thread until the ingress closes (clean stop:
+/// final checkpoint) or `abort` fires. Frames go on to `outputs[pool]`
+/// after they are written (and synced under `sync = "always"`).
+pub fn spawn(
+    cfg: JournalConfig,
+    metrics: JournalMetrics,
+    config_hash: Hash,
+    mut rx: mpsc::Receiver<Ingress>,
+    outputs: Vec<mpsc::Sender<Vec<Frame>>>,
+    abort: CancellationToken,
+) -> oneshot::Receiver<Result<(), JournalError>> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || {
+            let mut w = match Writer::open(&cfg, metrics, &config_hash) {
+                Ok(w) => {
+                    let _ = ready_tx.send(Ok(()));
+                    w
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a current-thread runtime builds");
+            rt.block_on(run(&mut w, &mut rx, &outputs, &abort));
+            if let Err(e) = w.close() {
+                tracing::error!(error = %e, "journal: final checkpoint failed");
+            }
+        })
+        .expect("spawning the journal thread");
+    ready_rx
+}
+
+/// Most ingress items taken into one write.
+const MAX_ITEMS_PER_WRITE: usize = 256;
+
+async fn run(w: &mut Writer, rx: &mut mpsc::Receiver<Ingress>, outputs: &[mpsc::Sender<Vec<Frame>>], abort: &CancellationToken) {
+    let tick_every = match w.cfg.sync {
+        SyncPolicy::Interval => w.cfg.sync_interval.0.min(w.cfg.checkpoint_interval.0),
+        _ => w.cfg.checkpoint_interval.0,
+    }
+    .max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut items: Vec<Ingress> = Vec::with_capacity(MAX_ITEMS_PER_WRITE);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            _ = abort.cancelled() => return,
+            _ = tick.tick() => {
+                let r = (|| -> io::Result<()> {
+                    if w.cfg.sync == SyncPolicy::Interval {
+                        w.sync()?;
+                    }
+                    if w.checkpoint_due() {
+                        w.checkpoint()?;
+                    }
+                    w.maybe_roll()
+                })();
+                if let Err(e) = r {
+                    tracing::error!(error = %e, segment = %w.seg_path.display(), "journal: periodic work failed");
+                }
+                continue;
+            }
+            n = rx.recv_many(&mut items, MAX_ITEMS_PER_WRITE) => {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        let mut routed: Vec<(usize, Vec<Frame>)> = Vec::with_capacity(items.len());
+        for item in items.drain(..) {
+            match item {
+                Ingress::Frames { pool, mut frames } => {
+                    w.append_frames(&mut frames);
+                    routed.push((pool, frames));
+                }
+                Ingress::Gap { listener, client, reason, count } => {
+                    w.append_gap(&listener, &client.to_string(), reason, count);
+                }
+            }
+        }
+        // Write (and sync, by policy) before anything is routed. A failing
+        // disk blocks here, which stops the sessions: backpressure, not loss.
+        loop {
+            let r = w.flush().and_then(|()| {
+                if w.cfg.sync == SyncPolicy::Always {
+                    w.sync()?;
+                }
+                if w.since_checkpoint >= w.cfg.checkpoint_every {
+                    w.checkpoint()?;
+                }
+                w.maybe_roll()
+            });
+            match r {
+                Ok(()) => {
+                    backoff = Duration::from_millis(10);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, segment = %w.seg_path.display(), retry_in = ?backoff, "journal write failed; holding frames");
+                    tokio::select! {
+                        _ = abort.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        for (pool, frames) in routed {
+            tokio::select! {
+                _ = abort.cancelled() => return,
+                r = outputs[pool].send(frames) => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
