@@ -446,7 +446,8 @@ impl Config {
     /// Parses TOML text without validating it.
     pub fn parse(text: &str) -> Result<Config, String> {
         use sha2::Digest;
-        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         c.source_hash = sha2::Sha256::digest(text.as_bytes()).into();
         Ok(c)
     }

@@ -23,8 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Framing, ListenerConfig, Oversize};
 use crate::frame::{ConnMeta, Frame};
-use crate::journal::Ingress;
 use crate::framer::{Decoder, Event, FrameError};
+use crate::journal::Ingress;
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit::LogLimiter;
 
@@ -424,14 +424,18 @@ async fn read_loop(
 async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
     let frames = std::mem::take(batch);
     s.metrics.frames_in.inc_by(frames.len() as u64);
-    s.tx.send(Ingress::Frames { pool: s.pool, frames }).await.is_ok()
+    s.tx.send(Ingress::Frames {
+        pool: s.pool,
+        frames,
+    })
+    .await
+    .is_ok()
 }
 
 /// Records frames refused before routing in the journal (a GAP record).
 async fn record_gap(s: &SessionSettings, meta: &ConnMeta, reason: &'static str) {
-    let _ = s
-        .tx
-        .send(Ingress::Gap {
+    let _ =
+        s.tx.send(Ingress::Gap {
             listener: s.name.clone(),
             client: meta.peer,
             reason,

@@ -122,7 +122,11 @@ fn main() -> ExitCode {
             key,
             json,
         } => {
-            let key = match key.as_deref().map(auditlb::journal::seal::read_verify_key).transpose() {
+            let key = match key
+                .as_deref()
+                .map(auditlb::journal::seal::read_verify_key)
+                .transpose()
+            {
                 Ok(k) => k,
                 Err(e) => {
                     eprintln!("auditlb verify: {e}");
@@ -174,18 +178,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Keygen { out } => match auditlb::journal::seal::keygen(&out) {
-            Ok(k0) => {
-                println!("wrote {0}/seal.key (keep on the host; auditlb evolves it) and {0}/verify.key", out.display());
-                println!("verification key (k_0), shown once; move verify.key offline:");
-                println!("{k0}");
-                ExitCode::SUCCESS
+        Command::Keygen { out } => {
+            match auditlb::journal::seal::keygen(&out) {
+                Ok(k0) => {
+                    println!("wrote {0}/seal.key (keep on the host; auditlb evolves it) and {0}/verify.key", out.display());
+                    println!("verification key (k_0), shown once; move verify.key offline:");
+                    println!("{k0}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("auditlb keygen: {e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("auditlb keygen: {e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Run { config } => {
             init_logs(cli.log_format);
             let cfg = match Config::load(&config) {

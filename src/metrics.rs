@@ -75,29 +75,46 @@ impl Metrics {
             .expect("metric names are unique");
         let single_counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric definition");
-            r.register(Box::new(c.clone())).expect("metric names are unique");
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
             c
         };
         let single_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric definition");
-            r.register(Box::new(g.clone())).expect("metric names are unique");
+            r.register(Box::new(g.clone()))
+                .expect("metric names are unique");
             g
         };
         let fsync = Histogram::with_opts(
-            HistogramOpts::new("journal_fsync_duration_seconds", "Time taken by journal fdatasync calls.")
-                .buckets(vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+            HistogramOpts::new(
+                "journal_fsync_duration_seconds",
+                "Time taken by journal fdatasync calls.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
         )
         .expect("valid metric definition");
-        r.register(Box::new(fsync.clone())).expect("metric names are unique");
+        r.register(Box::new(fsync.clone()))
+            .expect("metric names are unique");
         let journal = crate::journal::JournalMetrics {
             records: single_counter("journal_records_total", "Records appended to the journal."),
             bytes: single_counter("journal_bytes_total", "Bytes appended to the journal."),
             segments: single_counter("journal_segments_total", "Journal segments opened."),
             fsync,
-            last_checkpoint_seq: single_gauge("journal_last_checkpoint_seq", "Sequence number of the last checkpoint."),
-            write_errors: single_counter("journal_write_errors_total", "Failed journal writes (retried; clients wait)."),
+            last_checkpoint_seq: single_gauge(
+                "journal_last_checkpoint_seq",
+                "Sequence number of the last checkpoint.",
+            ),
+            write_errors: single_counter(
+                "journal_write_errors_total",
+                "Failed journal writes (retried; clients wait).",
+            ),
             recoveries: single_counter("journal_recoveries_total", "Torn tails cut at startup."),
-            tampered: single_gauge("journal_tamper_alarm", "1 when startup found journal damage before the last checkpoint."),
+            tampered: single_gauge(
+                "journal_tamper_alarm",
+                "1 when startup found journal damage before the last checkpoint.",
+            ),
         };
         Self {
             journal,

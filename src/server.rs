@@ -151,7 +151,13 @@ impl Server {
                 .iter()
                 .position(|p| p.name == cfg.pool)
                 .expect("listener pools checked by Config::validate");
-            let l = Listener::new(cfg, sock, ingress.clone(), pool, metrics.listener(&cfg.name));
+            let l = Listener::new(
+                cfg,
+                sock,
+                ingress.clone(),
+                pool,
+                metrics.listener(&cfg.name),
+            );
             let addr = l.local_addr()?;
             tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, "listening");
             listeners.push((cfg.name.clone(), addr));

@@ -25,9 +25,11 @@ impl Bound {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return s.parse().map(Bound::Seq).map_err(|e| format!("{s:?}: {e}"));
         }
-        parse_rfc3339(s)
-            .map(Bound::Time)
-            .ok_or_else(|| format!("{s:?} is neither a sequence number nor an RFC 3339 time (2026-11-26T10:00:00Z)"))
+        parse_rfc3339(s).map(Bound::Time).ok_or_else(|| {
+            format!(
+                "{s:?} is neither a sequence number nor an RFC 3339 time (2026-11-26T10:00:00Z)"
+            )
+        })
     }
 
     fn allows_from(&self, r: &Record<'_>) -> bool {
@@ -52,7 +54,13 @@ pub enum Format {
 }
 
 /// Writes the selected records of the journal in `dir` to `out`.
-pub fn cat(dir: &Path, from: Option<Bound>, to: Option<Bound>, format: Format, out: &mut dyn Write) -> io::Result<u64> {
+pub fn cat(
+    dir: &Path,
+    from: Option<Bound>,
+    to: Option<Bound>,
+    format: Format,
+    out: &mut dyn Write,
+) -> io::Result<u64> {
     let mut n = 0;
     for seg in list_segments(dir)? {
         let bytes = std::fs::read(&seg.path)?;
@@ -60,7 +68,10 @@ pub fn cat(dir: &Path, from: Option<Bound>, to: Option<Bound>, format: Format, o
             let r = match step {
                 Ok((_, r)) => r,
                 Err((at, e)) => {
-                    eprintln!("auditlb cat: {}: stopping at byte {at}: {e:?}", seg.path.display());
+                    eprintln!(
+                        "auditlb cat: {}: stopping at byte {at}: {e:?}",
+                        seg.path.display()
+                    );
                     break;
                 }
             };
@@ -88,7 +99,10 @@ pub fn cat(dir: &Path, from: Option<Bound>, to: Option<Bound>, format: Format, o
 
 fn json_line(r: &Record<'_>) -> String {
     let kind = r.kind().map_or("UNKNOWN", RecordType::name);
-    let meta = |t: u8| r.meta_value(t).map_or("null".into(), |v| json_str(&String::from_utf8_lossy(v)));
+    let meta = |t: u8| {
+        r.meta_value(t)
+            .map_or("null".into(), |v| json_str(&String::from_utf8_lossy(v)))
+    };
     let mut s = format!(
         "{{\"seq\":{},\"time\":\"{}\",\"type\":\"{kind}\",\"listener\":{},\"client\":{},\"backend\":{}",
         r.seq,
@@ -103,12 +117,21 @@ fn json_line(r: &Record<'_>) -> String {
             Err(_) => s.push_str(&format!(",\"frame_b64\":\"{}\"", base64(r.body))),
         },
         Some(RecordType::Gap) => {
-            let count = r.body.get(..8).map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-            s.push_str(&format!(",\"reason\":{},\"count\":{count}", meta(tag::REASON)));
+            let count = r
+                .body
+                .get(..8)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+            s.push_str(&format!(
+                ",\"reason\":{},\"count\":{count}",
+                meta(tag::REASON)
+            ));
         }
         Some(t) if t.is_checkpoint() => {
             if let Some(cp) = CheckpointBody::decode(r.body) {
-                s.push_str(&format!(",\"epoch\":{},\"covered_seq\":{}", cp.epoch, cp.covered_seq));
+                s.push_str(&format!(
+                    ",\"epoch\":{},\"covered_seq\":{}",
+                    cp.epoch, cp.covered_seq
+                ));
             }
         }
         Some(RecordType::Recovery) => s.push_str(&format!(",\"reason\":{}", meta(tag::REASON))),
@@ -176,7 +199,13 @@ pub fn format_rfc3339(ns: i64) -> String {
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` to Unix nanoseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
@@ -223,7 +252,10 @@ mod tests {
         assert_eq!(format_rfc3339(t), "2026-11-26T10:20:30.500000000Z");
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000_000_000));
+        assert_eq!(
+            parse_rfc3339("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000_000_000)
+        );
         assert!(parse_rfc3339("yesterday").is_none());
         assert_eq!(Bound::parse("42"), Ok(Bound::Seq(42)));
         assert!(Bound::parse("42x").is_err());
@@ -231,7 +263,13 @@ mod tests {
 
     #[test]
     fn base64_matches_the_rfc_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }

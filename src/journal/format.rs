@@ -114,14 +114,19 @@ impl Header {
 
     pub fn decode(b: &[u8]) -> Result<Header, String> {
         if b.len() < HEADER_LEN {
-            return Err(format!("header is {} bytes, expected {HEADER_LEN}", b.len()));
+            return Err(format!(
+                "header is {} bytes, expected {HEADER_LEN}",
+                b.len()
+            ));
         }
         if &b[..8] != MAGIC {
             return Err("bad magic (not an auditlb segment)".into());
         }
         let version = u16::from_be_bytes([b[8], b[9]]);
         if version != VERSION {
-            return Err(format!("format version {version}, this build reads {VERSION}"));
+            return Err(format!(
+                "format version {version}, this build reads {VERSION}"
+            ));
         }
         if b[10..16].iter().any(|&x| x != 0) {
             return Err("reserved header bytes are not zero".into());
@@ -181,7 +186,10 @@ pub fn encode_record(
     body: &[u8],
     prev: &Hash,
 ) -> Hash {
-    let meta_len: usize = meta.iter().map(|(_, v)| 3 + v.len().min(u16::MAX as usize)).sum();
+    let meta_len: usize = meta
+        .iter()
+        .map(|(_, v)| 3 + v.len().min(u16::MAX as usize))
+        .sum();
     let meta_len = meta_len.min(u16::MAX as usize);
     let len = RECORD_OVERHEAD + meta_len + body.len();
     let len32 = u32::try_from(len).expect("records are bounded by max-frame");
@@ -259,14 +267,22 @@ pub enum ParseError {
 /// Parses the record at the start of `b`.
 pub fn parse_record(b: &[u8]) -> Result<Record<'_>, ParseError> {
     if b.len() < 4 {
-        return Err(ParseError::Incomplete { have: b.len(), need: 4 });
+        return Err(ParseError::Incomplete {
+            have: b.len(),
+            need: 4,
+        });
     }
     let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
     if len < RECORD_OVERHEAD {
-        return Err(ParseError::Malformed(format!("record length {len} is too small")));
+        return Err(ParseError::Malformed(format!(
+            "record length {len} is too small"
+        )));
     }
     if b.len() < len {
-        return Err(ParseError::Incomplete { have: b.len(), need: len });
+        return Err(ParseError::Incomplete {
+            have: b.len(),
+            need: len,
+        });
     }
     let raw = &b[..len];
     let trailer = u32::from_be_bytes(raw[len - 4..].try_into().expect("4 bytes")) as usize;
@@ -277,7 +293,9 @@ pub fn parse_record(b: &[u8]) -> Result<Record<'_>, ParseError> {
     }
     let meta_len = usize::from(u16::from_be_bytes([raw[22], raw[23]]));
     if META_AT + meta_len > len - 36 {
-        return Err(ParseError::Malformed(format!("meta length {meta_len} overruns the record")));
+        return Err(ParseError::Malformed(format!(
+            "meta length {meta_len} overruns the record"
+        )));
     }
     Ok(Record {
         raw,
@@ -407,7 +425,10 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(&mut buf, RecordType::Gap, 0, 9, 0, &[], b"x", &[0; 32]);
         for cut in 0..buf.len() {
-            assert!(matches!(parse_record(&buf[..cut]), Err(ParseError::Incomplete { .. })));
+            assert!(matches!(
+                parse_record(&buf[..cut]),
+                Err(ParseError::Incomplete { .. })
+            ));
         }
         for i in 0..buf.len() {
             for bit in 0..8 {

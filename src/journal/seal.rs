@@ -238,7 +238,10 @@ mod tests {
         assert_eq!(again.epoch(), 5);
         assert_eq!(*again.key(), key_at(&k0, 5));
         let on_disk = std::fs::read(dir.path().join("seal.key")).unwrap();
-        assert!(!on_disk.windows(32).any(|w| w == k0), "k_0 erased from seal.key");
+        assert!(
+            !on_disk.windows(32).any(|w| w == k0),
+            "k_0 erased from seal.key"
+        );
         assert!(keygen(dir.path()).is_err(), "refuses to overwrite");
     }
 }

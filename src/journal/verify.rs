@@ -107,7 +107,11 @@ impl Report {
                 );
             }
             None if self.tail_uncovered.is_some() => {
-                let _ = writeln!(s, "INTACT, TAIL NOT ANCHORED: {}", self.tail_uncovered.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    s,
+                    "INTACT, TAIL NOT ANCHORED: {}",
+                    self.tail_uncovered.as_deref().unwrap_or("")
+                );
             }
             None => {
                 let _ = writeln!(s, "INTACT");
@@ -127,7 +131,11 @@ impl Report {
         let _ = writeln!(
             s,
             "seals: {}; anchors: {}",
-            if self.seals_checked { "checked" } else { "not checked (no --key)" },
+            if self.seals_checked {
+                "checked"
+            } else {
+                "not checked (no --key)"
+            },
             match self.last_anchored {
                 Some(a) => format!("{} checked, last anchored seq {a}", self.anchors_checked),
                 None => "none".into(),
@@ -203,7 +211,10 @@ pub fn json_str(s: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Usage(String),
 }
@@ -274,14 +285,21 @@ fn digests(recs: &[(usize, Record<'_>)]) -> Vec<Hash> {
 
 /// Walks a journal; the result says what holds. `Err` only for I/O and
 /// usage problems (exit 3).
-pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Result<Report, VerifyError> {
+pub fn verify(
+    journal: &Path,
+    anchors: Option<&Path>,
+    key: Option<&Hash>,
+) -> Result<Report, VerifyError> {
     let io = |source| VerifyError::Io {
         path: journal.to_owned(),
         source,
     };
     let segments = list_segments(journal).map_err(io)?;
     if segments.is_empty() {
-        return Err(VerifyError::Usage(format!("{}: no segment files (*.seg)", journal.display())));
+        return Err(VerifyError::Usage(format!(
+            "{}: no segment files (*.seg)",
+            journal.display()
+        )));
     }
     let anchors = anchors.map(read_anchors).transpose()?;
     let mut rep = Report {
@@ -319,7 +337,12 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
         let header = match Header::decode(&bytes) {
             Ok(h) => h,
             Err(m) => {
-                rep.failure = Some(fail(Class::Modified, None, 0, format!("segment header: {m}")));
+                rep.failure = Some(fail(
+                    Class::Modified,
+                    None,
+                    0,
+                    format!("segment header: {m}"),
+                ));
                 return Ok(rep);
             }
         };
@@ -328,7 +351,10 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                 Class::Reordered,
                 Some(header.first_seq),
                 0,
-                format!("file name says first seq {}, header says {}", seg.name_seq, header.first_seq),
+                format!(
+                    "file name says first seq {}, header says {}",
+                    seg.name_seq, header.first_seq
+                ),
             ));
             return Ok(rep);
         }
@@ -340,12 +366,20 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                     Class::SegmentMissing,
                     Some(header.first_seq),
                     0,
-                    format!("journal starts at segment {}; earlier segments are missing", header.segment_no),
+                    format!(
+                        "journal starts at segment {}; earlier segments are missing",
+                        header.segment_no
+                    ),
                 ));
                 return Ok(rep);
             }
             if header.prev_chain != genesis(&journal_id) {
-                rep.failure = Some(fail(Class::Modified, Some(header.first_seq), 0, "first segment does not start from the journal's genesis hash".into()));
+                rep.failure = Some(fail(
+                    Class::Modified,
+                    Some(header.first_seq),
+                    0,
+                    "first segment does not start from the journal's genesis hash".into(),
+                ));
                 return Ok(rep);
             }
             head = header.prev_chain;
@@ -353,7 +387,12 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
             rep.first_seq = Some(header.first_seq);
         } else {
             if header.journal_id != journal_id {
-                rep.failure = Some(fail(Class::Inserted, Some(header.first_seq), 0, "segment belongs to another journal".into()));
+                rep.failure = Some(fail(
+                    Class::Inserted,
+                    Some(header.first_seq),
+                    0,
+                    "segment belongs to another journal".into(),
+                ));
                 return Ok(rep);
             }
             if header.segment_no > prev_no + 1 {
@@ -385,12 +424,29 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                 return Ok(rep);
             }
             if header.first_seq != expected_seq {
-                let class = if header.first_seq > expected_seq { Class::Deleted } else { Class::Inserted };
-                rep.failure = Some(fail(class, Some(header.first_seq), 0, format!("segment starts at seq {}, expected {expected_seq}", header.first_seq)));
+                let class = if header.first_seq > expected_seq {
+                    Class::Deleted
+                } else {
+                    Class::Inserted
+                };
+                rep.failure = Some(fail(
+                    class,
+                    Some(header.first_seq),
+                    0,
+                    format!(
+                        "segment starts at seq {}, expected {expected_seq}",
+                        header.first_seq
+                    ),
+                ));
                 return Ok(rep);
             }
             if header.prev_chain != head {
-                rep.failure = Some(fail(Class::Modified, Some(header.first_seq), 0, "segment header does not link to the previous segment's last chain hash".into()));
+                rep.failure = Some(fail(
+                    Class::Modified,
+                    Some(header.first_seq),
+                    0,
+                    "segment header does not link to the previous segment's last chain hash".into(),
+                ));
                 return Ok(rep);
             }
         }
@@ -408,12 +464,21 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
         for (i, ((at, r), d)) in recs.iter().zip(&ds).enumerate() {
             let at = *at;
             if ended {
-                rep.failure = Some(fail(Class::Inserted, Some(r.seq), at, "record after SEGMENT_END".into()));
+                rep.failure = Some(fail(
+                    Class::Inserted,
+                    Some(r.seq),
+                    at,
+                    "record after SEGMENT_END".into(),
+                ));
                 return Ok(rep);
             }
             if r.seq != expected_seq {
                 let class = if r.seq > expected_seq {
-                    if recs[i + 1..].iter().take(16).any(|(_, n)| n.seq == expected_seq) {
+                    if recs[i + 1..]
+                        .iter()
+                        .take(16)
+                        .any(|(_, n)| n.seq == expected_seq)
+                    {
                         Class::Reordered
                     } else {
                         Class::Deleted
@@ -422,7 +487,12 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                     // A seq already passed: a copy or an injected record.
                     Class::Inserted
                 };
-                rep.failure = Some(fail(class, Some(expected_seq), at, format!("found seq {}, expected {expected_seq}", r.seq)));
+                rep.failure = Some(fail(
+                    class,
+                    Some(expected_seq),
+                    at,
+                    format!("found seq {}, expected {expected_seq}", r.seq),
+                ));
                 return Ok(rep);
             }
             let c = chain_step(&head, r.seq, d);
@@ -431,17 +501,32 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                     Some((_, n)) if n.seq == r.seq => Class::Inserted,
                     _ => Class::Modified,
                 };
-                rep.failure = Some(fail(class, Some(r.seq), at, "record does not match its chain hash".into()));
+                rep.failure = Some(fail(
+                    class,
+                    Some(r.seq),
+                    at,
+                    "record does not match its chain hash".into(),
+                ));
                 return Ok(rep);
             }
             let kind = r.kind();
             if (i == 0) != (kind == Some(RecordType::SegmentStart)) {
-                rep.failure = Some(fail(Class::Modified, Some(r.seq), at, "SEGMENT_START must open each segment, once".into()));
+                rep.failure = Some(fail(
+                    Class::Modified,
+                    Some(r.seq),
+                    at,
+                    "SEGMENT_START must open each segment, once".into(),
+                ));
                 return Ok(rep);
             }
             match kind {
                 None => {
-                    rep.failure = Some(fail(Class::Modified, Some(r.seq), at, format!("unknown record type {}", r.rtype)));
+                    rep.failure = Some(fail(
+                        Class::Modified,
+                        Some(r.seq),
+                        at,
+                        format!("unknown record type {}", r.rtype),
+                    ));
                     return Ok(rep);
                 }
                 Some(RecordType::Frame) => rep.frames += 1,
@@ -451,7 +536,9 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                         "seq {} in {}: {}",
                         r.seq,
                         path.display(),
-                        String::from_utf8_lossy(r.meta_value(super::format::tag::REASON).unwrap_or(b""))
+                        String::from_utf8_lossy(
+                            r.meta_value(super::format::tag::REASON).unwrap_or(b"")
+                        )
                     ));
                 }
                 Some(t) if t.is_checkpoint() => {
@@ -473,7 +560,9 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
         let end = recs.last().map_or(HEADER_LEN, |(at, r)| at + r.raw.len());
         if let Some((at, e)) = parse_error {
             let is_last = k + 1 == n_segments;
-            let after_checkpoint = last_checkpoint_at.as_ref().is_none_or(|(p, off)| *p != path || *off <= at as u64);
+            let after_checkpoint = last_checkpoint_at
+                .as_ref()
+                .is_none_or(|(p, off)| *p != path || *off <= at as u64);
             match e {
                 ParseError::Incomplete { have, need } if is_last && after_checkpoint => {
                     rep.tail_uncovered = Some(format!(
@@ -482,11 +571,21 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                     ));
                 }
                 ParseError::Incomplete { have, need } => {
-                    rep.failure = Some(fail(Class::Deleted, Some(expected_seq), at, format!("record cut short ({have} of {need} bytes)")));
+                    rep.failure = Some(fail(
+                        Class::Deleted,
+                        Some(expected_seq),
+                        at,
+                        format!("record cut short ({have} of {need} bytes)"),
+                    ));
                     return Ok(rep);
                 }
                 ParseError::Malformed(m) => {
-                    rep.failure = Some(fail(Class::Modified, Some(expected_seq), at, format!("unreadable record: {m}")));
+                    rep.failure = Some(fail(
+                        Class::Modified,
+                        Some(expected_seq),
+                        at,
+                        format!("unreadable record: {m}"),
+                    ));
                     return Ok(rep);
                 }
             }
@@ -507,7 +606,10 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                         seq: Some(a.seq),
                         segment: last_path,
                         offset: prev_end.as_ref().map_or(0, |p| p.1),
-                        message: format!("anchored seq {} is past the journal's end (seq {last_seq})", a.seq),
+                        message: format!(
+                            "anchored seq {} is past the journal's end (seq {last_seq})",
+                            a.seq
+                        ),
                     });
                     return Ok(rep);
                 }
@@ -517,7 +619,10 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
                         seq: Some(a.seq),
                         segment: last_path,
                         offset: 0,
-                        message: format!("the journal's checkpoint at seq {} does not match its anchor", a.seq),
+                        message: format!(
+                            "the journal's checkpoint at seq {} does not match its anchor",
+                            a.seq
+                        ),
                     });
                     return Ok(rep);
                 }
@@ -525,16 +630,21 @@ pub fn verify(journal: &Path, anchors: Option<&Path>, key: Option<&Hash>) -> Res
             }
             match rep.last_anchored {
                 None => {
-                    rep.tail_uncovered.get_or_insert_with(|| "the anchors file has no anchor for this journal".into());
+                    rep.tail_uncovered.get_or_insert_with(|| {
+                        "the anchors file has no anchor for this journal".into()
+                    });
                 }
                 Some(l) if l < last_seq => {
-                    rep.tail_uncovered.get_or_insert_with(|| format!("records after seq {l} (to {last_seq}) are not anchored"));
+                    rep.tail_uncovered.get_or_insert_with(|| {
+                        format!("records after seq {l} (to {last_seq}) are not anchored")
+                    });
                 }
                 Some(_) => {}
             }
         }
         None => {
-            rep.tail_uncovered.get_or_insert_with(|| "no --anchors given: a cut tail cannot be ruled out".into());
+            rep.tail_uncovered
+                .get_or_insert_with(|| "no --anchors given: a cut tail cannot be ruled out".into());
         }
     }
     Ok(rep)
@@ -565,22 +675,39 @@ impl Walk {
         Some(k)
     }
 
-    fn checkpoint(&mut self, r: &Record<'_>, journal_id: &[u8; 16], prev: &Hash) -> Result<(), (Class, String)> {
+    fn checkpoint(
+        &mut self,
+        r: &Record<'_>,
+        journal_id: &[u8; 16],
+        prev: &Hash,
+    ) -> Result<(), (Class, String)> {
         let Some(cp) = CheckpointBody::decode(r.body) else {
             return Err((Class::Modified, "checkpoint body is malformed".into()));
         };
-        if cp.covered_seq + 1 != r.seq || &cp.covered_chain != prev {
-            return Err((Class::Modified, "checkpoint does not cover the record before it".into()));
-        }
         if let Some(last) = self.last_epoch {
             if cp.epoch > last + 1 {
-                return Err((Class::EpochGap, format!("epoch {} follows epoch {last}: checkpoints are missing", cp.epoch)));
+                return Err((
+                    Class::EpochGap,
+                    format!(
+                        "epoch {} follows epoch {last}: checkpoints are missing",
+                        cp.epoch
+                    ),
+                ));
             }
             if cp.epoch <= last {
-                return Err((Class::WrongEpoch, format!("epoch {} does not advance from {last}", cp.epoch)));
+                return Err((
+                    Class::WrongEpoch,
+                    format!("epoch {} does not advance from {last}", cp.epoch),
+                ));
             }
         }
         self.last_epoch = Some(cp.epoch);
+        if cp.covered_seq + 1 != r.seq || &cp.covered_chain != prev {
+            return Err((
+                Class::Modified,
+                "checkpoint does not cover the record before it".into(),
+            ));
+        }
         if self.k0.is_none() {
             return Ok(());
         }
@@ -605,10 +732,17 @@ impl Walk {
             if seal(&k, &input) == cp.seal {
                 return Err((
                     Class::WrongEpoch,
-                    format!("sealed with the key of epoch {}, not {}", cp.epoch + later, cp.epoch),
+                    format!(
+                        "sealed with the key of epoch {}, not {}",
+                        cp.epoch + later,
+                        cp.epoch
+                    ),
                 ));
             }
         }
-        Err((Class::BadSeal, format!("seal does not match epoch {}'s key", cp.epoch)))
+        Err((
+            Class::BadSeal,
+            format!("seal does not match epoch {}'s key", cp.epoch),
+        ))
     }
 }

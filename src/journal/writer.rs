@@ -86,7 +86,11 @@ pub struct Writer {
 
 impl Writer {
     /// Opens (creating or recovering) the journal and starts a new segment.
-    pub fn open(cfg: &JournalConfig, metrics: JournalMetrics, config_hash: &Hash) -> Result<Writer, JournalError> {
+    pub fn open(
+        cfg: &JournalConfig,
+        metrics: JournalMetrics,
+        config_hash: &Hash,
+    ) -> Result<Writer, JournalError> {
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         let resume = recover(dir, &metrics)?;
@@ -116,7 +120,13 @@ impl Writer {
             }
             None => None,
         };
-        let (file, seg_path) = create_segment(dir, &resume.journal_id, resume.next_segment, resume.next_seq, &resume.prev_chain)?;
+        let (file, seg_path) = create_segment(
+            dir,
+            &resume.journal_id,
+            resume.next_segment,
+            resume.next_seq,
+            &resume.prev_chain,
+        )?;
         let mut w = Writer {
             cfg: cfg.clone(),
             metrics,
@@ -164,7 +174,16 @@ impl Writer {
     /// Encodes one record into the batch buffer. Returns its seq.
     fn push(&mut self, rtype: RecordType, fl: u8, meta: &[(u8, &[u8])], body: &[u8]) -> u64 {
         let seq = self.next_seq;
-        self.head = encode_record(&mut self.buf, rtype, fl, seq, now_ns(), meta, body, &self.head);
+        self.head = encode_record(
+            &mut self.buf,
+            rtype,
+            fl,
+            seq,
+            now_ns(),
+            meta,
+            body,
+            &self.head,
+        );
         self.next_seq += 1;
         self.since_checkpoint += 1;
         self.metrics.records.inc();
@@ -179,9 +198,21 @@ impl Writer {
             use std::fmt::Write as _;
             client.clear();
             write!(client, "{}", f.conn.peer).expect("writing to a String cannot fail");
-            let meta: [(u8, &[u8]); 2] = [(tag::LISTENER, f.conn.listener.as_bytes()), (tag::CLIENT, client.as_bytes())];
+            let meta: [(u8, &[u8]); 2] = [
+                (tag::LISTENER, f.conn.listener.as_bytes()),
+                (tag::CLIENT, client.as_bytes()),
+            ];
             f.seq = self.next_seq;
-            self.head = encode_record(&mut self.buf, RecordType::Frame, 0, f.seq, t, &meta, &f.data, &self.head);
+            self.head = encode_record(
+                &mut self.buf,
+                RecordType::Frame,
+                0,
+                f.seq,
+                t,
+                &meta,
+                &f.data,
+                &self.head,
+            );
             self.next_seq += 1;
         }
         let n = frames.len() as u64;
@@ -194,7 +225,11 @@ impl Writer {
         self.push(
             RecordType::Gap,
             0,
-            &[(tag::LISTENER, listener.as_bytes()), (tag::CLIENT, client.as_bytes()), (tag::REASON, reason.as_bytes())],
+            &[
+                (tag::LISTENER, listener.as_bytes()),
+                (tag::CLIENT, client.as_bytes()),
+                (tag::REASON, reason.as_bytes()),
+            ],
             &count.to_be_bytes(),
         );
     }
@@ -272,7 +307,16 @@ impl Writer {
             seal: tag_bytes,
         }
         .encode();
-        self.head = encode_record(&mut self.buf, rtype, fl, seq, time_ns, &[], &body, &self.head);
+        self.head = encode_record(
+            &mut self.buf,
+            rtype,
+            fl,
+            seq,
+            time_ns,
+            &[],
+            &body,
+            &self.head,
+        );
         self.next_seq += 1;
         self.metrics.records.inc();
         self.flush()?;
@@ -289,7 +333,9 @@ impl Writer {
             );
             f.write_all(line.as_bytes())
                 .and_then(|()| f.sync_data())
-                .map_err(|e| io::Error::new(e.kind(), format!("anchors {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("anchors {}: {e}", path.display()))
+                })?;
         }
         if let Some(k) = &mut self.seal_key {
             k.advance().map_err(|e| io::Error::other(e.to_string()))?;
@@ -307,8 +353,14 @@ impl Writer {
             return Ok(());
         }
         self.end_segment()?;
-        let (file, path) = create_segment(&self.cfg.dir, &self.journal_id, self.seg_no + 1, self.next_seq, &self.head)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let (file, path) = create_segment(
+            &self.cfg.dir,
+            &self.journal_id,
+            self.seg_no + 1,
+            self.next_seq,
+            &self.head,
+        )
+        .map_err(|e| io::Error::other(e.to_string()))?;
         self.file = file;
         self.seg_path = path;
         self.seg_no += 1;
@@ -338,7 +390,13 @@ fn seal_file(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
 }
 
-fn create_segment(dir: &Path, id: &[u8; 16], no: u64, first_seq: u64, prev: &Hash) -> Result<(File, PathBuf), JournalError> {
+fn create_segment(
+    dir: &Path,
+    id: &[u8; 16],
+    no: u64,
+    first_seq: u64,
+    prev: &Hash,
+) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(segment_name(first_seq));
     let mut f = OpenOptions::new()
         .append(true)
@@ -390,9 +448,13 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
     for step in Records::new(&bytes) {
         match step {
             Ok((at, r)) => {
-                let expect = super::format::chain_step(&head, r.seq, &super::format::record_digest(r.raw));
+                let expect =
+                    super::format::chain_step(&head, r.seq, &super::format::record_digest(r.raw));
                 if r.seq != next_seq || expect != r.chain {
-                    damage = Some((at, format!("record at offset {at} (seq {}) does not chain", r.seq)));
+                    damage = Some((
+                        at,
+                        format!("record at offset {at} (seq {}) does not chain", r.seq),
+                    ));
                     break;
                 }
                 head = r.chain;
@@ -411,7 +473,9 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
             }
             Err((at, e)) => {
                 let what = match e {
-                    ParseError::Incomplete { have, need } => format!("incomplete record at offset {at} ({have} of {need} bytes)"),
+                    ParseError::Incomplete { have, need } => {
+                        format!("incomplete record at offset {at} ({have} of {need} bytes)")
+                    }
                     ParseError::Malformed(m) => format!("unreadable record at offset {at}: {m}"),
                 };
                 damage = Some((at, what));
@@ -425,14 +489,26 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
             let dropped = &bytes[valid_until..];
             let digest: Hash = Sha256::digest(dropped).into();
             let old_len = bytes.len() as u64;
-            let f = OpenOptions::new().append(true).open(path).map_err(io_at(path))?;
+            let f = OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(io_at(path))?;
             f.set_len(valid_until as u64).map_err(io_at(path))?;
             let mut body = Vec::with_capacity(48);
             body.extend_from_slice(&old_len.to_be_bytes());
             body.extend_from_slice(&(valid_until as u64).to_be_bytes());
             body.extend_from_slice(&digest);
             let mut buf = Vec::new();
-            head = encode_record(&mut buf, RecordType::Recovery, 0, next_seq, now_ns(), &[(tag::REASON, what.as_bytes())], &body, &head);
+            head = encode_record(
+                &mut buf,
+                RecordType::Recovery,
+                0,
+                next_seq,
+                now_ns(),
+                &[(tag::REASON, what.as_bytes())],
+                &body,
+                &head,
+            );
             next_seq += 1;
             (&f).write_all(&buf).map_err(io_at(path))?;
             f.sync_data().map_err(io_at(path))?;
@@ -464,9 +540,21 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
     }
     if !ended {
         let mut buf = Vec::new();
-        head = encode_record(&mut buf, RecordType::SegmentEnd, 0, next_seq, now_ns(), &[], &header.segment_no.to_be_bytes(), &head);
+        head = encode_record(
+            &mut buf,
+            RecordType::SegmentEnd,
+            0,
+            next_seq,
+            now_ns(),
+            &[],
+            &header.segment_no.to_be_bytes(),
+            &head,
+        );
         next_seq += 1;
-        let mut f = OpenOptions::new().append(true).open(path).map_err(io_at(path))?;
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_at(path))?;
         f.write_all(&buf).map_err(io_at(path))?;
         f.sync_data().map_err(io_at(path))?;
     }
@@ -518,10 +606,47 @@ pub fn spawn(
     ready_rx
 }
 
+/// Writes the batch buffer, syncs under `sync = "always"`, and writes a
+/// checkpoint or rolls the segment when due. A failing disk blocks here
+/// (retrying with backoff), which stops the sessions: backpressure, not
+/// loss. False when aborted.
+async fn commit(w: &mut Writer, abort: &CancellationToken, backoff: &mut Duration) -> bool {
+    loop {
+        let r = w.flush().and_then(|()| {
+            if w.cfg.sync == SyncPolicy::Always {
+                w.sync()?;
+            }
+            if w.since_checkpoint >= w.cfg.checkpoint_every {
+                w.checkpoint()?;
+            }
+            w.maybe_roll()
+        });
+        match r {
+            Ok(()) => {
+                *backoff = Duration::from_millis(10);
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, segment = %w.seg_path.display(), retry_in = ?*backoff, "journal write failed; holding frames");
+                tokio::select! {
+                    _ = abort.cancelled() => return false,
+                    _ = tokio::time::sleep(*backoff) => {}
+                }
+                *backoff = (*backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// Most ingress items taken into one write.
 const MAX_ITEMS_PER_WRITE: usize = 256;
 
-async fn run(w: &mut Writer, rx: &mut mpsc::Receiver<Ingress>, outputs: &[mpsc::Sender<Vec<Frame>>], abort: &CancellationToken) {
+async fn run(
+    w: &mut Writer,
+    rx: &mut mpsc::Receiver<Ingress>,
+    outputs: &[mpsc::Sender<Vec<Frame>>],
+    abort: &CancellationToken,
+) {
     let tick_every = match w.cfg.sync {
         SyncPolicy::Interval => w.cfg.sync_interval.0.min(w.cfg.checkpoint_interval.0),
         _ => w.cfg.checkpoint_interval.0,
@@ -562,37 +687,26 @@ async fn run(w: &mut Writer, rx: &mut mpsc::Receiver<Ingress>, outputs: &[mpsc::
                     w.append_frames(&mut frames);
                     routed.push((pool, frames));
                 }
-                Ingress::Gap { listener, client, reason, count } => {
+                Ingress::Gap {
+                    listener,
+                    client,
+                    reason,
+                    count,
+                } => {
                     w.append_gap(&listener, &client.to_string(), reason, count);
                 }
             }
-        }
-        // Write (and sync, by policy) before anything is routed. A failing
-        // disk blocks here, which stops the sessions: backpressure, not loss.
-        loop {
-            let r = w.flush().and_then(|()| {
-                if w.cfg.sync == SyncPolicy::Always {
-                    w.sync()?;
-                }
-                if w.since_checkpoint >= w.cfg.checkpoint_every {
-                    w.checkpoint()?;
-                }
-                w.maybe_roll()
-            });
-            match r {
-                Ok(()) => {
-                    backoff = Duration::from_millis(10);
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, segment = %w.seg_path.display(), retry_in = ?backoff, "journal write failed; holding frames");
-                    tokio::select! {
-                        _ = abort.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
+            // Checkpoints and segment ends fall between batches, as close to
+            // the configured counts and sizes as batches allow.
+            let due = w.since_checkpoint >= w.cfg.checkpoint_every
+                || w.seg_len + w.buf.len() as u64 >= w.cfg.segment_size.0;
+            if due && !commit(w, abort, &mut backoff).await {
+                return;
             }
+        }
+        // Write (and sync, by policy) before anything is routed.
+        if !commit(w, abort, &mut backoff).await {
+            return;
         }
         for (pool, frames) in routed {
             tokio::select! {
