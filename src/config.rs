@@ -105,6 +105,11 @@ pub struct JournalConfig {
     /// Forward-secure seal key from `auditlb keygen`; checkpoints are
     /// unsealed without it.
     pub seal_key: Option<PathBuf>,
+    /// Also send each checkpoint to every pool as an RFC 5424 message
+    /// (`<110>1 ... auditlb - CHECKPOINT [auditlb@32473 ...]`), so the SIEM
+    /// holds the chain heads too. Default false.
+    #[serde(default)]
+    pub send_checkpoints: bool,
 }
 
 impl Default for JournalConfig {
@@ -118,6 +123,7 @@ impl Default for JournalConfig {
             checkpoint_interval: default_checkpoint_interval(),
             anchors: None,
             seal_key: None,
+            send_checkpoints: false,
         }
     }
 }

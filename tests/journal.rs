@@ -764,3 +764,100 @@ async fn refused_frames_leave_a_gap_record_and_idle_journals_heartbeat() {
     let r = verify(&journal_dir, None, None).unwrap();
     assert!(r.failure.is_none(), "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_go_to_the_backends_in_band_and_match_the_anchors() {
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let dir = scratch_dir("inband");
+    let anchors = dir.join("anchors.log");
+    let cfg = config(&[(sink.addr, 1, false)], "", "").replacen(
+        "[journal]\n",
+        &format!(
+            "[journal]\nsend-checkpoints = true\nanchors = \"{}\"\n",
+            anchors.display()
+        ),
+        1,
+    );
+    let server = start(&cfg).await;
+    wait_connected(&server, 1).await;
+    send_lf(server.listener_addr("in").unwrap(), &lines("ib", 0..100)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.shutdown().await;
+    let msgs: Vec<String> = sink
+        .bodies()
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .filter(|m| m.contains(" CHECKPOINT [auditlb@32473 "))
+        .collect();
+    assert!(msgs.len() >= 2, "{msgs:?}");
+    let anchor_lines = std::fs::read_to_string(&anchors).unwrap();
+    for m in &msgs {
+        assert!(m.starts_with("<110>1 "), "{m}");
+        let field = |k: &str| {
+            m.split(&format!("{k}=\""))
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        let (seq, chain) = (field("seq"), field("chain"));
+        assert!(
+            anchor_lines
+                .lines()
+                .any(|l| l.contains(&format!(" {seq} {chain} "))),
+            "in-band checkpoint {seq} not in the anchors file"
+        );
+    }
+}
+
+#[test]
+fn damage_before_the_last_checkpoint_is_never_repaired() {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir("damaged");
+    let cfg = auditlb::config::JournalConfig {
+        dir: dir.clone(),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let metrics = auditlb::metrics::Metrics::new();
+    let meta = std::sync::Arc::new(auditlb::frame::ConnMeta::new(
+        1,
+        "in".into(),
+        "127.0.0.1:9".parse().unwrap(),
+    ));
+    let mut frames: Vec<auditlb::frame::Frame> = (0..10)
+        .map(|i| {
+            auditlb::frame::Frame::new(bytes::Bytes::from(format!("<13>frame {i}")), meta.clone())
+        })
+        .collect();
+    // A run that checkpointed, wrote more, then died (no close).
+    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    w.append_frames(&mut frames[..5]);
+    w.flush().unwrap();
+    w.checkpoint().unwrap();
+    w.append_frames(&mut frames[5..]);
+    w.flush().unwrap();
+    drop(w);
+    let seg = list_segments(&dir).unwrap().pop().unwrap().path;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(9).position(|w| w == b"<13>frame").unwrap() + 5;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    // Restart: the damaged segment is left exactly as it is, a new one
+    // starts, the alarm is raised.
+    let metrics = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "damaged segment untouched"
+    );
+    assert_eq!(list_segments(&dir).unwrap().len(), 2);
+    assert_eq!(metrics.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
+    let r = verify(&dir, None, None).unwrap();
+    let f = r.failure.expect("verify reports the damage");
+    assert_eq!(f.class, Class::Modified);
+    assert_eq!(f.segment, seg);
+}

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use super::format::{tag, CheckpointBody, Record, RecordType};
-use super::reader::{list_segments, Records};
+use super::reader::{list_segments, Mapped, Records};
 use super::verify::json_str;
 
 /// A `--from`/`--to` bound.
@@ -63,8 +63,8 @@ pub fn cat(
 ) -> io::Result<u64> {
     let mut n = 0;
     for seg in list_segments(dir)? {
-        let bytes = std::fs::read(&seg.path)?;
-        for step in Records::new(&bytes) {
+        let mapped = Mapped::open(&seg.path)?;
+        for step in Records::new(mapped.bytes()) {
             let r = match step {
                 Ok((_, r)) => r,
                 Err((at, e)) => {

@@ -14,7 +14,7 @@ use super::format::{
     chain_step, flags, genesis, hex, record_digest, unhex, CheckpointBody, Hash, Header,
     ParseError, Record, RecordType, HEADER_LEN,
 };
-use super::reader::{list_segments, Records};
+use super::reader::{list_segments, Mapped, Records};
 use super::seal::{key_at, ratchet, seal, SealInput};
 
 /// How many later epoch keys are tried to tell WRONG_EPOCH from BAD_SEAL.
@@ -321,10 +321,11 @@ pub fn verify(
     let n_segments = segments.len();
     for (k, seg) in segments.iter().enumerate() {
         let path = seg.path.clone();
-        let bytes = std::fs::read(&path).map_err(|source| VerifyError::Io {
+        let mapped = Mapped::open(&path).map_err(|source| VerifyError::Io {
             path: path.clone(),
             source,
         })?;
+        let bytes = mapped.bytes();
         rep.segments += 1;
         rep.bytes += bytes.len() as u64;
         let fail = |class, seq, offset: usize, message: String| Failure {
@@ -334,7 +335,7 @@ pub fn verify(
             offset: offset as u64,
             message,
         };
-        let header = match Header::decode(&bytes) {
+        let header = match Header::decode(bytes) {
             Ok(h) => h,
             Err(m) => {
                 rep.failure = Some(fail(
@@ -453,7 +454,7 @@ pub fn verify(
         prev_no = header.segment_no;
         let mut recs = Vec::new();
         let mut parse_error = None;
-        for step in Records::new(&bytes) {
+        for step in Records::new(bytes) {
             match step {
                 Ok(x) => recs.push(x),
                 Err(e) => parse_error = Some(e),

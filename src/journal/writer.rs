@@ -81,6 +81,12 @@ pub struct Writer {
     anchors: Option<(PathBuf, File)>,
     /// Written but not yet synced.
     dirty: bool,
+    /// Checkpoint messages for the backends (`send-checkpoints`), waiting
+    /// to be routed.
+    announce: Vec<Frame>,
+    /// Who the checkpoint messages come from.
+    announce_meta: std::sync::Arc<crate::frame::ConnMeta>,
+    hostname: String,
     buf: Vec<u8>,
 }
 
@@ -144,6 +150,13 @@ impl Writer {
             anchors,
             dirty: true,
             buf: Vec::with_capacity(1 << 20),
+            announce: Vec::new(),
+            announce_meta: std::sync::Arc::new(crate::frame::ConnMeta::new(
+                0,
+                "journal".into(),
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            )),
+            hostname: hostname(),
         };
         w.metrics.segments.inc();
         w.start_segment_records();
@@ -344,6 +357,19 @@ impl Writer {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.metrics.last_checkpoint_seq.set(seq as i64);
+        if self.cfg.send_checkpoints {
+            let msg = format!(
+                "<110>1 {} {} auditlb - CHECKPOINT [auditlb@32473 journal=\"{}\" seq=\"{seq}\" chain=\"{}\" epoch=\"{epoch}\" seal=\"{}\"] journal checkpoint",
+                super::cat::format_rfc3339(time_ns),
+                self.hostname,
+                hex(&self.journal_id),
+                hex(&self.head),
+                hex(&tag_bytes)
+            );
+            let mut f = Frame::new(bytes::Bytes::from(msg), self.announce_meta.clone());
+            f.seq = seq;
+            self.announce.push(f);
+        }
         Ok(())
     }
 
@@ -385,6 +411,34 @@ impl Writer {
     }
 }
 
+/// This host's name for RFC 5424 HOSTNAME (`-` when unknown).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Sends waiting checkpoint messages to every pool.
+async fn announce(
+    w: &mut Writer,
+    outputs: &[mpsc::Sender<Vec<Frame>>],
+    abort: &CancellationToken,
+) -> bool {
+    if w.announce.is_empty() {
+        return true;
+    }
+    let frames = std::mem::take(&mut w.announce);
+    for out in outputs {
+        tokio::select! {
+            _ = abort.cancelled() => return false,
+            r = out.send(frames.clone()) => if r.is_err() { return false; },
+        }
+    }
+    true
+}
+
 /// Makes a closed segment read-only.
 fn seal_file(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
@@ -416,6 +470,47 @@ fn create_segment(
         let _ = d.sync_all();
     }
     Ok((f, path))
+}
+
+/// Whether the bad bytes from `at` to the end look like a write cut short by
+/// a crash, not an edit: an incomplete record, a zero-filled tail, or a bad
+/// last record, with no checkpoint behind them. A length field changed in
+/// the middle of a segment also reads as "incomplete", so the segment is
+/// walked backwards from its end (the trailing length fields) to see
+/// whether intact records, a checkpoint among them, follow the damage.
+fn looks_torn(bytes: &[u8], at: usize) -> bool {
+    let tail = &bytes[at..];
+    if tail.iter().all(|&b| b == 0) {
+        return true;
+    }
+    let incomplete_or_last = match super::format::parse_record(tail) {
+        Err(ParseError::Incomplete { .. }) => true,
+        Err(ParseError::Malformed(_)) => false,
+        Ok(r) => r.raw.len() == tail.len(),
+    };
+    incomplete_or_last && !checkpoint_after(bytes, at)
+}
+
+/// Walks whole records backwards from the end of `bytes` down to `from`;
+/// true if one of them is a checkpoint.
+fn checkpoint_after(bytes: &[u8], from: usize) -> bool {
+    let mut end = bytes.len();
+    while end >= from + super::format::RECORD_OVERHEAD {
+        let len = u32::from_be_bytes(bytes[end - 4..end].try_into().expect("4 bytes")) as usize;
+        if len < super::format::RECORD_OVERHEAD || len > end - from {
+            return false;
+        }
+        match super::format::parse_record(&bytes[end - len..end]) {
+            Ok(r) if r.raw.len() == len => {
+                if r.kind().is_some_and(RecordType::is_checkpoint) {
+                    return true;
+                }
+                end -= len;
+            }
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Looks at the last segment of an existing journal: cuts a torn tail
@@ -484,7 +579,7 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
         }
     }
     if let Some((at, what)) = damage {
-        if at >= last_checkpoint_end {
+        if at >= last_checkpoint_end && looks_torn(&bytes, at) {
             // A torn write after the last checkpoint: cut it and say so.
             let dropped = &bytes[valid_until..];
             let digest: Hash = Sha256::digest(dropped).into();
@@ -601,6 +696,9 @@ pub fn spawn(
             if let Err(e) = w.close() {
                 tracing::error!(error = %e, "journal: final checkpoint failed");
             }
+            if !abort.is_cancelled() {
+                rt.block_on(announce(&mut w, &outputs, &abort));
+            }
         })
         .expect("spawning the journal thread");
     ready_rx
@@ -672,6 +770,9 @@ async fn run(
                 if let Err(e) = r {
                     tracing::error!(error = %e, segment = %w.seg_path.display(), "journal: periodic work failed");
                 }
+                if !announce(w, outputs, abort).await {
+                    return;
+                }
                 continue;
             }
             n = rx.recv_many(&mut items, MAX_ITEMS_PER_WRITE) => {
@@ -717,6 +818,9 @@ async fn run(
                     }
                 }
             }
+        }
+        if !announce(w, outputs, abort).await {
+            return;
         }
     }
 }
