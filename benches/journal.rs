@@ -55,7 +55,7 @@ fn main() {
         let mut done = 0;
         while done < frames {
             let n = batch.len().min(frames - done);
-            w.append_frames(&mut batch[..n]);
+            w.append_frames("bench", &mut batch[..n]);
             w.flush().unwrap();
             if w.checkpoint_due() && every != u64::MAX {
                 w.checkpoint().unwrap();

@@ -1,13 +1,19 @@
-//! The pool dispatcher: one task per pool. It takes batches of journaled
-//! frames in sequence order, picks a backend for
-//! each frame with the pool's [`Selector`], and sends per-backend batches to
-//! that backend's upstream connections. Frames an upstream hands back (its
-//! unacknowledged suffix after a failure) come first in the next round.
-//! When no backend is available, frames wait here and no more input is
-//! taken, so clients feel backpressure instead of memory growing.
+//! The pool dispatcher: one task per pool. It takes the pool's journaled
+//! frames in sequence order, picks a backend for each frame with the pool's
+//! [`Selector`], and sends per-backend batches to that backend's upstream
+//! connections. Frames an upstream hands back (its unacknowledged suffix
+//! after a failure) come first in the next round.
 //!
-//! Its input comes from the journal writer: frames already numbered and
-//! written, in `seq` order.
+//! The journal is the buffer: frames arrive live from the journal writer
+//! while this task keeps up; when it falls behind (backends slow or all
+//! down) the writer stops keeping them in memory and this task reads them
+//! back from the segment files ([`PoolTail`]), then joins the live stream
+//! again. Memory stays bounded whatever the outage length.
+//!
+//! It also keeps the pool's delivery cursor: the seq below which every frame
+//! of the pool is settled (acknowledged by a backend's TCP stack), which the
+//! journal records in DELIVERY records and delivery resumes from after a
+//! restart (at-least-once).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,14 +22,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::balance::{Selector, View};
 use crate::frame::Frame;
+use crate::journal::tail::PoolTail;
+use crate::journal::Routed;
 use crate::metrics::PoolMetrics;
 use crate::pool::Backend;
 use crate::upstream::{ConnShared, Handback};
 
-/// Batches that may wait between the sessions and the dispatcher of one
-/// pool. Each is at most one read buffer's worth of frames.
+/// Batches the journal keeps in memory for one pool's dispatcher; beyond
+/// that the dispatcher reads from the journal files.
 pub const INGRESS_BATCHES: usize = 256;
 /// Batches that may wait in one upstream connection's channel; the real
 /// bound is the pool's `queue-bytes`.
@@ -52,8 +62,21 @@ pub struct Dispatcher {
     /// Per backend, its upstream connections.
     conns: Vec<Vec<ConnHandle>>,
     selector: Selector,
-    rx: mpsc::Receiver<Vec<Frame>>,
+    rx: mpsc::Receiver<Routed>,
     handback: Arc<Handback>,
+    /// Next seq to take in: every frame of the pool below it is pending,
+    /// in flight or settled.
+    cursor: u64,
+    /// Taking frames from the writer's live batches (else from the files).
+    live: bool,
+    tail: PoolTail,
+    /// Last seq written to the journal files.
+    committed: Arc<AtomicU64>,
+    /// Routed and not yet settled.
+    unsettled: SeqWindow,
+    /// Published delivery cursor.
+    delivered_below: Arc<AtomicU64>,
+    settled_scratch: Vec<u64>,
     wake: Arc<Notify>,
     /// The pool's `queue-bytes`: most unsettled bytes per connection.
     queue_bytes: u64,
@@ -69,12 +92,15 @@ impl Dispatcher {
         backends: Vec<Arc<Backend>>,
         conns: Vec<Vec<ConnHandle>>,
         selector: Selector,
-        rx: mpsc::Receiver<Vec<Frame>>,
+        rx: mpsc::Receiver<Routed>,
         handback: Arc<Handback>,
         wake: Arc<Notify>,
         queue_bytes: u64,
         metrics: PoolMetrics,
+        journal: (PoolTail, u64, Arc<AtomicU64>, Arc<AtomicU64>),
     ) -> Self {
+        let (tail, cursor, committed, delivered_below) = journal;
+        delivered_below.store(cursor, Ordering::Release);
         Self {
             pool,
             backends,
@@ -84,17 +110,28 @@ impl Dispatcher {
             handback,
             wake,
             queue_bytes,
+            cursor,
+            live: false,
+            tail,
+            committed,
+            unsettled: SeqWindow::default(),
+            delivered_below,
+            settled_scratch: Vec::new(),
             pending: VecDeque::new(),
             metrics,
         }
     }
 
-    /// Routes frames until every session is gone and every frame is settled,
-    /// or `abort` fires (shutdown grace over). Dropping `self` at the end
-    /// closes the upstream channels, which lets the upstreams finish.
+    /// Routes frames until the journal writer is gone, the files are read
+    /// to their end and every frame is settled, or `abort` fires (shutdown
+    /// grace over; what is left is delivered after the next start).
+    /// Dropping `self` at the end closes the upstream channels, which lets
+    /// the upstreams finish.
     pub async fn run(mut self, abort: CancellationToken) {
         let mut input_open = true;
+        let mut publish = tokio::time::interval(Duration::from_millis(100));
         loop {
+            self.collect_settled();
             let back = self.handback.take();
             if !back.is_empty() {
                 self.requeue(back);
@@ -108,6 +145,7 @@ impl Dispatcher {
                         tokio::select! {
                             _ = abort.cancelled() => break,
                             _ = self.wake.notified() => {}
+                            _ = publish.tick() => self.publish_cursor(),
                             // A safety net: availability is polled too.
                             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         }
@@ -115,8 +153,32 @@ impl Dispatcher {
                     }
                 }
             }
+            // Behind the live stream: read the next frames from the files.
+            if !self.live && self.tail.next_seq() <= self.committed.load(Ordering::Acquire) {
+                let upto = self.committed.load(Ordering::Acquire);
+                match self.tail.read(upto, ROUND_FRAMES) {
+                    Ok(frames) => {
+                        self.cursor = self.cursor.max(self.tail.next_seq());
+                        if !frames.is_empty() {
+                            self.pending.extend(frames);
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(pool = %self.pool, error = %e, "cannot read frames back from the journal");
+                        tokio::select! {
+                            _ = abort.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
             if !input_open {
-                if self.all_settled() {
+                let caught_up =
+                    self.tail.next_seq() > self.committed.load(Ordering::Acquire) || self.live;
+                if caught_up && self.all_settled() {
+                    self.collect_settled();
                     break;
                 }
                 tokio::select! {
@@ -130,27 +192,73 @@ impl Dispatcher {
                 biased;
                 _ = abort.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = publish.tick() => self.publish_cursor(),
                 b = self.rx.recv() => match b {
-                    Some(batch) => self.pending.extend(batch),
+                    Some(batch) => self.take_in(batch),
                     None => input_open = false,
                 },
             }
         }
-        let mut lost: Vec<Frame> = self.pending.drain(..).collect();
-        lost.extend(self.handback.take());
+        self.publish_cursor();
+        let mut left = self.pending.len() + self.handback.take().len();
         self.rx.close();
         while let Ok(b) = self.rx.try_recv() {
-            lost.extend(b);
+            left += b.frames.len();
         }
-        if !lost.is_empty() {
-            self.metrics.lost.inc_by(lost.len() as u64);
-            tracing::error!(
+        if left > 0 {
+            self.metrics.lost.inc_by(left as u64);
+            tracing::warn!(
                 pool = %self.pool,
-                frames = lost.len(),
-                "shutdown grace over: frames never reached a backend"
+                frames = left,
+                delivered_below = self.delivered_below.load(Ordering::Acquire),
+                "stopping with frames not yet delivered; they are in the journal and go out after the next start"
             );
         }
         self.metrics.pending.set(0);
+    }
+
+    /// A batch from the journal writer.
+    fn take_in(&mut self, batch: Routed) {
+        if batch.from == 0 {
+            // In-band checkpoint messages: outside the record sequence.
+            self.pending.extend(batch.frames);
+        } else if batch.to < self.cursor {
+            // Already read from the files.
+        } else if batch.from <= self.cursor {
+            let cursor = self.cursor;
+            self.pending
+                .extend(batch.frames.into_iter().filter(|f| f.seq >= cursor));
+            self.cursor = batch.to + 1;
+            self.tail.skip_to(self.cursor);
+            self.live = true;
+        } else {
+            // A gap: those frames (and these) are read from the files.
+            self.live = false;
+        }
+    }
+
+    /// Clears the seqs upstreams report settled.
+    fn collect_settled(&mut self) {
+        let mut scratch = std::mem::take(&mut self.settled_scratch);
+        self.handback.take_settled(&mut scratch);
+        for &s in &scratch {
+            self.unsettled.clear(s);
+        }
+        self.settled_scratch = scratch;
+    }
+
+    /// Publishes the delivery cursor: the lowest seq of the pool not yet
+    /// settled (pending, in flight, or not taken in yet).
+    fn publish_cursor(&mut self) {
+        self.collect_settled();
+        let mut low = self.cursor;
+        if let Some(s) = self.unsettled.first() {
+            low = low.min(s);
+        }
+        if let Some(s) = self.pending.iter().map(|f| f.seq).filter(|&s| s > 0).min() {
+            low = low.min(s);
+        }
+        self.delivered_below.store(low, Ordering::Release);
     }
 
     /// Handed-back frames are older than anything pending: they go first, in
@@ -205,6 +313,9 @@ impl Dispatcher {
             ) {
                 Some(i) => {
                     pend[i] += f.len() as u64;
+                    if f.seq > 0 {
+                        self.unsettled.mark(f.seq);
+                    }
                     if !keyed && pend[i] >= room[i] {
                         avail[i] = false;
                     }
@@ -289,5 +400,78 @@ impl Dispatcher {
             return Err(Some(e.0));
         }
         Ok(())
+    }
+}
+
+/// A set of seqs (routed, not yet settled) as a bitmap over a sliding
+/// window; its size follows the span between the oldest unsettled frame and
+/// the newest routed one.
+#[derive(Debug, Default)]
+struct SeqWindow {
+    /// Seq of bit 0 of `words[0]`; a multiple of 64.
+    base: u64,
+    words: VecDeque<u64>,
+}
+
+impl SeqWindow {
+    fn mark(&mut self, seq: u64) {
+        if self.words.is_empty() {
+            self.base = seq & !63;
+        }
+        while seq < self.base {
+            self.words.push_front(0);
+            self.base -= 64;
+        }
+        let idx = ((seq - self.base) / 64) as usize;
+        if idx >= self.words.len() {
+            self.words.resize(idx + 1, 0);
+        }
+        self.words[idx] |= 1 << ((seq - self.base) % 64);
+    }
+
+    fn clear(&mut self, seq: u64) {
+        if seq < self.base {
+            return;
+        }
+        let idx = ((seq - self.base) / 64) as usize;
+        if let Some(w) = self.words.get_mut(idx) {
+            *w &= !(1 << ((seq - self.base) % 64));
+        }
+        while self.words.front() == Some(&0) {
+            self.words.pop_front();
+            self.base += 64;
+        }
+    }
+
+    fn first(&self) -> Option<u64> {
+        let (i, w) = self.words.iter().enumerate().find(|(_, w)| **w != 0)?;
+        Some(self.base + 64 * i as u64 + u64::from(w.trailing_zeros()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_window_tracks_the_lowest_unsettled() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.first(), None);
+        for s in [100, 101, 300, 70, 5000] {
+            w.mark(s);
+        }
+        assert_eq!(w.first(), Some(70));
+        w.clear(70);
+        assert_eq!(w.first(), Some(100));
+        w.clear(100);
+        w.clear(101);
+        w.clear(999);
+        assert_eq!(w.first(), Some(300));
+        w.clear(300);
+        w.clear(5000);
+        assert_eq!(w.first(), None);
+        assert!(w.words.is_empty());
+        w.mark(3);
+        assert_eq!(w.first(), Some(3));
     }
 }

@@ -111,6 +111,10 @@ impl Metrics {
                 "Failed journal writes (retried; clients wait).",
             ),
             recoveries: single_counter("journal_recoveries_total", "Torn tails cut at startup."),
+            spilled: single_counter(
+                "journal_frames_spilled_total",
+                "Frames a lagging dispatcher will read back from the journal instead of memory.",
+            ),
             tampered: single_gauge(
                 "journal_tamper_alarm",
                 "1 when startup found journal damage before the last checkpoint.",

@@ -16,13 +16,14 @@ use crate::admin;
 use crate::balance::{Member, Selector};
 use crate::config::{Config, PoolConfig};
 use crate::dispatcher::{ConnHandle, Dispatcher, INGRESS_BATCHES, UPSTREAM_BATCHES};
-use crate::frame::Frame;
 use crate::health;
-use crate::journal::{self, INGRESS_ITEMS};
+use crate::journal::tail::PoolTail;
+use crate::journal::{self, Routed, INGRESS_ITEMS};
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::pool::Backend;
 use crate::upstream::{ConnShared, Handback, Upstream, UpstreamSettings};
+use std::sync::atomic::AtomicU64;
 
 /// A pool as the server keeps it: its backends, for status and tests.
 pub struct PoolRuntime {
@@ -76,6 +77,10 @@ pub struct Server {
     client_tasks: TaskTracker,
     /// Dispatchers and upstreams.
     pool_tasks: TaskTracker,
+    /// Tells the journal writer the dispatchers are done (final DELIVERY).
+    journal_drained: CancellationToken,
+    /// The journal writer wrote its final records.
+    journal_done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Server {
@@ -108,41 +113,67 @@ impl Server {
             None => None,
         };
 
-        let mut pools = Vec::new();
-        let mut outputs = Vec::new();
+        // Sessions -> journal writer -> pool dispatchers. The journal opens
+        // first: it says where each pool's delivery resumes.
+        let mut links = Vec::new();
+        let mut pool_rx = Vec::new();
         for p in &config.pools {
-            let (tx, runtime) = start_pool(
-                p,
-                &metrics,
-                &pool_tasks,
-                &background,
-                &abort,
-                &background_stop,
-            );
-            outputs.push(tx);
-            pools.push(runtime);
+            let (tx, rx) = mpsc::channel(INGRESS_BATCHES);
+            links.push(journal::PoolLink {
+                name: p.name.clone(),
+                tx,
+                delivered_below: Arc::new(AtomicU64::new(0)),
+            });
+            pool_rx.push(rx);
         }
-        let pools = Arc::new(pools);
-
-        // Sessions -> journal writer -> pool dispatchers.
+        let cursors_out: Vec<Arc<AtomicU64>> =
+            links.iter().map(|l| l.delivered_below.clone()).collect();
         let (ingress, journal_rx) = mpsc::channel(INGRESS_ITEMS);
+        let journal_drained = CancellationToken::new();
         let journal_ready = journal::writer::spawn(
             config.journal.clone(),
             metrics.journal(),
             config.source_hash,
             journal_rx,
-            outputs,
+            links,
             abort.clone(),
+            journal_drained.clone(),
         );
-        match journal_ready.await {
-            Ok(Ok(())) => {}
+        let opened = match journal_ready.await {
+            Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 abort.cancel();
                 background_stop.cancel();
                 return Err(e.into());
             }
             Err(_) => anyhow::bail!("journal writer thread died while opening the journal"),
+        };
+
+        let mut pools = Vec::new();
+        for (i, (p, rx)) in config.pools.iter().zip(pool_rx).enumerate() {
+            let cursor = opened.cursors[i];
+            if cursor <= opened.committed.load(std::sync::atomic::Ordering::Acquire) {
+                tracing::info!(pool = %p.name, from_seq = cursor, "resuming delivery from the journal");
+            }
+            let tail = PoolTail::new(config.journal.dir.clone(), p.name.clone(), cursor);
+            let runtime = start_pool(
+                p,
+                &metrics,
+                &pool_tasks,
+                &background,
+                &abort,
+                &background_stop,
+                rx,
+                (
+                    tail,
+                    cursor,
+                    opened.committed.clone(),
+                    cursors_out[i].clone(),
+                ),
+            );
+            pools.push(runtime);
         }
+        let pools = Arc::new(pools);
 
         let mut listeners = Vec::new();
         for (cfg, sock) in config.listeners.iter().zip(bound) {
@@ -193,6 +224,8 @@ impl Server {
             background_stop,
             client_tasks,
             pool_tasks,
+            journal_drained,
+            journal_done: opened.done,
         })
     }
 
@@ -250,6 +283,13 @@ impl Server {
             self.abort.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), self.pool_tasks.wait()).await;
         }
+        self.journal_drained.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), self.journal_done)
+            .await
+            .is_err()
+        {
+            tracing::error!("journal writer did not finish its final records");
+        }
         self.abort.cancel();
         self.background_stop.cancel();
         tracing::info!("stopped");
@@ -258,6 +298,7 @@ impl Server {
 
 /// Starts one pool's backends, health checkers, upstreams and dispatcher.
 /// Returns the sender sessions use and the pool's runtime view.
+#[allow(clippy::too_many_arguments)]
 fn start_pool(
     p: &PoolConfig,
     metrics: &Metrics,
@@ -265,7 +306,9 @@ fn start_pool(
     background: &TaskTracker,
     abort: &CancellationToken,
     background_stop: &CancellationToken,
-) -> (mpsc::Sender<Vec<Frame>>, PoolRuntime) {
+    rx: mpsc::Receiver<Routed>,
+    journal: (PoolTail, u64, Arc<AtomicU64>, Arc<AtomicU64>),
+) -> PoolRuntime {
     let name: Arc<str> = p.name.as_str().into();
     let wake = Arc::new(Notify::new());
     let handback = Arc::new(Handback::new(wake.clone()));
@@ -322,7 +365,6 @@ fn start_pool(
         })
         .collect();
     let selector = Selector::new(p.balance, p.hash_key(), members);
-    let (tx, rx) = mpsc::channel(INGRESS_BATCHES);
     let dispatcher = Dispatcher::new(
         name,
         backends.clone(),
@@ -333,13 +375,11 @@ fn start_pool(
         wake,
         p.queue_bytes.0,
         pool_metrics,
+        journal,
     );
     pool_tasks.spawn(dispatcher.run(abort.clone()));
-    (
-        tx,
-        PoolRuntime {
-            name: p.name.clone(),
-            backends,
-        },
-    )
+    PoolRuntime {
+        name: p.name.clone(),
+        backends,
+    }
 }

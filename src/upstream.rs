@@ -81,6 +81,9 @@ impl ConnShared {
 #[derive(Default)]
 pub struct Handback {
     frames: Mutex<Vec<Frame>>,
+    /// Seqs of frames settled since the dispatcher last looked, for its
+    /// delivery cursor. Bounded like the frames: each was in flight.
+    settled: Mutex<Vec<u64>>,
     /// The pool dispatcher's wake-up.
     pub wake: Arc<Notify>,
 }
@@ -89,6 +92,7 @@ impl Handback {
     pub fn new(wake: Arc<Notify>) -> Self {
         Self {
             frames: Mutex::new(Vec::new()),
+            settled: Mutex::new(Vec::new()),
             wake,
         }
     }
@@ -105,6 +109,23 @@ impl Handback {
 
     pub fn take(&self) -> Vec<Frame> {
         std::mem::take(&mut *self.frames.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reports settled frames (their seqs).
+    pub fn settled(&self, seqs: &[u64]) {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(seqs);
+    }
+
+    /// Seqs settled since the last call, swapped into `into` (cleared).
+    pub fn take_settled(&self, into: &mut Vec<u64>) {
+        into.clear();
+        std::mem::swap(
+            into,
+            &mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()),
+        );
     }
 }
 
@@ -170,6 +191,8 @@ pub struct Upstream {
     /// the backend, so sent again after a reset.
     replay: VecDeque<Frame>,
     replay_bytes: u64,
+    /// Scratch for reporting settled seqs.
+    settled_seqs: Vec<u64>,
     /// The dispatcher dropped its sender.
     input_closed: bool,
 }
@@ -192,6 +215,7 @@ impl Upstream {
             written: 0,
             replay: VecDeque::new(),
             replay_bytes: 0,
+            settled_seqs: Vec::new(),
             input_closed: false,
         }
     }
@@ -382,6 +406,7 @@ impl Upstream {
         let acked = self.written.saturating_sub(outq);
         let mut n = 0u64;
         let mut bytes = 0u64;
+        self.settled_seqs.clear();
         while let Some((end, _)) = self.fifo.front() {
             if *end > acked {
                 break;
@@ -389,9 +414,13 @@ impl Upstream {
             let (_, f) = self.fifo.pop_front().expect("front exists");
             n += 1;
             bytes += f.len() as u64;
+            if f.seq > 0 {
+                self.settled_seqs.push(f.seq);
+            }
             self.remember(f);
         }
         if n > 0 {
+            self.handback.settled(&self.settled_seqs);
             self.backend.metrics.settled.inc_by(n);
             self.backend.sub_pending(bytes);
             self.shared.release(bytes);

@@ -833,10 +833,10 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
         .collect();
     // A run that checkpointed, wrote more, then died (no close).
     let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
-    w.append_frames(&mut frames[..5]);
+    w.append_frames("p", &mut frames[..5]);
     w.flush().unwrap();
     w.checkpoint().unwrap();
-    w.append_frames(&mut frames[5..]);
+    w.append_frames("p", &mut frames[5..]);
     w.flush().unwrap();
     drop(w);
     let seg = list_segments(&dir).unwrap().pop().unwrap().path;

@@ -89,6 +89,7 @@ pub mod tag {
     pub const TLS_IDENTITY: u8 = 3;
     pub const BACKEND: u8 = 4;
     pub const REASON: u8 = 5;
+    pub const POOL: u8 = 6;
 }
 
 /// A segment header.

@@ -11,6 +11,7 @@ pub mod cat;
 pub mod format;
 pub mod reader;
 pub mod seal;
+pub mod tail;
 pub mod verify;
 pub mod writer;
 
@@ -38,6 +39,28 @@ pub enum Ingress {
     },
 }
 
+/// What the journal hands a pool's dispatcher: the pool's frames among the
+/// records `from..=to`, already written. Batches follow each other without
+/// gaps in `from..=to`; when the dispatcher's channel is full the batch is
+/// not kept in memory and the dispatcher reads those frames back from the
+/// journal. `from == 0` marks frames outside the record sequence (in-band
+/// checkpoint messages).
+#[derive(Debug)]
+pub struct Routed {
+    pub from: u64,
+    pub to: u64,
+    pub frames: Vec<Frame>,
+}
+
+/// The writer's link to one pool.
+pub struct PoolLink {
+    pub name: String,
+    pub tx: tokio::sync::mpsc::Sender<Routed>,
+    /// The pool's delivery cursor, published by its dispatcher: every frame
+    /// of the pool below it is settled. Recorded in DELIVERY records.
+    pub delivered_below: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Resolved metric handles for the writer.
 #[derive(Clone)]
 pub struct JournalMetrics {
@@ -50,4 +73,7 @@ pub struct JournalMetrics {
     pub recoveries: IntCounter,
     /// 1 when recovery found damage before the last checkpoint.
     pub tampered: IntGauge,
+    /// Frames not kept in memory for a dispatcher that was behind (it reads
+    /// them back from the journal).
+    pub spilled: IntCounter,
 }

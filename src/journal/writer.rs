@@ -23,9 +23,11 @@ use super::format::{
 };
 use super::reader::{list_segments, read_segment, Records};
 use super::seal::{random_bytes, seal, KeyError, SealInput, SealKey};
-use super::{Ingress, JournalMetrics};
+use super::{Ingress, JournalMetrics, PoolLink, Routed};
 use crate::config::{JournalConfig, SyncPolicy};
 use crate::frame::Frame;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -81,6 +83,13 @@ pub struct Writer {
     anchors: Option<(PathBuf, File)>,
     /// Written but not yet synced.
     dirty: bool,
+    /// Seq of the last record written to the file (what readers may read).
+    committed: Arc<AtomicU64>,
+    /// First seq written by this run.
+    start_seq: u64,
+    /// Per pool: name, published delivery cursor, and the cursor last
+    /// recorded in a DELIVERY record.
+    delivery: Vec<(String, Arc<AtomicU64>, u64)>,
     /// Checkpoint messages for the backends (`send-checkpoints`), waiting
     /// to be routed.
     announce: Vec<Frame>,
@@ -149,6 +158,9 @@ impl Writer {
             seal_key,
             anchors,
             dirty: true,
+            committed: Arc::new(AtomicU64::new(resume.next_seq.saturating_sub(1))),
+            start_seq: resume.next_seq,
+            delivery: Vec::new(),
             buf: Vec::with_capacity(1 << 20),
             announce: Vec::new(),
             announce_meta: std::sync::Arc::new(crate::frame::ConnMeta::new(
@@ -204,16 +216,17 @@ impl Writer {
     }
 
     /// Journals a batch of frames, numbering them.
-    pub fn append_frames(&mut self, frames: &mut [Frame]) {
+    pub fn append_frames(&mut self, pool: &str, frames: &mut [Frame]) {
         let t = now_ns();
         let mut client = String::with_capacity(48);
         for f in frames.iter_mut() {
             use std::fmt::Write as _;
             client.clear();
             write!(client, "{}", f.conn.peer).expect("writing to a String cannot fail");
-            let meta: [(u8, &[u8]); 2] = [
+            let meta: [(u8, &[u8]); 3] = [
                 (tag::LISTENER, f.conn.listener.as_bytes()),
                 (tag::CLIENT, client.as_bytes()),
+                (tag::POOL, pool.as_bytes()),
             ];
             f.seq = self.next_seq;
             self.head = encode_record(
@@ -260,6 +273,7 @@ impl Writer {
             return Err(e);
         }
         self.seg_len += self.buf.len() as u64;
+        self.committed.store(self.next_seq - 1, Ordering::Release);
         self.metrics.bytes.inc_by(self.buf.len() as u64);
         self.buf.clear();
         self.dirty = true;
@@ -291,6 +305,7 @@ impl Writer {
         } else {
             RecordType::Checkpoint
         };
+        self.push_delivery(false);
         let seq = self.next_seq;
         let time_ns = now_ns();
         let epoch = self.next_epoch;
@@ -373,6 +388,84 @@ impl Writer {
         Ok(())
     }
 
+    /// Where readers may read up to (shared with the dispatchers).
+    pub fn committed(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
+
+    /// The first seq this run wrote.
+    pub fn start_seq(&self) -> u64 {
+        self.start_seq
+    }
+
+    /// The pools whose delivery cursors go into DELIVERY records.
+    pub fn track_delivery(&mut self, pools: Vec<(String, Arc<AtomicU64>)>) {
+        self.delivery = pools.into_iter().map(|(n, c)| (n, c, 0)).collect();
+    }
+
+    /// A DELIVERY record per pool whose cursor moved (or every pool when
+    /// `all`): body = the seq below which every frame of the pool settled.
+    fn push_delivery(&mut self, all: bool) {
+        for i in 0..self.delivery.len() {
+            let cursor = self.delivery[i].1.load(Ordering::Acquire);
+            if cursor == 0 || (!all && cursor == self.delivery[i].2) {
+                continue;
+            }
+            self.delivery[i].2 = cursor;
+            let name = self.delivery[i].0.clone();
+            self.push(
+                RecordType::Delivery,
+                0,
+                &[(tag::POOL, name.as_bytes())],
+                &cursor.to_be_bytes(),
+            );
+        }
+    }
+
+    /// Where each pool's delivery resumes: the cursor of its last DELIVERY
+    /// record in the journal, or this run's first seq for a pool the
+    /// journal has no DELIVERY for.
+    pub fn resume_cursors(&self, pools: &[String]) -> Vec<u64> {
+        let mut found: Vec<Option<u64>> = vec![None; pools.len()];
+        if let Ok(segs) = list_segments(&self.cfg.dir) {
+            for seg in segs.iter().rev() {
+                if seg.path == self.seg_path {
+                    continue;
+                }
+                let Ok(bytes) = std::fs::read(&seg.path) else {
+                    continue;
+                };
+                let mut last: Vec<Option<u64>> = vec![None; pools.len()];
+                for (_, r) in Records::new(&bytes).map_while(Result::ok) {
+                    if r.kind() != Some(RecordType::Delivery) {
+                        continue;
+                    }
+                    let Some(name) = r.meta_value(tag::POOL) else {
+                        continue;
+                    };
+                    if let (Some(i), Some(b)) = (
+                        pools.iter().position(|p| p.as_bytes() == name),
+                        r.body.get(..8),
+                    ) {
+                        last[i] = Some(u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                    }
+                }
+                for (f, l) in found.iter_mut().zip(last) {
+                    if f.is_none() {
+                        *f = l;
+                    }
+                }
+                if found.iter().all(Option::is_some) {
+                    break;
+                }
+            }
+        }
+        found
+            .into_iter()
+            .map(|f| f.unwrap_or(self.start_seq))
+            .collect()
+    }
+
     /// Closes the segment if it reached `segment-size` and opens the next.
     pub fn maybe_roll(&mut self) -> io::Result<()> {
         if self.seg_len < self.cfg.segment_size.0 {
@@ -406,6 +499,7 @@ impl Writer {
 
     /// Clean stop: a final checkpoint, synced.
     pub fn close(&mut self) -> io::Result<()> {
+        self.push_delivery(true);
         self.checkpoint()?;
         self.sync()
     }
@@ -420,23 +514,20 @@ fn hostname() -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Sends waiting checkpoint messages to every pool.
-async fn announce(
-    w: &mut Writer,
-    outputs: &[mpsc::Sender<Vec<Frame>>],
-    abort: &CancellationToken,
-) -> bool {
+/// Offers waiting checkpoint messages to every pool (outside the record
+/// sequence; dropped for a pool whose dispatcher is behind).
+fn announce(w: &mut Writer, outputs: &[mpsc::Sender<Routed>]) {
     if w.announce.is_empty() {
-        return true;
+        return;
     }
     let frames = std::mem::take(&mut w.announce);
     for out in outputs {
-        tokio::select! {
-            _ = abort.cancelled() => return false,
-            r = out.send(frames.clone()) => if r.is_err() { return false; },
-        }
+        let _ = out.try_send(Routed {
+            from: 0,
+            to: 0,
+            frames: frames.clone(),
+        });
     }
-    true
 }
 
 /// Makes a closed segment read-only.
@@ -663,42 +754,84 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
     })
 }
 
-/// Runs the writer on its own thread until the ingress closes (clean stop:
-/// final checkpoint) or `abort` fires. Frames go on to `outputs[pool]`
-/// after they are written (and synced under `sync = "always"`).
+/// What the server learns once the journal is open.
+pub struct Opened {
+    /// Per pool (in `pools` order): the seq its delivery resumes from.
+    pub cursors: Vec<u64>,
+    /// Seq of the last record written; dispatchers read up to it.
+    pub committed: Arc<AtomicU64>,
+    /// Fires when the writer thread has written its final records.
+    pub done: oneshot::Receiver<()>,
+}
+
+/// Runs the writer on its own thread. Frames go on to `pools[i].tx` after
+/// they are written (and synced under `sync = "always"`). When the ingress
+/// closes, the writer drops the pool channels, waits for `drained` (the
+/// dispatchers finished) and writes the final DELIVERY records and
+/// checkpoint. `abort` ends it at once.
 pub fn spawn(
     cfg: JournalConfig,
     metrics: JournalMetrics,
     config_hash: Hash,
     mut rx: mpsc::Receiver<Ingress>,
-    outputs: Vec<mpsc::Sender<Vec<Frame>>>,
+    pools: Vec<PoolLink>,
     abort: CancellationToken,
-) -> oneshot::Receiver<Result<(), JournalError>> {
+    drained: CancellationToken,
+) -> oneshot::Receiver<Result<Opened, JournalError>> {
     let (ready_tx, ready_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("journal".into())
         .spawn(move || {
+            let (done_tx, done_rx) = oneshot::channel();
+            let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
             let mut w = match Writer::open(&cfg, metrics, &config_hash) {
-                Ok(w) => {
-                    let _ = ready_tx.send(Ok(()));
-                    w
-                }
+                Ok(w) => w,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
+            let cursors = w.resume_cursors(&names);
+            w.track_delivery(
+                pools
+                    .iter()
+                    .map(|p| (p.name.clone(), p.delivered_below.clone()))
+                    .collect(),
+            );
+            let _ = ready_tx.send(Ok(Opened {
+                cursors,
+                committed: w.committed(),
+                done: done_rx,
+            }));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime builds");
-            rt.block_on(run(&mut w, &mut rx, &outputs, &abort));
+            let txs: Vec<mpsc::Sender<Routed>> = pools.into_iter().map(|p| p.tx).collect();
+            rt.block_on(run(&mut w, &mut rx, &txs, &abort));
+            drop(txs);
+            // Let the dispatchers finish, keeping the checkpoints going, so
+            // the final DELIVERY records say where delivery really got to.
+            rt.block_on(async {
+                let mut tick = tokio::time::interval(w.cfg.checkpoint_interval.0);
+                loop {
+                    tokio::select! {
+                        _ = drained.cancelled() => break,
+                        _ = abort.cancelled() => break,
+                        _ = tick.tick() => {
+                            if w.checkpoint_due() {
+                                if let Err(e) = w.checkpoint() {
+                                    tracing::error!(error = %e, "journal: checkpoint failed");
+                                }
+                            }
+                        }
+                    }
+                }
+            });
             if let Err(e) = w.close() {
                 tracing::error!(error = %e, "journal: final checkpoint failed");
             }
-            if !abort.is_cancelled() {
-                rt.block_on(announce(&mut w, &outputs, &abort));
-            }
+            let _ = done_tx.send(());
         })
         .expect("spawning the journal thread");
     ready_rx
@@ -742,7 +875,7 @@ const MAX_ITEMS_PER_WRITE: usize = 256;
 async fn run(
     w: &mut Writer,
     rx: &mut mpsc::Receiver<Ingress>,
-    outputs: &[mpsc::Sender<Vec<Frame>>],
+    outputs: &[mpsc::Sender<Routed>],
     abort: &CancellationToken,
 ) {
     let tick_every = match w.cfg.sync {
@@ -754,6 +887,9 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut items: Vec<Ingress> = Vec::with_capacity(MAX_ITEMS_PER_WRITE);
     let mut backoff = Duration::from_millis(10);
+    // Per pool: the last seq whose frames were offered to its dispatcher.
+    let mut covered: Vec<u64> = vec![w.start_seq - 1; outputs.len()];
+    let mut per_pool: Vec<Vec<Frame>> = vec![Vec::new(); outputs.len()];
     loop {
         tokio::select! {
             _ = abort.cancelled() => return,
@@ -770,9 +906,7 @@ async fn run(
                 if let Err(e) = r {
                     tracing::error!(error = %e, segment = %w.seg_path.display(), "journal: periodic work failed");
                 }
-                if !announce(w, outputs, abort).await {
-                    return;
-                }
+                announce(w, outputs);
                 continue;
             }
             n = rx.recv_many(&mut items, MAX_ITEMS_PER_WRITE) => {
@@ -781,12 +915,16 @@ async fn run(
                 }
             }
         }
-        let mut routed: Vec<(usize, Vec<Frame>)> = Vec::with_capacity(items.len());
         for item in items.drain(..) {
             match item {
                 Ingress::Frames { pool, mut frames } => {
-                    w.append_frames(&mut frames);
-                    routed.push((pool, frames));
+                    let name = w
+                        .delivery
+                        .get(pool)
+                        .map(|d| d.0.clone())
+                        .unwrap_or_default();
+                    w.append_frames(&name, &mut frames);
+                    per_pool[pool].append(&mut frames);
                 }
                 Ingress::Gap {
                     listener,
@@ -805,22 +943,29 @@ async fn run(
                 return;
             }
         }
-        // Write (and sync, by policy) before anything is routed.
+        // Written (and synced, by policy) before anything is routed.
         if !commit(w, abort, &mut backoff).await {
             return;
         }
-        for (pool, frames) in routed {
-            tokio::select! {
-                _ = abort.cancelled() => return,
-                r = outputs[pool].send(frames) => {
-                    if r.is_err() {
-                        return;
-                    }
-                }
+        let to = w.next_seq - 1;
+        for (pool, out) in outputs.iter().enumerate() {
+            if per_pool[pool].is_empty() {
+                continue;
+            }
+            let frames = std::mem::take(&mut per_pool[pool]);
+            let n = frames.len() as u64;
+            let batch = Routed {
+                from: covered[pool] + 1,
+                to,
+                frames,
+            };
+            covered[pool] = to;
+            // Never wait for a dispatcher: one that is behind reads these
+            // frames back from the journal.
+            if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {
+                w.metrics.spilled.inc_by(n);
             }
         }
-        if !announce(w, outputs, abort).await {
-            return;
-        }
+        announce(w, outputs);
     }
 }
