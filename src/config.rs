@@ -286,7 +286,9 @@ pub struct PoolConfig {
     /// After a backend connection is reset (not closed cleanly), frames its
     /// kernel acknowledged within this many bytes before the failure are
     /// sent again: they may have sat unread in its receive buffer. Bounded
-    /// duplicates instead of silent loss. `0` turns it off. Default 1MiB.
+    /// duplicates instead of silent loss. Size it to the backends' receive
+    /// buffers (a hung backend holds that much unread). `0` turns it off.
+    /// Default 4MiB.
     #[serde(default = "default_replay_window")]
     pub replay_window: ByteSize,
     #[serde(default)]
@@ -379,7 +381,7 @@ fn default_queue_bytes() -> ByteSize {
     ByteSize(4 << 20)
 }
 fn default_replay_window() -> ByteSize {
-    ByteSize(1 << 20)
+    ByteSize(4 << 20)
 }
 fn default_health_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::config::{Framing, ListenerConfig, Oversize};
 use crate::frame::{ConnMeta, Frame};
@@ -250,10 +251,15 @@ async fn session(
         s.name.clone(),
         peer,
     ));
+    // One span per connection, attached to the future (not entered across
+    // awaits, which would leak it into other tasks' logs).
     let span = tracing::debug_span!("session", listener = %s.name, client = %peer, conn = meta.id);
-    let _enter = span.enter();
-    tracing::debug!("client connected");
-    let close = read_loop(&stream, &meta, s, &stop).await;
+    let close = async {
+        tracing::debug!("client connected");
+        read_loop(&stream, &meta, s, &stop).await
+    }
+    .instrument(span)
+    .await;
     let m = &s.metrics;
     match &close {
         Close::Eof => m.closed_eof.inc(),

@@ -193,6 +193,8 @@ pub struct Upstream {
     replay_bytes: u64,
     /// Scratch for reporting settled seqs.
     settled_seqs: Vec<u64>,
+    /// Last time a frame settled (or nothing was outstanding).
+    last_progress: std::time::Instant,
     /// The dispatcher dropped its sender.
     input_closed: bool,
 }
@@ -216,6 +218,7 @@ impl Upstream {
             replay: VecDeque::new(),
             replay_bytes: 0,
             settled_seqs: Vec::new(),
+            last_progress: std::time::Instant::now(),
             input_closed: false,
         }
     }
@@ -320,6 +323,7 @@ impl Upstream {
         let (mut rd, mut wr) = stream.split();
         let mut discard = [0u8; 512];
         let mut tick = tokio::time::interval(SETTLE_TICK);
+        self.last_progress = std::time::Instant::now();
         let mut parts: Vec<Bytes> = Vec::new();
         loop {
             if self.input_closed && self.fifo.is_empty() {
@@ -338,9 +342,17 @@ impl Upstream {
                     Some(batch) => {
                         let n = batch.len() as u64;
                         let bytes = self.encode(batch, &mut parts);
+                        // A batch is at most about `queue-bytes`: a backend that
+                        // takes less than that in tcp-user-timeout is hung.
                         let res = tokio::select! {
                             _ = abort.cancelled() => return End::Aborted,
                             r = write_all_vectored(&mut wr, &parts) => r,
+                            _ = tokio::time::sleep(self.settings.tcp_user_timeout) => {
+                                return End::Failed {
+                                    reason: format!("write blocked for {:?}", self.settings.tcp_user_timeout),
+                                    clean: false,
+                                };
+                            }
                         };
                         parts.clear();
                         if let Err(e) = res {
@@ -352,7 +364,18 @@ impl Upstream {
                     }
                     None => self.input_closed = true,
                 },
-                _ = tick.tick(), if !self.fifo.is_empty() => self.settle(fd),
+                _ = tick.tick(), if !self.fifo.is_empty() => {
+                    self.settle(fd);
+                    // A backend that stops reading advertises a zero window
+                    // and answers probes, so TCP_USER_TIMEOUT alone may not
+                    // fire: no acknowledgement for that long is a failure.
+                    if !self.fifo.is_empty() && self.last_progress.elapsed() >= self.settings.tcp_user_timeout {
+                        return End::Failed {
+                            reason: format!("no data acknowledged for {:?}", self.settings.tcp_user_timeout),
+                            clean: false,
+                        };
+                    }
+                }
             }
         }
     }
@@ -418,6 +441,9 @@ impl Upstream {
                 self.settled_seqs.push(f.seq);
             }
             self.remember(f);
+        }
+        if n > 0 || self.fifo.is_empty() {
+            self.last_progress = std::time::Instant::now();
         }
         if n > 0 {
             self.handback.settled(&self.settled_seqs);

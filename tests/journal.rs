@@ -861,3 +861,25 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
     assert_eq!(f.class, Class::Modified);
     assert_eq!(f.segment, seg);
 }
+
+#[test]
+fn epochs_continue_across_a_run_that_died_before_its_first_checkpoint() {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir("epochs");
+    let cfg = auditlb::config::JournalConfig {
+        dir: dir.clone(),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.checkpoint().unwrap();
+    w.close().unwrap();
+    drop(w);
+    // A run killed before any checkpoint.
+    drop(Writer::open(&cfg, m.journal(), &[0; 32]).unwrap());
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+    let r = verify(&dir, None, None).unwrap();
+    assert!(r.failure.is_none(), "{}", r.text());
+    assert_eq!(r.checkpoints, 3);
+}

@@ -669,6 +669,18 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
             }
         }
     }
+    if last_epoch.is_none() {
+        // This run died before its first checkpoint: epochs go on from the
+        // newest checkpoint in an earlier segment.
+        last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|seg| {
+            let bytes = std::fs::read(&seg.path).ok()?;
+            Records::new(&bytes)
+                .map_while(Result::ok)
+                .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
+                .filter_map(|(_, r)| CheckpointBody::decode(r.body).map(|c| c.epoch))
+                .last()
+        });
+    }
     if let Some((at, what)) = damage {
         if at >= last_checkpoint_end && looks_torn(&bytes, at) {
             // A torn write after the last checkpoint: cut it and say so.

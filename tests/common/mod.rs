@@ -326,3 +326,210 @@ pub fn lines(tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
 pub fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
     server.metrics().sum(name, labels)
 }
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts the `auditlb-load sink` binary; returns it and its address.
+pub fn spawn_sink(
+    listen: &str,
+    framing: &str,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb-load"))
+        .args([
+            "sink",
+            "--listen",
+            listen,
+            "--framing",
+            framing,
+            "--seconds",
+            "600",
+            "--log",
+        ])
+        .arg(log)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("auditlb-load");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("sink address")
+        .parse()
+        .unwrap();
+    (Proc { child }, addr)
+}
+
+/// Starts the `auditlb` binary on a config file; returns it and the address
+/// of its first listener (from its "listening" log line).
+pub fn spawn_auditlb(config: &std::path::Path) -> (Proc, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("auditlb");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if !sent && line.contains("listening") {
+                if let Some(a) = line.split("address=").nth(1) {
+                    let _ = tx.send(a.split(' ').next().unwrap_or("").to_owned());
+                    sent = true;
+                }
+            }
+            if std::env::var_os("AUDITLB_TEST_LOGS").is_some() {
+                eprintln!("[auditlb {}] {line}", std::process::id());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("auditlb did not start listening")
+        .parse()
+        .unwrap();
+    (Proc { child }, addr)
+}
+
+/// Runs `auditlb-load gen` to completion.
+pub fn run_gen(to: SocketAddr, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb-load"))
+        .args(["gen", "--to", &to.to_string()])
+        .args(args)
+        .output()
+        .expect("auditlb-load gen");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The ids (` id=N`) of every complete frame in a sink's raw byte logs
+/// (`path`.N, one per connection).
+pub fn ids_in_log(path: &std::path::Path, octet_framing: bool) -> Vec<u64> {
+    let mut out = Vec::new();
+    let dir = path.parent().unwrap();
+    let prefix = format!("{}.", path.file_name().unwrap().to_string_lossy());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            ids_in_stream(
+                &std::fs::read(entry.path()).unwrap_or_default(),
+                octet_framing,
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+fn ids_in_stream(b: &[u8], octet_framing: bool, out: &mut Vec<u64>) {
+    let mut pos = 0;
+    while pos < b.len() {
+        let rest = &b[pos..];
+        let frame = if octet_framing {
+            let Some(sp) = rest.iter().take(12).position(|&c| c == b' ') else {
+                break;
+            };
+            let Some(len) = std::str::from_utf8(&rest[..sp])
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+            else {
+                break;
+            };
+            if rest.len() < sp + 1 + len {
+                break;
+            }
+            pos += sp + 1 + len;
+            &rest[sp + 1..sp + 1 + len]
+        } else {
+            let Some(i) = rest.iter().position(|&c| c == b'\n') else {
+                break;
+            };
+            pos += i + 1;
+            &rest[..i]
+        };
+        if let Some(at) = frame.windows(4).rposition(|w| w == b" id=") {
+            if let Some(id) = std::str::from_utf8(&frame[at + 4..])
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                out.push(id);
+            }
+        }
+    }
+}
+
+/// A config file for the `auditlb` binary over `backends`, with its journal
+/// and anchors in `dir`.
+pub fn binary_config(
+    dir: &std::path::Path,
+    backends: &[SocketAddr],
+    pool_extra: &str,
+) -> std::path::PathBuf {
+    let b: Vec<(SocketAddr, u32, bool)> = backends.iter().map(|a| (*a, 1, false)).collect();
+    let cfg = config(&b, "", pool_extra).replacen(
+        "[journal]\ndir = ",
+        &format!(
+            "[journal]\nanchors = \"{}\"\ndir = \"{}\"\n# replaced: ",
+            dir.join("anchors.log").display(),
+            dir.join("journal").display()
+        ),
+        1,
+    );
+    let path = dir.join("auditlb.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}

@@ -1,0 +1,318 @@
+//! Load generator and counting sink for tests and benchmarks. Loopback only;
+//! both stop after a bounded count or time.
+//!
+//! ```text
+//! auditlb-load gen  --to 127.0.0.1:6514 --connections 4 --frames 200000 --size 200 \
+//!                   [--framing lf|octet] [--rate FRAMES_PER_S] [--id-base N]
+//! auditlb-load sink --listen 127.0.0.1:0 [--framing lf|octet] [--log FILE]
+//!                   [--close-after N] [--stall-after N] [--seconds S] [--expect N]
+//!                   [--rcvbuf BYTES]
+//! ```
+//! Every generated frame is an RFC 5424 line ending in ` id=N` (N unique
+//! across connections). The sink prints `listening ADDR`, counts frames and
+//! ids, appends every byte it reads to `--log`.N (one file per connection)
+//! before parsing it (so what it got survives a SIGKILL), and at the end
+//! prints
+//! `frames=… unique=… duplicates=… missing=… (of expect)` and
+//! `rate=… frames/s`.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn usage() -> ! {
+    eprintln!("usage: auditlb-load gen --to ADDR [--connections N] [--frames N] [--size B] [--framing lf|octet] [--rate F] [--id-base N]\n       auditlb-load sink --listen ADDR [--framing lf|octet] [--log FILE] [--close-after N] [--stall-after N] [--seconds S] [--expect N]");
+    std::process::exit(2);
+}
+
+struct Args(Vec<String>);
+
+impl Args {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .position(|a| a == key)
+            .and_then(|i| self.0.get(i + 1))
+            .map(String::as_str)
+    }
+    fn num(&self, key: &str, default: u64) -> u64 {
+        self.get(key)
+            .map_or(default, |v| v.parse().unwrap_or_else(|_| usage()))
+    }
+    fn addr(&self, key: &str) -> SocketAddr {
+        let a: SocketAddr = self
+            .get(key)
+            .unwrap_or_else(|| usage())
+            .parse()
+            .unwrap_or_else(|_| usage());
+        if !a.ip().is_loopback() {
+            eprintln!("auditlb-load: {a} is not a loopback address; refusing");
+            std::process::exit(2);
+        }
+        a
+    }
+    fn octet(&self) -> bool {
+        match self.get("--framing").unwrap_or("lf") {
+            "lf" => false,
+            "octet" | "octet-counted" => true,
+            _ => usage(),
+        }
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = argv.first().cloned() else {
+        usage()
+    };
+    let args = Args(argv);
+    match cmd.as_str() {
+        "gen" => generate(&args),
+        "sink" => sink(&args),
+        _ => usage(),
+    }
+}
+
+fn generate(a: &Args) {
+    let to = a.addr("--to");
+    let conns = a.num("--connections", 4).max(1);
+    let frames = a.num("--frames", 100_000);
+    let size = a.num("--size", 200) as usize;
+    let octet = a.octet();
+    let rate = a.num("--rate", 0);
+    let base = a.num("--id-base", 0);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..conns)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(to).expect("connect");
+                s.set_nodelay(true).ok();
+                let mine: Vec<u64> = (0..frames).filter(|i| i % conns == c).collect();
+                let per_conn_rate = if rate > 0 {
+                    rate as f64 / conns as f64
+                } else {
+                    0.0
+                };
+                let t0 = Instant::now();
+                let mut buf = Vec::with_capacity(1 << 16);
+                for (k, chunk) in mine.chunks(64).enumerate() {
+                    buf.clear();
+                    for &i in chunk {
+                        let head = format!("<13>1 2026-11-26T00:00:00Z loadgen app{} - - - ", c);
+                        let id = format!(" id={}", base + i);
+                        let pad = size.saturating_sub(head.len() + id.len());
+                        let mut line = head.into_bytes();
+                        line.resize(line.len() + pad, b'x');
+                        line.extend_from_slice(id.as_bytes());
+                        if octet {
+                            buf.extend_from_slice(format!("{} ", line.len()).as_bytes());
+                            buf.extend_from_slice(&line);
+                        } else {
+                            buf.extend_from_slice(&line);
+                            buf.push(b'\n');
+                        }
+                    }
+                    if s.write_all(&buf).is_err() {
+                        eprintln!("auditlb-load gen: connection {c} closed by the server");
+                        return;
+                    }
+                    if per_conn_rate > 0.0 {
+                        let due = Duration::from_secs_f64(((k + 1) * 64) as f64 / per_conn_rate);
+                        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                // Wait for the server to close: everything was read.
+                let mut sink = [0u8; 64];
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sent={frames} seconds={secs:.3} rate={:.0} frames/s",
+        frames as f64 / secs
+    );
+}
+
+/// Ids seen by the sink.
+struct Tally {
+    frames: AtomicU64,
+    ids: Mutex<(HashSet<u64>, u64)>,
+}
+
+fn sink(a: &Args) {
+    let listen = a.addr("--listen");
+    let octet = a.octet();
+    let close_after = a.num("--close-after", 0);
+    let stall_after = a.num("--stall-after", 0);
+    let seconds = a.num("--seconds", 600);
+    let expect = a.num("--expect", 0);
+    // One log file per connection (`FILE.N`): streams must not interleave.
+    let log: Option<String> = a.get("--log").map(str::to_owned);
+    let listener = {
+        // Bound receive buffer (inherited by accepted sockets), so what a
+        // stalled sink holds unread is known: --rcvbuf, default 1MiB.
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::for_address(listen), Type::STREAM, None).expect("socket");
+        sock.set_reuse_address(true).ok();
+        sock.set_recv_buffer_size(a.num("--rcvbuf", 1 << 20) as usize)
+            .ok();
+        sock.bind(&listen.into()).expect("bind");
+        sock.listen(128).expect("listen");
+        TcpListener::from(sock)
+    };
+    println!("listening {}", listener.local_addr().expect("local addr"));
+    std::io::stdout().flush().ok();
+    let tally = Arc::new(Tally {
+        frames: AtomicU64::new(0),
+        ids: Mutex::new((HashSet::new(), 0)),
+    });
+    let first = Arc::new(Mutex::new(None::<Instant>));
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (tally, first, done, log) = (tally.clone(), first.clone(), done.clone(), log.clone());
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut s) = conn else { continue };
+                let (tally, first, done) = (tally.clone(), first.clone(), done.clone());
+                let mut log = log.as_ref().map(|p| {
+                    // A restarted sink must not reuse a file: skip taken numbers.
+                    let mut k = n;
+                    loop {
+                        let path = format!("{p}.{k}");
+                        match std::fs::OpenOptions::new()
+                            .create_new(true)
+                            .append(true)
+                            .open(&path)
+                        {
+                            Ok(f) => break f,
+                            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => k += 1000,
+                            Err(e) => panic!("open {path}: {e}"),
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let mut pending: Vec<u8> = Vec::new();
+                    let mut closed = false;
+                    loop {
+                        let n = match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if let Some(l) = &mut log {
+                            let _ = l.write_all(&buf[..n]);
+                        }
+                        first.lock().unwrap().get_or_insert_with(Instant::now);
+                        pending.extend_from_slice(&buf[..n]);
+                        let used = count(&pending, octet, &tally);
+                        pending.drain(..used);
+                        let total = tally.frames.load(Ordering::Relaxed);
+                        if stall_after > 0 && total >= stall_after {
+                            // Stop reading, keep the connection: a hung backend.
+                            while !done.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            return;
+                        }
+                        if close_after > 0 && total >= close_after && !closed {
+                            // Close cleanly: FIN, but keep reading what is in flight.
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                            closed = true;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if expect > 0 && tally.ids.lock().unwrap().0.len() as u64 >= expect {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.store(true, Ordering::Relaxed);
+    let (ids, dups) = &*tally.ids.lock().unwrap();
+    let frames = tally.frames.load(Ordering::Relaxed);
+    let missing = if expect > 0 {
+        (0..expect).filter(|i| !ids.contains(i)).count()
+    } else {
+        0
+    };
+    println!(
+        "frames={frames} unique={} duplicates={dups} missing={missing} (of {expect})",
+        ids.len()
+    );
+    let first_at = *first.lock().unwrap();
+    if let Some(t) = first_at {
+        println!(
+            "rate={:.0} frames/s",
+            frames as f64 / t.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Counts complete frames at the front of `b`; returns the bytes used.
+fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
+    let mut pos = 0;
+    let mut got = Vec::new();
+    loop {
+        let rest = &b[pos..];
+        let frame = if octet {
+            let Some(sp) = rest.iter().take(12).position(|&c| c == b' ') else {
+                break;
+            };
+            let Some(len) = std::str::from_utf8(&rest[..sp])
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+            else {
+                break;
+            };
+            if rest.len() < sp + 1 + len {
+                break;
+            }
+            pos += sp + 1 + len;
+            &rest[sp + 1..sp + 1 + len]
+        } else {
+            let Some(i) = memchr::memchr(b'\n', rest) else {
+                break;
+            };
+            pos += i + 1;
+            &rest[..i]
+        };
+        if let Some(id) = frame_id(frame) {
+            got.push(id);
+        }
+        tally.frames.fetch_add(1, Ordering::Relaxed);
+    }
+    if !got.is_empty() {
+        let mut g = tally.ids.lock().unwrap();
+        for id in got {
+            if !g.0.insert(id) {
+                g.1 += 1;
+            }
+        }
+    }
+    pos
+}
+
+/// The number after the last ` id=` of a frame.
+pub fn frame_id(frame: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::rfind(frame, b" id=")?;
+    std::str::from_utf8(&frame[at + 4..])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
