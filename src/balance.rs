@@ -146,7 +146,10 @@ impl Selector {
         let members = &self.members;
         let eligible = |i: usize| view.avail[i] && members[i].backup == tier;
         match self.mode {
-            Balance::RoundRobin => weighted_rr(&mut self.current, members, eligible),
+            // A mirror pool's dispatchers each own one backend.
+            Balance::RoundRobin | Balance::Mirror => {
+                weighted_rr(&mut self.current, members, eligible)
+            }
             Balance::LeastPending => {
                 self.rotate = (self.rotate + 1) % members.len().max(1);
                 least_pending(self.rotate, members, view, eligible)

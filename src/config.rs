@@ -238,6 +238,9 @@ pub enum Balance {
     Hash,
     /// A client connection sticks to one backend until that backend fails.
     Connection,
+    /// Every backend gets every frame, each at its own pace from the
+    /// journal.
+    Mirror,
 }
 
 /// What `balance = "hash"` hashes.
@@ -622,6 +625,11 @@ impl Config {
                 errs.push(format!(
                     "{at}.backend: pool {:?} has only backup backends; at least one must be primary",
                     p.name
+                ));
+            }
+            if p.balance == Balance::Mirror && p.backends.iter().any(|b| b.backup) {
+                errs.push(format!(
+                    "{at}.backend: a mirror pool sends every frame to every backend; backup = true has no meaning there"
                 ));
             }
             let mut baddrs = HashSet::new();

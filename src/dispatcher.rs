@@ -76,6 +76,9 @@ pub struct Dispatcher {
     unsettled: SeqWindow,
     /// Published delivery cursor.
     delivered_below: Arc<AtomicU64>,
+    /// Where senders record the highest seq of batches they dropped for
+    /// this dispatcher (it reads those from the files).
+    missed: Vec<Arc<AtomicU64>>,
     settled_scratch: Vec<u64>,
     wake: Arc<Notify>,
     /// The pool's `queue-bytes`: most unsettled bytes per connection.
@@ -98,6 +101,7 @@ impl Dispatcher {
         queue_bytes: u64,
         metrics: PoolMetrics,
         journal: (PoolTail, u64, Arc<AtomicU64>, Arc<AtomicU64>),
+        missed: Vec<Arc<AtomicU64>>,
     ) -> Self {
         let (tail, cursor, committed, delivered_below) = journal;
         delivered_below.store(cursor, Ordering::Release);
@@ -116,6 +120,7 @@ impl Dispatcher {
             committed,
             unsettled: SeqWindow::default(),
             delivered_below,
+            missed,
             settled_scratch: Vec::new(),
             pending: VecDeque::new(),
             metrics,
@@ -153,11 +158,22 @@ impl Dispatcher {
                     }
                 }
             }
+            // A dropped batch not yet read from the files: not live.
+            if self.live
+                && self
+                    .missed
+                    .iter()
+                    .any(|m| m.load(Ordering::Acquire) >= self.cursor)
+            {
+                tracing::debug!(pool = %self.pool, cursor = self.cursor, "behind: reading from the journal");
+                self.live = false;
+            }
             // Behind the live stream: read the next frames from the files.
             if !self.live && self.tail.next_seq() <= self.committed.load(Ordering::Acquire) {
                 let upto = self.committed.load(Ordering::Acquire);
                 match self.tail.read(upto, ROUND_FRAMES) {
                     Ok(frames) => {
+                        tracing::trace!(pool = %self.pool, frames = frames.len(), next = self.tail.next_seq(), upto, "read from the journal");
                         self.cursor = self.cursor.max(self.tail.next_seq());
                         if !frames.is_empty() {
                             self.pending.extend(frames);

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::balance::{Member, Selector};
-use crate::config::{Config, PoolConfig};
+use crate::config::{Balance, Config, PoolConfig};
 use crate::dispatcher::{ConnHandle, Dispatcher, INGRESS_BATCHES, UPSTREAM_BATCHES};
 use crate::health;
 use crate::journal::tail::PoolTail;
@@ -116,18 +116,27 @@ impl Server {
         // Sessions -> journal writer -> pool dispatchers. The journal opens
         // first: it says where each pool's delivery resumes.
         let mut links = Vec::new();
+        let mut pool_missed = Vec::new();
         let mut pool_rx = Vec::new();
         for p in &config.pools {
             let (tx, rx) = mpsc::channel(INGRESS_BATCHES);
+            let missed = Arc::new(AtomicU64::new(0));
+            pool_missed.push(missed.clone());
             links.push(journal::PoolLink {
                 name: p.name.clone(),
                 tx,
-                delivered_below: Arc::new(AtomicU64::new(0)),
+                missed,
+                cursors: delivery_names(p)
+                    .into_iter()
+                    .map(|n| (n, Arc::new(AtomicU64::new(0))))
+                    .collect(),
             });
             pool_rx.push(rx);
         }
-        let cursors_out: Vec<Arc<AtomicU64>> =
-            links.iter().map(|l| l.delivered_below.clone()).collect();
+        let cursors_out: Vec<Vec<Arc<AtomicU64>>> = links
+            .iter()
+            .map(|l| l.cursors.iter().map(|c| c.1.clone()).collect())
+            .collect();
         let (ingress, journal_rx) = mpsc::channel(INGRESS_ITEMS);
         let journal_drained = CancellationToken::new();
         let journal_ready = journal::writer::spawn(
@@ -150,12 +159,17 @@ impl Server {
         };
 
         let mut pools = Vec::new();
+        let mut resume = opened.cursors.into_iter();
         for (i, (p, rx)) in config.pools.iter().zip(pool_rx).enumerate() {
-            let cursor = opened.cursors[i];
-            if cursor <= opened.committed.load(std::sync::atomic::Ordering::Acquire) {
-                tracing::info!(pool = %p.name, from_seq = cursor, "resuming delivery from the journal");
+            let mut groups = Vec::new();
+            for (name, delivered) in delivery_names(p).into_iter().zip(&cursors_out[i]) {
+                let cursor = resume.next().expect("one resume cursor per delivery name");
+                if cursor <= opened.committed.load(std::sync::atomic::Ordering::Acquire) {
+                    tracing::info!(delivery = %name, from_seq = cursor, "resuming delivery from the journal");
+                }
+                let tail = PoolTail::new(config.journal.dir.clone(), p.name.clone(), cursor);
+                groups.push((tail, cursor, delivered.clone()));
             }
-            let tail = PoolTail::new(config.journal.dir.clone(), p.name.clone(), cursor);
             let runtime = start_pool(
                 p,
                 &metrics,
@@ -164,12 +178,9 @@ impl Server {
                 &abort,
                 &background_stop,
                 rx,
-                (
-                    tail,
-                    cursor,
-                    opened.committed.clone(),
-                    cursors_out[i].clone(),
-                ),
+                opened.committed.clone(),
+                pool_missed[i].clone(),
+                groups,
             );
             pools.push(runtime);
         }
@@ -298,6 +309,24 @@ impl Server {
 
 /// Starts one pool's backends, health checkers, upstreams and dispatcher.
 /// Returns the sender sessions use and the pool's runtime view.
+/// A pool's delivery names: the pool itself, or for `mirror` one per
+/// backend (each keeps its own cursor).
+pub fn delivery_names(p: &PoolConfig) -> Vec<String> {
+    if p.balance == Balance::Mirror {
+        p.backends
+            .iter()
+            .map(|b| format!("{}@{}", p.name, b.address))
+            .collect()
+    } else {
+        vec![p.name.clone()]
+    }
+}
+
+/// Starts one pool: backends, health checkers, upstream connections, and
+/// its dispatcher, or for `mirror` one dispatcher per backend (each with its
+/// own journal cursor) fed by a fan-out of the journal's batches.
+/// `groups` holds, per dispatcher, its journal tail, start cursor and
+/// published delivery cursor.
 #[allow(clippy::too_many_arguments)]
 fn start_pool(
     p: &PoolConfig,
@@ -307,11 +336,11 @@ fn start_pool(
     abort: &CancellationToken,
     background_stop: &CancellationToken,
     rx: mpsc::Receiver<Routed>,
-    journal: (PoolTail, u64, Arc<AtomicU64>, Arc<AtomicU64>),
+    committed: Arc<AtomicU64>,
+    missed: Arc<AtomicU64>,
+    groups: Vec<(PoolTail, u64, Arc<AtomicU64>)>,
 ) -> PoolRuntime {
     let name: Arc<str> = p.name.as_str().into();
-    let wake = Arc::new(Notify::new());
-    let handback = Arc::new(Handback::new(wake.clone()));
     let pool_metrics = metrics.pool(&p.name);
     let settings = UpstreamSettings {
         framing: p.framing,
@@ -320,66 +349,121 @@ fn start_pool(
         tcp_user_timeout: p.tcp_user_timeout.0,
         metrics: pool_metrics.clone(),
     };
-    let mut backends = Vec::new();
-    let mut conns = Vec::new();
-    for (i, b) in p.backends.iter().enumerate() {
-        let backend = Arc::new(Backend::new(
-            i,
-            name.clone(),
-            b,
-            p.health.rise,
-            p.health.fall,
-            metrics.backend(&p.name, &b.address),
-            wake.clone(),
-        ));
-        background.spawn(health::run(
-            backend.clone(),
-            p.health.interval.0,
-            p.health.timeout.0,
-            background_stop.clone(),
-        ));
-        let mut handles = Vec::new();
-        for _ in 0..p.connections {
-            let (tx, rx) = mpsc::channel(UPSTREAM_BATCHES);
-            let shared = Arc::new(ConnShared::new(wake.clone()));
-            let up = Upstream::new(
+    let mirror = p.balance == Balance::Mirror;
+    // Which backends each dispatcher owns.
+    let members: Vec<Vec<usize>> = if mirror {
+        (0..p.backends.len()).map(|i| vec![i]).collect()
+    } else {
+        vec![(0..p.backends.len()).collect()]
+    };
+    let mut all_backends = Vec::new();
+    let mut inputs = Vec::new();
+    let mut rx = Some(rx);
+    for (group, (tail, cursor, delivered)) in members.iter().zip(groups) {
+        let wake = Arc::new(Notify::new());
+        let handback = Arc::new(Handback::new(wake.clone()));
+        let mut backends = Vec::new();
+        let mut conns = Vec::new();
+        for (k, &i) in group.iter().enumerate() {
+            let b = &p.backends[i];
+            let backend = Arc::new(Backend::new(
+                k,
+                name.clone(),
+                b,
+                p.health.rise,
+                p.health.fall,
+                metrics.backend(&p.name, &b.address),
+                wake.clone(),
+            ));
+            background.spawn(health::run(
                 backend.clone(),
-                rx,
-                shared.clone(),
-                handback.clone(),
-                settings.clone(),
-            );
-            pool_tasks.spawn(up.run(abort.clone()));
-            handles.push(ConnHandle { tx, shared });
+                p.health.interval.0,
+                p.health.timeout.0,
+                background_stop.clone(),
+            ));
+            let mut handles = Vec::new();
+            for _ in 0..p.connections {
+                let (tx, rx) = mpsc::channel(UPSTREAM_BATCHES);
+                let shared = Arc::new(ConnShared::new(wake.clone()));
+                let up = Upstream::new(
+                    backend.clone(),
+                    rx,
+                    shared.clone(),
+                    handback.clone(),
+                    settings.clone(),
+                );
+                pool_tasks.spawn(up.run(abort.clone()));
+                handles.push(ConnHandle { tx, shared });
+            }
+            conns.push(handles);
+            backends.push(backend);
         }
-        conns.push(handles);
-        backends.push(backend);
+        let selector = Selector::new(
+            p.balance,
+            p.hash_key(),
+            group
+                .iter()
+                .map(|&i| Member {
+                    name: p.backends[i].address.clone(),
+                    weight: p.backends[i].weight,
+                    backup: p.backends[i].backup,
+                })
+                .collect(),
+        );
+        all_backends.extend(backends.iter().cloned());
+        let mut missed_by = vec![missed.clone()];
+        let input = if mirror {
+            let (t, r) = mpsc::channel(INGRESS_BATCHES);
+            let own = Arc::new(AtomicU64::new(0));
+            missed_by.push(own.clone());
+            inputs.push((t, own));
+            r
+        } else {
+            rx.take().expect("one dispatcher for a balanced pool")
+        };
+        let dispatcher = Dispatcher::new(
+            name.clone(),
+            backends,
+            conns,
+            selector,
+            input,
+            handback,
+            wake,
+            p.queue_bytes.0,
+            pool_metrics.clone(),
+            (tail, cursor, committed.clone(), delivered),
+            missed_by,
+        );
+        pool_tasks.spawn(dispatcher.run(abort.clone()));
     }
-    let members = p
-        .backends
-        .iter()
-        .map(|b| Member {
-            name: b.address.clone(),
-            weight: b.weight,
-            backup: b.backup,
-        })
-        .collect();
-    let selector = Selector::new(p.balance, p.hash_key(), members);
-    let dispatcher = Dispatcher::new(
-        name,
-        backends.clone(),
-        conns,
-        selector,
-        rx,
-        handback,
-        wake,
-        p.queue_bytes.0,
-        pool_metrics,
-        journal,
-    );
-    pool_tasks.spawn(dispatcher.run(abort.clone()));
+    if let Some(rx) = rx {
+        pool_tasks.spawn(fan_out(rx, inputs));
+    }
     PoolRuntime {
         name: p.name.clone(),
-        backends,
+        backends: all_backends,
+    }
+}
+
+/// `mirror`: every batch from the journal goes to every backend's
+/// dispatcher. One that is behind gets none (its channel is full) and reads
+/// from the journal instead, so it never holds up the others.
+async fn fan_out(
+    mut rx: mpsc::Receiver<Routed>,
+    outs: Vec<(mpsc::Sender<Routed>, Arc<AtomicU64>)>,
+) {
+    while let Some(b) = rx.recv().await {
+        for (out, missed) in &outs {
+            let batch = Routed {
+                from: b.from,
+                to: b.to,
+                frames: b.frames.clone(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {
+                if b.from > 0 {
+                    missed.fetch_max(b.to, std::sync::atomic::Ordering::AcqRel);
+                }
+            }
+        }
     }
 }

@@ -225,3 +225,50 @@ fn auditlb_killed_and_restarted_delivers_everything_it_journaled() {
     assert_eq!(r.exit_code(), 0, "{}", r.text());
     assert!(!r.recovered.is_empty() || r.records > 0);
 }
+
+#[test]
+fn mirror_pool_every_backend_gets_every_frame_at_its_own_pace() {
+    let dir = scratch_dir("mirror");
+    let mut sinks = Vec::new();
+    let mut logs = Vec::new();
+    for i in 0..3 {
+        let log = dir.join(format!("m{i}.log"));
+        let (p, a) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+        sinks.push((p, a));
+        logs.push(log);
+    }
+    let addrs: Vec<_> = sinks.iter().map(|s| s.1).collect();
+    let cfg = binary_config(&dir, &addrs, "balance = \"mirror\"");
+    let (_auditlb, listen) = spawn_auditlb(&cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    let n = 60_000u64;
+    let gen = std::thread::spawn(move || {
+        run_gen(
+            listen,
+            &[
+                "--connections",
+                "2",
+                "--frames",
+                "60000",
+                "--size",
+                "200",
+                "--rate",
+                "60000",
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    sinks[1].0.kill9();
+    gen.join().unwrap();
+    // The two live backends are not held up by the dead one.
+    let t0 = Instant::now();
+    wait_all_ids(&[logs[0].as_path()], n, 20);
+    wait_all_ids(&[logs[2].as_path()], n, 20);
+    eprintln!(
+        "live mirrors complete {:?} after the clients finished",
+        t0.elapsed()
+    );
+    // The dead one comes back and catches up from the journal.
+    let (_back, _) = spawn_sink(&addrs[1].to_string(), "octet", &logs[1], &[]);
+    wait_all_ids(&[logs[1].as_path()], n, 60);
+}

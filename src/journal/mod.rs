@@ -56,9 +56,13 @@ pub struct Routed {
 pub struct PoolLink {
     pub name: String,
     pub tx: tokio::sync::mpsc::Sender<Routed>,
-    /// The pool's delivery cursor, published by its dispatcher: every frame
-    /// of the pool below it is settled. Recorded in DELIVERY records.
-    pub delivered_below: Arc<std::sync::atomic::AtomicU64>,
+    /// Highest `to` of a batch dropped because `tx` was full: the
+    /// dispatcher must read up to there from the files.
+    pub missed: Arc<std::sync::atomic::AtomicU64>,
+    /// Delivery cursors published by the pool's dispatchers (one, or one
+    /// per backend of a `mirror` pool), by delivery name: every frame of the
+    /// pool below a cursor is settled there. Recorded in DELIVERY records.
+    pub cursors: Vec<(String, Arc<std::sync::atomic::AtomicU64>)>,
 }
 
 /// Resolved metric handles for the writer.

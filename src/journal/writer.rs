@@ -87,9 +87,11 @@ pub struct Writer {
     committed: Arc<AtomicU64>,
     /// First seq written by this run.
     start_seq: u64,
-    /// Per pool: name, published delivery cursor, and the cursor last
-    /// recorded in a DELIVERY record.
+    /// Per delivery name: published cursor, and the cursor last recorded in
+    /// a DELIVERY record.
     delivery: Vec<(String, Arc<AtomicU64>, u64)>,
+    /// Pool names by index, for FRAME records.
+    pub pool_names: Vec<String>,
     /// Checkpoint messages for the backends (`send-checkpoints`), waiting
     /// to be routed.
     announce: Vec<Frame>,
@@ -161,6 +163,7 @@ impl Writer {
             committed: Arc::new(AtomicU64::new(resume.next_seq.saturating_sub(1))),
             start_seq: resume.next_seq,
             delivery: Vec::new(),
+            pool_names: Vec::new(),
             buf: Vec::with_capacity(1 << 20),
             announce: Vec::new(),
             announce_meta: std::sync::Arc::new(crate::frame::ConnMeta::new(
@@ -516,12 +519,12 @@ fn hostname() -> String {
 
 /// Offers waiting checkpoint messages to every pool (outside the record
 /// sequence; dropped for a pool whose dispatcher is behind).
-fn announce(w: &mut Writer, outputs: &[mpsc::Sender<Routed>]) {
+fn announce(w: &mut Writer, outputs: &[(mpsc::Sender<Routed>, Arc<AtomicU64>)]) {
     if w.announce.is_empty() {
         return;
     }
     let frames = std::mem::take(&mut w.announce);
-    for out in outputs {
+    for (out, _) in outputs {
         let _ = out.try_send(Routed {
             from: 0,
             to: 0,
@@ -768,7 +771,8 @@ fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError>
 
 /// What the server learns once the journal is open.
 pub struct Opened {
-    /// Per pool (in `pools` order): the seq its delivery resumes from.
+    /// Per delivery name (pools in order, mirror backends expanded): the
+    /// seq its delivery resumes from.
     pub cursors: Vec<u64>,
     /// Seq of the last record written; dispatchers read up to it.
     pub committed: Arc<AtomicU64>,
@@ -795,7 +799,11 @@ pub fn spawn(
         .name("journal".into())
         .spawn(move || {
             let (done_tx, done_rx) = oneshot::channel();
-            let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+            let cursors: Vec<(String, Arc<AtomicU64>)> = pools
+                .iter()
+                .flat_map(|p| p.cursors.iter().cloned())
+                .collect();
+            let names: Vec<String> = cursors.iter().map(|c| c.0.clone()).collect();
             let mut w = match Writer::open(&cfg, metrics, &config_hash) {
                 Ok(w) => w,
                 Err(e) => {
@@ -803,15 +811,12 @@ pub fn spawn(
                     return;
                 }
             };
-            let cursors = w.resume_cursors(&names);
-            w.track_delivery(
-                pools
-                    .iter()
-                    .map(|p| (p.name.clone(), p.delivered_below.clone()))
-                    .collect(),
-            );
+            let resume = w.resume_cursors(&names);
+            // FRAME records name their pool (not the mirror delivery names).
+            w.pool_names = pools.iter().map(|p| p.name.clone()).collect();
+            w.track_delivery(cursors);
             let _ = ready_tx.send(Ok(Opened {
-                cursors,
+                cursors: resume,
                 committed: w.committed(),
                 done: done_rx,
             }));
@@ -819,7 +824,8 @@ pub fn spawn(
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime builds");
-            let txs: Vec<mpsc::Sender<Routed>> = pools.into_iter().map(|p| p.tx).collect();
+            let txs: Vec<(mpsc::Sender<Routed>, Arc<AtomicU64>)> =
+                pools.into_iter().map(|p| (p.tx, p.missed)).collect();
             rt.block_on(run(&mut w, &mut rx, &txs, &abort));
             drop(txs);
             // Let the dispatchers finish, keeping the checkpoints going, so
@@ -887,7 +893,7 @@ const MAX_ITEMS_PER_WRITE: usize = 256;
 async fn run(
     w: &mut Writer,
     rx: &mut mpsc::Receiver<Ingress>,
-    outputs: &[mpsc::Sender<Routed>],
+    outputs: &[(mpsc::Sender<Routed>, Arc<AtomicU64>)],
     abort: &CancellationToken,
 ) {
     let tick_every = match w.cfg.sync {
@@ -930,11 +936,7 @@ async fn run(
         for item in items.drain(..) {
             match item {
                 Ingress::Frames { pool, mut frames } => {
-                    let name = w
-                        .delivery
-                        .get(pool)
-                        .map(|d| d.0.clone())
-                        .unwrap_or_default();
+                    let name = w.pool_names.get(pool).cloned().unwrap_or_default();
                     w.append_frames(&name, &mut frames);
                     per_pool[pool].append(&mut frames);
                 }
@@ -960,7 +962,7 @@ async fn run(
             return;
         }
         let to = w.next_seq - 1;
-        for (pool, out) in outputs.iter().enumerate() {
+        for (pool, (out, missed)) in outputs.iter().enumerate() {
             if per_pool[pool].is_empty() {
                 continue;
             }
@@ -975,6 +977,7 @@ async fn run(
             // Never wait for a dispatcher: one that is behind reads these
             // frames back from the journal.
             if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {
+                missed.fetch_max(to, Ordering::AcqRel);
                 w.metrics.spilled.inc_by(n);
             }
         }
