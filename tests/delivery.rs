@@ -120,6 +120,8 @@ fn all_backends_down_frames_wait_in_the_journal_with_bounded_memory() {
         listen,
         &["--connections", "2", "--frames", "1000", "--size", "200"],
     );
+    // The backend has logged the first 1000 before it goes away.
+    wait_all_ids(&[log.as_path()], 1000, 20);
     sink.kill9();
     // Backends down: clients keep sending 50,000 frames, not slowed down.
     let t0 = Instant::now();
