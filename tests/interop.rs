@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,20 +21,53 @@ struct Rsyslog {
 
 impl Rsyslog {
     async fn start() -> Rsyslog {
+        Self::start_on(None).await
+    }
+
+    /// Stops this rsyslogd (SIGTERM: it closes its connections and writes
+    /// out what it took in) and starts a new one on the same port and file.
+    async fn restart(self) -> Rsyslog {
+        let (port, out, dir) = (self.port, self.out.clone(), self.dir_path());
+        let mut me = self;
+        unsafe {
+            libc::kill(me.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = me.child.wait();
+        let mut next = Self::start_in(dir, Some(port), out).await;
+        // Keep the directory alive with the new process.
+        std::mem::swap(&mut next._dir, &mut me._dir);
+        next
+    }
+
+    fn dir_path(&self) -> std::path::PathBuf {
+        self._dir.path().to_owned()
+    }
+
+    async fn start_on(port: Option<u16>) -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.log");
+        let mut r = Self::start_in(dir.path().to_owned(), port, out).await;
+        r._dir = dir;
+        r
+    }
+
+    async fn start_in(d: std::path::PathBuf, port: Option<u16>, out: PathBuf) -> Rsyslog {
         let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("rsyslogd not found: install it with `apt-get install rsyslog` (.ci/run does)");
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let out = d.join("out.log");
+        let d = d.as_path();
         let conf = d.join("rsyslog.conf");
+        let port_file = d.join("port");
+        let _ = std::fs::remove_file(&port_file);
+        let port_arg = port.map_or("0".to_owned(), |p| p.to_string());
         std::fs::write(
             &conf,
             format!(
                 r#"global(workDirectory="{d}")
+main_queue(queue.timeoutShutdown="10000")
 module(load="imtcp")
-input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{d}/port")
+input(type="imtcp" address="127.0.0.1" port="{port_arg}" listenPortFileName="{d}/port")
 template(name="raw" type="string" string="%rawmsg%\n")
 action(type="omfile" file="{out}" template="raw" flushOnTXEnd="on" asyncWriting="off")
 "#,
@@ -47,28 +81,39 @@ action(type="omfile" file="{out}" template="raw" flushOnTXEnd="on" asyncWriting=
             .arg("-f")
             .arg(&conf)
             .arg("-i")
-            .arg(d.join("rsyslogd.pid"))
+            .arg(d.join(format!("rsyslogd-{}.pid", port_arg)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start rsyslogd");
-        let port_file = d.join("port");
-        wait_for(10.0, "rsyslogd to listen", || {
-            std::fs::read_to_string(&port_file)
-                .ok()
-                .is_some_and(|s| s.trim().parse::<u16>().is_ok())
-        })
-        .await;
-        let port = std::fs::read_to_string(&port_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let port = match port {
+            // rsyslog writes listenPortFileName only for port 0.
+            Some(p) => {
+                wait_for(10.0, "rsyslogd to listen again", || {
+                    std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()
+                })
+                .await;
+                p
+            }
+            None => {
+                wait_for(10.0, "rsyslogd to listen", || {
+                    std::fs::read_to_string(&port_file)
+                        .ok()
+                        .is_some_and(|s| s.trim().parse::<u16>().is_ok())
+                })
+                .await;
+                std::fs::read_to_string(&port_file)
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            }
+        };
         Rsyslog {
             child,
             port,
             out,
-            _dir: dir,
+            _dir: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -180,4 +225,60 @@ async fn logger_to_rsyslog_octet_counted_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logger_to_rsyslog_lf_pool() {
     logger_through_auditlb_to_rsyslog("lf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_backend_restarted_mid_stream_loses_nothing() {
+    let rs = Rsyslog::start().await;
+    let backend = format!("127.0.0.1:{}", rs.port).parse().unwrap();
+    let server = start(&config(&[(backend, 1, false)], "", "")).await;
+    wait_connected(&server, 1).await;
+    let listen = server.listener_addr("in").unwrap();
+    let n = 60_000u64;
+    let gen = tokio::task::spawn_blocking(move || {
+        run_gen(
+            listen,
+            &[
+                "--connections",
+                "2",
+                "--frames",
+                "60000",
+                "--size",
+                "200",
+                "--rate",
+                "30000",
+            ],
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let rs = rs.restart().await;
+    let out = gen.await.unwrap();
+    assert!(out.contains("sent=60000"), "{out}");
+    let ids = |rs: &Rsyslog| -> HashSet<u64> {
+        rs.lines()
+            .iter()
+            .filter_map(|l| l.rsplit(" id=").next()?.trim().parse().ok())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = ids(&rs);
+        if (0..n).all(|i| got.contains(&i)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} ids in rsyslog's file after a restart",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        metric(
+            &server,
+            "auditlb_backend_transitions_total",
+            &[("to", "down")]
+        ) >= 1.0
+    );
+    server.shutdown().await;
 }
