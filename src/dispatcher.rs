@@ -275,6 +275,21 @@ impl Dispatcher {
             low = low.min(s);
         }
         self.delivered_below.store(low, Ordering::Release);
+        let committed = self.committed.load(Ordering::Acquire);
+        self.metrics
+            .lag
+            .set(committed.saturating_add(1).saturating_sub(low) as i64);
+        let oldest = self
+            .pending
+            .iter()
+            .map(|f| f.time_ns)
+            .chain(self.conns.iter().flatten().map(|c| c.shared.oldest_ns()))
+            .filter(|&t| t > 0)
+            .min();
+        let age = oldest.map_or(0.0, |t| {
+            (crate::journal::writer::now_ns() - t).max(0) as f64 / 1e9
+        });
+        self.metrics.oldest.set(age);
     }
 
     /// Handed-back frames are older than anything pending: they go first, in

@@ -55,11 +55,18 @@ pub struct Frame {
     /// The message, without framing.
     pub data: Bytes,
     pub conn: Arc<ConnMeta>,
+    /// When the journal recorded it (Unix ns); 0 before that.
+    pub time_ns: i64,
 }
 
 impl Frame {
     pub fn new(data: Bytes, conn: Arc<ConnMeta>) -> Self {
-        Self { seq: 0, data, conn }
+        Self {
+            seq: 0,
+            data,
+            conn,
+            time_ns: 0,
+        }
     }
 
     pub fn len(&self) -> usize {

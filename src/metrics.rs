@@ -32,6 +32,8 @@ pub struct Metrics {
     frames_lost: IntCounterVec,
     frames_replayed: IntCounterVec,
     pending_frames: IntGaugeVec,
+    delivery_lag: IntGaugeVec,
+    oldest_undelivered: prometheus::GaugeVec,
     journal: crate::journal::JournalMetrics,
 }
 
@@ -238,6 +240,12 @@ impl Metrics {
                 "Frames waiting in the dispatcher for an available backend.",
                 &["pool"],
             ),
+            delivery_lag: gauge(&r, "delivery_lag_records", "Journal records between the pool's delivery cursor and the journal's end (frames waiting in the journal, plus other pools' records among them).", &["pool"]),
+            oldest_undelivered: {
+                let g = prometheus::GaugeVec::new(Opts::new("oldest_undelivered_frame_age_seconds", "Age of the oldest frame taken in but not yet acknowledged by a backend (0 when none)."), &["pool"]).expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric names are unique");
+                g
+            },
             registry: r,
         }
     }
@@ -337,6 +345,8 @@ impl Metrics {
             lost: self.frames_lost.with_label_values(&[pool]),
             replayed: self.frames_replayed.with_label_values(&[pool]),
             pending: self.pending_frames.with_label_values(&[pool]),
+            lag: self.delivery_lag.with_label_values(&[pool]),
+            oldest: self.oldest_undelivered.with_label_values(&[pool]),
         }
     }
 }
@@ -391,4 +401,6 @@ pub struct PoolMetrics {
     pub lost: IntCounter,
     pub replayed: IntCounter,
     pub pending: IntGauge,
+    pub lag: IntGauge,
+    pub oldest: prometheus::Gauge,
 }

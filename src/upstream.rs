@@ -41,6 +41,9 @@ pub struct ConnShared {
     connected: AtomicBool,
     /// Bytes of frames handed to this connection and not yet settled.
     unsettled: AtomicU64,
+    /// Journal time of the oldest frame written and not yet settled here
+    /// (0: none), for the oldest-undelivered-frame gauge.
+    oldest_ns: std::sync::atomic::AtomicI64,
     /// The pool dispatcher's wake-up, signalled when frames settle or come
     /// back so a dispatcher waiting for room can go on.
     wake: Arc<Notify>,
@@ -51,6 +54,7 @@ impl ConnShared {
         Self {
             connected: AtomicBool::new(false),
             unsettled: AtomicU64::new(0),
+            oldest_ns: std::sync::atomic::AtomicI64::new(0),
             wake,
         }
     }
@@ -61,6 +65,10 @@ impl ConnShared {
 
     pub fn unsettled(&self) -> u64 {
         self.unsettled.load(Ordering::Acquire)
+    }
+
+    pub fn oldest_ns(&self) -> i64 {
+        self.oldest_ns.load(Ordering::Relaxed)
     }
 
     /// Called by the dispatcher before it sends a batch.
@@ -418,6 +426,7 @@ impl Upstream {
                 }
             }
         }
+        self.note_oldest();
         self.written - start
     }
 
@@ -445,12 +454,18 @@ impl Upstream {
         if n > 0 || self.fifo.is_empty() {
             self.last_progress = std::time::Instant::now();
         }
+        self.note_oldest();
         if n > 0 {
             self.handback.settled(&self.settled_seqs);
             self.backend.metrics.settled.inc_by(n);
             self.backend.sub_pending(bytes);
             self.shared.release(bytes);
         }
+    }
+
+    fn note_oldest(&self) {
+        let t = self.fifo.front().map_or(0, |(_, f)| f.time_ns);
+        self.shared.oldest_ns.store(t, Ordering::Relaxed);
     }
 
     /// Keeps a settled frame in the replay window, dropping the oldest
@@ -507,6 +522,7 @@ impl Upstream {
     /// After a failure: unsettled frames and everything queued go back.
     fn hand_back_unsettled(&mut self) {
         let mut frames: Vec<Frame> = self.fifo.drain(..).map(|(_, f)| f).collect();
+        self.note_oldest();
         while let Ok(batch) = self.rx.try_recv() {
             frames.extend(batch);
         }
@@ -524,6 +540,7 @@ impl Upstream {
     /// Shutdown grace is over: what is still here is not delivered.
     fn lose_queued(&mut self) {
         let mut frames: Vec<Frame> = self.fifo.drain(..).map(|(_, f)| f).collect();
+        self.note_oldest();
         self.rx.close();
         while let Ok(batch) = self.rx.try_recv() {
             frames.extend(batch);

@@ -627,11 +627,29 @@ async fn all_backends_down_frames_wait_then_flow() {
     wait_for(2.0, "a down", || server.backend_up("p", 0) == Some(false)).await;
     let addr = server.listener_addr("in").unwrap();
     send_lf(addr, &lines("w", 0..300)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(server.ready().is_err());
+    // The backlog shows: frames waiting, and how old the oldest is.
+    assert!(metric(&server, "auditlb_delivery_lag_records", &[("pool", "p")]) >= 300.0);
+    assert!(
+        metric(
+            &server,
+            "auditlb_oldest_undelivered_frame_age_seconds",
+            &[("pool", "p")]
+        ) >= 0.2
+    );
     a.restart();
     wait_for(5.0, "waiting frames delivered", || a.count() == 300).await;
     assert!(server.ready().is_ok());
+    wait_for(5.0, "backlog gauges back to zero", || {
+        metric(
+            &server,
+            "auditlb_oldest_undelivered_frame_age_seconds",
+            &[("pool", "p")],
+        ) == 0.0
+            && metric(&server, "auditlb_delivery_lag_records", &[("pool", "p")]) < 300.0
+    })
+    .await;
     server.shutdown().await;
 }
 

@@ -197,6 +197,7 @@ impl PoolTail {
             .clone();
         let mut f = Frame::new(slice(r.body), meta);
         f.seq = r.seq;
+        f.time_ns = r.time_ns;
         out.push(f);
         Ok(())
     }

@@ -232,6 +232,7 @@ impl Writer {
                 (tag::POOL, pool.as_bytes()),
             ];
             f.seq = self.next_seq;
+            f.time_ns = t;
             self.head = encode_record(
                 &mut self.buf,
                 RecordType::Frame,
