@@ -110,6 +110,29 @@ pub struct JournalConfig {
     /// holds the chain heads too. Default false.
     #[serde(default)]
     pub send_checkpoints: bool,
+    /// Most bytes the journal directory may hold. Default 10GiB.
+    #[serde(default = "default_disk_budget")]
+    pub disk_budget: ByteSize,
+    /// When the budget is reached: `block` stops taking frames from clients
+    /// (backpressure) until space is freed; `drop` refuses frames, counts
+    /// them and records a GAP. Default `block`.
+    #[serde(default = "default_on_full")]
+    pub on_full: OnFull,
+}
+
+/// What a full journal does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFull {
+    Block,
+    Drop,
+}
+
+fn default_disk_budget() -> ByteSize {
+    ByteSize(10 << 30)
+}
+fn default_on_full() -> OnFull {
+    OnFull::Block
 }
 
 impl Default for JournalConfig {
@@ -124,6 +147,8 @@ impl Default for JournalConfig {
             anchors: None,
             seal_key: None,
             send_checkpoints: false,
+            disk_budget: default_disk_budget(),
+            on_full: default_on_full(),
         }
     }
 }
@@ -481,6 +506,12 @@ impl Config {
         }
         if j.segment_size.0 < 64 * 1024 {
             errs.push("journal.segment-size: must be at least 64KiB".into());
+        }
+        if j.disk_budget.0 < 2 * j.segment_size.0.min(64 << 20) {
+            errs.push(format!(
+                "journal.disk-budget: {} is too small for segments of {} (at least two segments, or 128MiB)",
+                j.disk_budget, j.segment_size
+            ));
         }
         if j.checkpoint_every == 0 {
             errs.push("journal.checkpoint-every: must be at least 1".into());

@@ -429,13 +429,20 @@ async fn read_loop(
 /// Hands the batch to the journal writer. False when it is gone.
 async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
     let frames = std::mem::take(batch);
-    s.metrics.frames_in.inc_by(frames.len() as u64);
-    s.tx.send(Ingress::Frames {
+    let n = frames.len() as u64;
+    s.metrics.frames_in.inc_by(n);
+    let sent = s.tx.send(Ingress::Frames {
         pool: s.pool,
         frames,
-    })
-    .await
-    .is_ok()
+    });
+    if sent.await.is_err() {
+        // Only when the journal stopped (shutdown grace over while it was
+        // full): counted and logged, since it can no longer be journaled.
+        s.metrics.refused_unjournaled.inc_by(n);
+        tracing::error!(listener = %s.name, frames = n, "frames read from a client could not be journaled before exit");
+        return false;
+    }
+    true
 }
 
 /// Records frames refused before routing in the journal (a GAP record).

@@ -117,6 +117,8 @@ impl Metrics {
                 "journal_frames_spilled_total",
                 "Frames a lagging dispatcher will read back from the journal instead of memory.",
             ),
+            full: single_gauge("journal_full", "1 while the journal is at its disk budget."),
+            refused_full: single_counter("journal_frames_refused_disk_full_total", "Frames refused because the journal reached its disk budget (on-full = drop); each refusal is a GAP record."),
             tampered: single_gauge(
                 "journal_tamper_alarm",
                 "1 when startup found journal damage before the last checkpoint.",
@@ -307,6 +309,7 @@ impl Metrics {
             refused_oversize: refused("oversize"),
             refused_malformed: refused("malformed"),
             refused_incomplete: refused("incomplete"),
+            refused_unjournaled: refused("unjournaled_at_exit"),
         }
     }
 
@@ -376,6 +379,7 @@ pub struct ListenerMetrics {
     pub refused_oversize: IntCounter,
     pub refused_malformed: IntCounter,
     pub refused_incomplete: IntCounter,
+    pub refused_unjournaled: IntCounter,
 }
 
 /// Resolved handles for one backend.

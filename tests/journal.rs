@@ -883,3 +883,131 @@ fn epochs_continue_across_a_run_that_died_before_its_first_checkpoint() {
     assert!(r.failure.is_none(), "{}", r.text());
     assert_eq!(r.checkpoints, 3);
 }
+
+/// A config whose journal has a small disk budget.
+fn budget_config(sink: std::net::SocketAddr, on_full: &str) -> (String, PathBuf) {
+    let cfg = config(&[(sink, 1, false)], "", "");
+    let dir: PathBuf = cfg
+        .split("dir = \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .into();
+    let cfg = cfg.replacen(
+        "[journal]\n",
+        &format!("[journal]\nsegment-size = \"64KiB\"\ndisk-budget = \"256KiB\"\non-full = \"{on_full}\"\n"),
+        1,
+    );
+    (cfg, dir)
+}
+
+fn gap_total(journal: &Path, reason: &str) -> u64 {
+    let out = bin()
+        .args(["cat", "--format", "jsonl", "--journal"])
+        .arg(journal)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"GAP\"") && l.contains(&format!("\"reason\":\"{reason}\""))
+        })
+        .map(|l| {
+            l.split("\"count\":")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches('}')
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_budget_drop_refuses_counts_and_records_a_gap() {
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let (cfg, journal) = budget_config(sink.addr, "drop");
+    let server = start(&cfg).await;
+    wait_connected(&server, 1).await;
+    let n = 6000;
+    send_lf(server.listener_addr("in").unwrap(), &lines("d", 0..n)).await;
+    wait_for(10.0, "every frame delivered or refused", || {
+        sink.count() as f64
+            + metric(
+                &server,
+                "auditlb_journal_frames_refused_disk_full_total",
+                &[],
+            )
+            == n as f64
+    })
+    .await;
+    let refused = metric(
+        &server,
+        "auditlb_journal_frames_refused_disk_full_total",
+        &[],
+    ) as u64;
+    assert!(
+        refused > 0 && sink.count() > 0,
+        "refused {refused}, delivered {}",
+        sink.count()
+    );
+    assert_eq!(metric(&server, "auditlb_journal_full", &[]), 1.0);
+    server.shutdown().await;
+    assert_eq!(gap_total(&journal, "disk_full"), refused);
+    let r = verify(&journal, None, None).unwrap();
+    assert!(r.failure.is_none(), "{}", r.text());
+    assert_eq!(r.frames as usize, sink.count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_budget_block_slows_clients_and_loses_nothing_silently() {
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let (cfg, journal) = budget_config(sink.addr, "block");
+    let server = start(&cfg).await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    // Far more than the budget and the socket buffers together.
+    let msgs = lines("b", 0..400_000);
+    let client = tokio::spawn(async move { send_lf(addr, &msgs).await });
+    wait_for(10.0, "journal full", || {
+        metric(&server, "auditlb_journal_full", &[]) == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!client.is_finished(), "the client was not slowed down");
+    assert_eq!(
+        metric(
+            &server,
+            "auditlb_journal_frames_refused_disk_full_total",
+            &[]
+        ),
+        0.0
+    );
+    let delivered = sink.count();
+    client.abort();
+    let metrics = server.metrics().clone();
+    server.shutdown().await;
+    // Everything journaled was delivered; what was read but held back when
+    // the process stopped is recorded as a GAP, not lost silently.
+    let r = verify(&journal, None, None).unwrap();
+    assert!(r.failure.is_none(), "{}", r.text());
+    assert_eq!(r.frames as usize, sink.count());
+    assert!(sink.count() >= delivered);
+    let held = gap_total(&journal, "disk_full");
+    assert_eq!(
+        held as f64,
+        metrics.sum("auditlb_journal_frames_refused_disk_full_total", &[])
+    );
+    let used: u64 = list_segments(&journal)
+        .unwrap()
+        .iter()
+        .map(|s| std::fs::metadata(&s.path).unwrap().len())
+        .sum();
+    assert!(
+        used < 400 * 1024,
+        "journal grew to {used} bytes past a 256KiB budget"
+    );
+}

@@ -23,7 +23,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use crate::frame::Frame;
 
 /// Batches that may wait for the journal writer.
-pub const INGRESS_ITEMS: usize = 512;
+pub const INGRESS_ITEMS: usize = 64;
 
 /// What sessions hand the journal writer.
 #[derive(Debug)]
@@ -80,4 +80,8 @@ pub struct JournalMetrics {
     /// Frames not kept in memory for a dispatcher that was behind (it reads
     /// them back from the journal).
     pub spilled: IntCounter,
+    /// 1 while the journal is at its disk budget.
+    pub full: IntGauge,
+    /// Frames refused because the journal was full (`on-full = drop`).
+    pub refused_full: IntCounter,
 }

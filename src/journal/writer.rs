@@ -24,7 +24,7 @@ use super::format::{
 use super::reader::{list_segments, read_segment, Records};
 use super::seal::{random_bytes, seal, KeyError, SealInput, SealKey};
 use super::{Ingress, JournalMetrics, PoolLink, Routed};
-use crate::config::{JournalConfig, SyncPolicy};
+use crate::config::{JournalConfig, OnFull, SyncPolicy};
 use crate::frame::Frame;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,6 +92,10 @@ pub struct Writer {
     delivery: Vec<(String, Arc<AtomicU64>, u64)>,
     /// Pool names by index, for FRAME records.
     pub pool_names: Vec<String>,
+    /// Bytes in the journal's segment files (against `disk-budget`).
+    journal_bytes: u64,
+    /// Over budget now (logged once per episode).
+    full: bool,
     /// Checkpoint messages for the backends (`send-checkpoints`), waiting
     /// to be routed.
     announce: Vec<Frame>,
@@ -164,6 +168,8 @@ impl Writer {
             start_seq: resume.next_seq,
             delivery: Vec::new(),
             pool_names: Vec::new(),
+            journal_bytes: 0,
+            full: false,
             buf: Vec::with_capacity(1 << 20),
             announce: Vec::new(),
             announce_meta: std::sync::Arc::new(crate::frame::ConnMeta::new(
@@ -174,6 +180,7 @@ impl Writer {
             hostname: hostname(),
         };
         w.metrics.segments.inc();
+        w.measure();
         w.start_segment_records();
         w.push(RecordType::Config, 0, &[], config_hash);
         w.flush().map_err(io_at(&w.seg_path.clone()))?;
@@ -277,6 +284,7 @@ impl Writer {
             return Err(e);
         }
         self.seg_len += self.buf.len() as u64;
+        self.journal_bytes += self.buf.len() as u64;
         self.committed.store(self.next_seq - 1, Ordering::Release);
         self.metrics.bytes.inc_by(self.buf.len() as u64);
         self.buf.clear();
@@ -390,6 +398,41 @@ impl Writer {
             self.announce.push(f);
         }
         Ok(())
+    }
+
+    /// Re-reads the size of the journal's segment files (an operator may
+    /// have freed space).
+    fn measure(&mut self) {
+        if let Ok(segs) = list_segments(&self.cfg.dir) {
+            self.journal_bytes = segs
+                .iter()
+                .filter_map(|s| std::fs::metadata(&s.path).ok())
+                .map(|m| m.len())
+                .sum::<u64>()
+                + self.buf.len() as u64;
+        }
+    }
+
+    /// Whether `more` bytes still fit in `disk-budget`; logs and flags the
+    /// change either way.
+    fn fits(&mut self, more: u64) -> bool {
+        let fits = self.journal_bytes + more <= self.cfg.disk_budget.0;
+        if fits == self.full {
+            self.full = !fits;
+            self.metrics.full.set(i64::from(!fits));
+            if fits {
+                tracing::info!(journal = %self.cfg.dir.display(), "journal back under its disk budget");
+            } else {
+                tracing::error!(
+                    journal = %self.cfg.dir.display(),
+                    budget = self.cfg.disk_budget.0,
+                    used = self.journal_bytes,
+                    on_full = ?self.cfg.on_full,
+                    "journal disk budget reached"
+                );
+            }
+        }
+        fits
     }
 
     /// Where readers may read up to (shared with the dispatchers).
@@ -909,9 +952,27 @@ async fn run(
     // Per pool: the last seq whose frames were offered to its dispatcher.
     let mut covered: Vec<u64> = vec![w.start_seq - 1; outputs.len()];
     let mut per_pool: Vec<Vec<Frame>> = vec![Vec::new(); outputs.len()];
+    // on-full = block and the budget is reached.
+    let mut blocked = false;
     loop {
         tokio::select! {
-            _ = abort.cancelled() => return,
+            _ = abort.cancelled() => {
+                // Frames held back by a full journal are not silently lost:
+                // each batch leaves a GAP record.
+                while let Ok(item) = rx.try_recv() {
+                    items.push(item);
+                }
+                for item in items.drain(..) {
+                    if let Ingress::Frames { frames, .. } = item {
+                        if let Some(f) = frames.first() {
+                            w.metrics.refused_full.inc_by(frames.len() as u64);
+                            w.append_gap(&f.conn.listener, &f.conn.peer.to_string(), "disk_full", frames.len() as u64);
+                        }
+                    }
+                }
+                let _ = w.flush();
+                return;
+            }
             _ = tick.tick() => {
                 let r = (|| -> io::Result<()> {
                     if w.cfg.sync == SyncPolicy::Interval {
@@ -926,17 +987,54 @@ async fn run(
                     tracing::error!(error = %e, segment = %w.seg_path.display(), "journal: periodic work failed");
                 }
                 announce(w, outputs);
-                continue;
             }
-            n = rx.recv_many(&mut items, MAX_ITEMS_PER_WRITE) => {
+            n = rx.recv_many(&mut items, MAX_ITEMS_PER_WRITE), if !blocked => {
                 if n == 0 {
                     return;
                 }
             }
         }
-        for item in items.drain(..) {
+        if blocked {
+            // on-full = block: take nothing in until space is freed.
+            w.measure();
+            if !w.fits(w.cfg.segment_size.0.min(1 << 20)) {
+                continue;
+            }
+            blocked = false;
+        }
+        if items.is_empty() {
+            continue;
+        }
+        let mut held: Vec<Ingress> = Vec::new();
+        let taken = std::mem::take(&mut items);
+        for item in taken {
+            if blocked {
+                held.push(item);
+                continue;
+            }
             match item {
                 Ingress::Frames { pool, mut frames } => {
+                    let bytes: u64 = frames.iter().map(|f| f.len() as u64 + 100).sum();
+                    if !w.fits(bytes) {
+                        match w.cfg.on_full {
+                            OnFull::Drop => {
+                                let n = frames.len() as u64;
+                                w.metrics.refused_full.inc_by(n);
+                                let (listener, client) = frames
+                                    .first()
+                                    .map(|f| (f.conn.listener.to_string(), f.conn.peer.to_string()))
+                                    .unwrap_or_default();
+                                w.append_gap(&listener, &client, "disk_full", n);
+                                continue;
+                            }
+                            OnFull::Block => {
+                                // Keep this item and everything after it.
+                                held.push(Ingress::Frames { pool, frames });
+                                blocked = true;
+                                continue;
+                            }
+                        }
+                    }
                     let name = w.pool_names.get(pool).cloned().unwrap_or_default();
                     w.append_frames(&name, &mut frames);
                     per_pool[pool].append(&mut frames);
@@ -958,6 +1056,8 @@ async fn run(
                 return;
             }
         }
+        // Held back by a full journal: first in line once there is room.
+        items = held;
         // Written (and synced, by policy) before anything is routed.
         if !commit(w, abort, &mut backoff).await {
             return;
