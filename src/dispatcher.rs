@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::balance::{Selector, View};
 use crate::frame::Frame;
 use crate::journal::tail::PoolTail;
-use crate::journal::Routed;
+use crate::journal::{Routed, SettledLog};
 use crate::metrics::PoolMetrics;
 use crate::pool::Backend;
 use crate::upstream::{ConnShared, Handback};
@@ -79,7 +79,11 @@ pub struct Dispatcher {
     /// Where senders record the highest seq of batches they dropped for
     /// this dispatcher (it reads those from the files).
     missed: Vec<Arc<AtomicU64>>,
-    settled_scratch: Vec<u64>,
+    settled_scratch: Vec<(u32, u64)>,
+    /// Which backend settled which frames, for the journal's DELIVERY
+    /// records (drained by the writer).
+    settled_log: SettledLog,
+    backend_names: Vec<Arc<str>>,
     wake: Arc<Notify>,
     /// The pool's `queue-bytes`: most unsettled bytes per connection.
     queue_bytes: u64,
@@ -102,7 +106,12 @@ impl Dispatcher {
         metrics: PoolMetrics,
         journal: (PoolTail, u64, Arc<AtomicU64>, Arc<AtomicU64>),
         missed: Vec<Arc<AtomicU64>>,
+        settled_log: SettledLog,
     ) -> Self {
+        let backend_names = backends
+            .iter()
+            .map(|b| Arc::from(b.addr.to_string()))
+            .collect();
         let (tail, cursor, committed, delivered_below) = journal;
         delivered_below.store(cursor, Ordering::Release);
         Self {
@@ -122,6 +131,8 @@ impl Dispatcher {
             delivered_below,
             missed,
             settled_scratch: Vec::new(),
+            settled_log,
+            backend_names,
             pending: VecDeque::new(),
             metrics,
         }
@@ -257,8 +268,20 @@ impl Dispatcher {
     fn collect_settled(&mut self) {
         let mut scratch = std::mem::take(&mut self.settled_scratch);
         self.handback.take_settled(&mut scratch);
-        for &s in &scratch {
-            self.unsettled.clear(s);
+        if !scratch.is_empty() {
+            let mut per_backend: Vec<Vec<u64>> = vec![Vec::new(); self.backend_names.len()];
+            for &(b, s) in &scratch {
+                self.unsettled.clear(s);
+                if let Some(v) = per_backend.get_mut(b as usize) {
+                    v.push(s);
+                }
+            }
+            let mut log = self.settled_log.lock().unwrap_or_else(|p| p.into_inner());
+            for (b, seqs) in per_backend.into_iter().enumerate() {
+                if !seqs.is_empty() {
+                    log.push((self.backend_names[b].clone(), seqs));
+                }
+            }
         }
         self.settled_scratch = scratch;
     }

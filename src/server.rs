@@ -117,15 +117,19 @@ impl Server {
         // first: it says where each pool's delivery resumes.
         let mut links = Vec::new();
         let mut pool_missed = Vec::new();
+        let mut pool_settled = Vec::new();
         let mut pool_rx = Vec::new();
         for p in &config.pools {
             let (tx, rx) = mpsc::channel(INGRESS_BATCHES);
             let missed = Arc::new(AtomicU64::new(0));
             pool_missed.push(missed.clone());
+            let settled = journal::SettledLog::default();
+            pool_settled.push(settled.clone());
             links.push(journal::PoolLink {
                 name: p.name.clone(),
                 tx,
                 missed,
+                settled,
                 cursors: delivery_names(p)
                     .into_iter()
                     .map(|n| (n, Arc::new(AtomicU64::new(0))))
@@ -179,7 +183,7 @@ impl Server {
                 &background_stop,
                 rx,
                 opened.committed.clone(),
-                pool_missed[i].clone(),
+                (pool_missed[i].clone(), pool_settled[i].clone()),
                 groups,
             );
             pools.push(runtime);
@@ -337,7 +341,7 @@ fn start_pool(
     background_stop: &CancellationToken,
     rx: mpsc::Receiver<Routed>,
     committed: Arc<AtomicU64>,
-    missed: Arc<AtomicU64>,
+    (missed, settled): (Arc<AtomicU64>, journal::SettledLog),
     groups: Vec<(PoolTail, u64, Arc<AtomicU64>)>,
 ) -> PoolRuntime {
     let name: Arc<str> = p.name.as_str().into();
@@ -433,6 +437,7 @@ fn start_pool(
             pool_metrics.clone(),
             (tail, cursor, committed.clone(), delivered),
             missed_by,
+            settled.clone(),
         );
         pool_tasks.spawn(dispatcher.run(abort.clone()));
     }

@@ -91,7 +91,7 @@ pub struct Handback {
     frames: Mutex<Vec<Frame>>,
     /// Seqs of frames settled since the dispatcher last looked, for its
     /// delivery cursor. Bounded like the frames: each was in flight.
-    settled: Mutex<Vec<u64>>,
+    settled: Mutex<Vec<(u32, u64)>>,
     /// The pool dispatcher's wake-up.
     pub wake: Arc<Notify>,
 }
@@ -119,16 +119,17 @@ impl Handback {
         std::mem::take(&mut *self.frames.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Reports settled frames (their seqs).
-    pub fn settled(&self, seqs: &[u64]) {
+    /// Reports frames settled by backend `backend` (its index in the
+    /// dispatcher's list), by seq.
+    pub fn settled(&self, backend: u32, seqs: &[u64]) {
         self.settled
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(seqs);
+            .extend(seqs.iter().map(|&s| (backend, s)));
     }
 
     /// Seqs settled since the last call, swapped into `into` (cleared).
-    pub fn take_settled(&self, into: &mut Vec<u64>) {
+    pub fn take_settled(&self, into: &mut Vec<(u32, u64)>) {
         into.clear();
         std::mem::swap(
             into,
@@ -456,7 +457,8 @@ impl Upstream {
         }
         self.note_oldest();
         if n > 0 {
-            self.handback.settled(&self.settled_seqs);
+            self.handback
+                .settled(self.backend.index as u32, &self.settled_seqs);
             self.backend.metrics.settled.inc_by(n);
             self.backend.sub_pending(bytes);
             self.shared.release(bytes);

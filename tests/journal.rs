@@ -251,6 +251,21 @@ async fn intact_journal_verifies_and_cat_round_trips() {
     assert_eq!(text.lines().count(), 3, "{text}");
     assert!(text.lines().all(|l| l.starts_with("{\"seq\":1")));
     assert!(text.contains("\"listener\":\"in\"") && text.contains("\"client\":\"127.0.0.1:"));
+    // Every frame says which backend took it (DELIVERY ranges).
+    let out = bin()
+        .args(["cat", "--format", "jsonl", "--journal"])
+        .arg(&w.journal)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let frames: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"FRAME\""))
+        .collect();
+    assert_eq!(frames.len(), 500);
+    for f in &frames {
+        assert!(f.contains("\"backend\":\"127.0.0.1:"), "{f}");
+    }
     // A usage error is exit 3.
     let out = bin()
         .args(["verify", "--journal", "/nonexistent"])

@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use super::format::{tag, CheckpointBody, Record, RecordType};
+use super::format::{decode_ranges, flags, tag, CheckpointBody, Record, RecordType};
 use super::reader::{list_segments, Mapped, Records};
 use super::verify::json_str;
 
@@ -61,6 +61,11 @@ pub fn cat(
     format: Format,
     out: &mut dyn Write,
 ) -> io::Result<u64> {
+    let delivered = if format == Format::Jsonl {
+        delivered_ranges(dir)?
+    } else {
+        Vec::new()
+    };
     let mut n = 0;
     for seg in list_segments(dir)? {
         let mapped = Mapped::open(&seg.path)?;
@@ -87,7 +92,7 @@ pub fn cat(
                     }
                 }
                 Format::Jsonl => {
-                    out.write_all(json_line(&r).as_bytes())?;
+                    out.write_all(json_line(&r, backend_of(&delivered, r.seq)).as_bytes())?;
                     n += 1;
                 }
             }
@@ -97,7 +102,38 @@ pub fn cat(
     Ok(n)
 }
 
-fn json_line(r: &Record<'_>) -> String {
+/// Every (start, end, backend) range of DELIVERY records, sorted.
+fn delivered_ranges(dir: &Path) -> io::Result<Vec<(u64, u64, String)>> {
+    let mut out = Vec::new();
+    for seg in list_segments(dir)? {
+        let mapped = Mapped::open(&seg.path)?;
+        for (_, r) in Records::new(mapped.bytes()).map_while(Result::ok) {
+            if r.kind() != Some(RecordType::Delivery) || r.flags & flags::RANGES == 0 {
+                continue;
+            }
+            let backend =
+                String::from_utf8_lossy(r.meta_value(tag::BACKEND).unwrap_or(b"")).into_owned();
+            for (a, b) in decode_ranges(r.body).unwrap_or_default() {
+                out.push((a, b, backend.clone()));
+            }
+        }
+    }
+    out.sort_unstable_by_key(|x| x.0);
+    Ok(out)
+}
+
+/// The backend that settled `seq`, if a DELIVERY record says.
+fn backend_of(ranges: &[(u64, u64, String)], seq: u64) -> Option<&str> {
+    let i = ranges.partition_point(|r| r.0 <= seq);
+    ranges[..i]
+        .iter()
+        .rev()
+        .take(64)
+        .find(|r| seq < r.1)
+        .map(|r| r.2.as_str())
+}
+
+fn json_line(r: &Record<'_>, backend: Option<&str>) -> String {
     let kind = r.kind().map_or("UNKNOWN", RecordType::name);
     let meta = |t: u8| {
         r.meta_value(t)
@@ -109,7 +145,10 @@ fn json_line(r: &Record<'_>) -> String {
         format_rfc3339(r.time_ns),
         meta(tag::LISTENER),
         meta(tag::CLIENT),
-        meta(tag::BACKEND),
+        match backend {
+            Some(b) => json_str(b),
+            None => meta(tag::BACKEND),
+        },
     );
     match r.kind() {
         Some(RecordType::Frame) => match std::str::from_utf8(r.body) {

@@ -352,6 +352,65 @@ pub mod flags {
     pub const SEALED: u8 = 1;
     /// FRAME: truncated to max-frame.
     pub const TRUNCATED: u8 = 2;
+    /// DELIVERY: the body lists seq ranges a backend settled (else it is the
+    /// pool's delivery cursor).
+    pub const RANGES: u8 = 4;
+}
+
+/// Encodes seqs (any order) as runs: varint count, then per run varint
+/// (start - previous end) and varint length.
+pub fn encode_ranges(seqs: &mut [u64], out: &mut Vec<u8>) {
+    seqs.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &s in seqs.iter() {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == s => *len += 1,
+            Some((start, len)) if *start + *len > s => {}
+            _ => runs.push((s, 1)),
+        }
+    }
+    put_varint(out, runs.len() as u64);
+    let mut prev_end = 0;
+    for (start, len) in runs {
+        put_varint(out, start - prev_end);
+        put_varint(out, len);
+        prev_end = start + len;
+    }
+}
+
+/// Decodes what [`encode_ranges`] wrote: (start, end exclusive) pairs.
+pub fn decode_ranges(mut b: &[u8]) -> Option<Vec<(u64, u64)>> {
+    let n = get_varint(&mut b)?;
+    let mut out = Vec::with_capacity(n.min(1 << 16) as usize);
+    let mut prev_end: u64 = 0;
+    for _ in 0..n {
+        let start = prev_end.checked_add(get_varint(&mut b)?)?;
+        let end = start.checked_add(get_varint(&mut b)?)?;
+        out.push((start, end));
+        prev_end = end;
+    }
+    Some(out)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&x, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(x & 0x7f) << shift;
+        if x & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// The file name of the segment whose first record is `first_seq`.
@@ -438,6 +497,19 @@ mod tests {
                 let _ = parse_record(&b);
             }
         }
+    }
+
+    #[test]
+    fn ranges_round_trip() {
+        let mut seqs = vec![9, 3, 4, 5, 100, 101, 7, 4];
+        let mut b = Vec::new();
+        encode_ranges(&mut seqs, &mut b);
+        assert_eq!(
+            decode_ranges(&b).unwrap(),
+            vec![(3, 6), (7, 8), (9, 10), (100, 102)]
+        );
+        assert_eq!(decode_ranges(&[0xff]), None);
+        assert_eq!(decode_ranges(&[]), None);
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct Routed {
     pub frames: Vec<Frame>,
 }
 
+/// Frames settled per backend (address, seqs), from a pool's dispatchers
+/// to the journal writer, which records them as DELIVERY ranges. Bounded by
+/// the writer draining it every tick.
+pub type SettledLog = Arc<std::sync::Mutex<Vec<(Arc<str>, Vec<u64>)>>>;
+
 /// The writer's link to one pool.
 pub struct PoolLink {
     pub name: String,
@@ -59,6 +64,8 @@ pub struct PoolLink {
     /// Highest `to` of a batch dropped because `tx` was full: the
     /// dispatcher must read up to there from the files.
     pub missed: Arc<std::sync::atomic::AtomicU64>,
+    /// Which backend settled which frames.
+    pub settled: SettledLog,
     /// Delivery cursors published by the pool's dispatchers (one, or one
     /// per backend of a `mirror` pool), by delivery name: every frame of the
     /// pool below a cursor is settled there. Recorded in DELIVERY records.

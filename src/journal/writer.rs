@@ -92,6 +92,8 @@ pub struct Writer {
     delivery: Vec<(String, Arc<AtomicU64>, u64)>,
     /// Pool names by index, for FRAME records.
     pub pool_names: Vec<String>,
+    /// Per pool: where its dispatchers log which backend settled what.
+    pub settled_logs: Vec<(String, super::SettledLog)>,
     /// Bytes in the journal's segment files (against `disk-budget`).
     journal_bytes: u64,
     /// Over budget now (logged once per episode).
@@ -168,6 +170,7 @@ impl Writer {
             start_seq: resume.next_seq,
             delivery: Vec::new(),
             pool_names: Vec::new(),
+            settled_logs: Vec::new(),
             journal_bytes: 0,
             full: false,
             buf: Vec::with_capacity(1 << 20),
@@ -450,6 +453,43 @@ impl Writer {
         self.delivery = pools.into_iter().map(|(n, c)| (n, c, 0)).collect();
     }
 
+    /// DELIVERY records of the seq ranges each backend settled since the
+    /// last call (what `cat` shows as a frame's backend).
+    pub fn record_settled(&mut self) {
+        for i in 0..self.settled_logs.len() {
+            let entries = std::mem::take(
+                &mut *self.settled_logs[i]
+                    .1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if entries.is_empty() {
+                continue;
+            }
+            let pool = self.settled_logs[i].0.clone();
+            let mut by_backend: Vec<(std::sync::Arc<str>, Vec<u64>)> = Vec::new();
+            for (b, seqs) in entries {
+                match by_backend.iter_mut().find(|(n, _)| *n == b) {
+                    Some((_, v)) => v.extend(seqs),
+                    None => by_backend.push((b, seqs)),
+                }
+            }
+            for (backend, mut seqs) in by_backend {
+                let mut body = Vec::with_capacity(seqs.len().min(4096) * 2 + 8);
+                super::format::encode_ranges(&mut seqs, &mut body);
+                self.push(
+                    RecordType::Delivery,
+                    flags::RANGES,
+                    &[
+                        (tag::POOL, pool.as_bytes()),
+                        (tag::BACKEND, backend.as_bytes()),
+                    ],
+                    &body,
+                );
+            }
+        }
+    }
+
     /// A DELIVERY record per pool whose cursor moved (or every pool when
     /// `all`): body = the seq below which every frame of the pool settled.
     fn push_delivery(&mut self, all: bool) {
@@ -546,6 +586,7 @@ impl Writer {
 
     /// Clean stop: a final checkpoint, synced.
     pub fn close(&mut self) -> io::Result<()> {
+        self.record_settled();
         self.push_delivery(true);
         self.checkpoint()?;
         self.sync()
@@ -858,6 +899,10 @@ pub fn spawn(
             let resume = w.resume_cursors(&names);
             // FRAME records name their pool (not the mirror delivery names).
             w.pool_names = pools.iter().map(|p| p.name.clone()).collect();
+            w.settled_logs = pools
+                .iter()
+                .map(|p| (p.name.clone(), p.settled.clone()))
+                .collect();
             w.track_delivery(cursors);
             let _ = ready_tx.send(Ok(Opened {
                 cursors: resume,
@@ -881,6 +926,8 @@ pub fn spawn(
                         _ = drained.cancelled() => break,
                         _ = abort.cancelled() => break,
                         _ = tick.tick() => {
+                            w.record_settled();
+                            let _ = w.flush();
                             if w.checkpoint_due() {
                                 if let Err(e) = w.checkpoint() {
                                     tracing::error!(error = %e, "journal: checkpoint failed");
@@ -974,7 +1021,9 @@ async fn run(
                 return;
             }
             _ = tick.tick() => {
+                w.record_settled();
                 let r = (|| -> io::Result<()> {
+                    w.flush()?;
                     if w.cfg.sync == SyncPolicy::Interval {
                         w.sync()?;
                     }
