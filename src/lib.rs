@@ -1,23 +1,27 @@
 //! auditlb: a Layer-4 load balancer for syslog and line-framed log streams.
 //!
 //! ```text
-//! client ──TCP──▶ listener ──▶ session (framer) ──batch──▶ dispatcher (one per pool)
-//!                 listener.rs   listener.rs, framer.rs      dispatcher.rs, balance.rs
-//!                                                               │ numbers frames (seq),
-//!                                                               │ picks a backend per frame
+//! client ──TCP──▶ listener ──▶ session (framer) ──batch──▶ journal writer (one thread)
+//!                 listener.rs   listener.rs, framer.rs      journal/writer.rs: seq, chain, write(2),
+//!                                                           sync policy, checkpoints, anchors
+//!                                                               │ written frames, per pool; a pool
+//!                                                               │ that falls behind reads them back
+//!                                                               ▼ from the files (journal/tail.rs)
+//!                                                   dispatcher (one per pool; per backend if mirror)
+//!                                                   dispatcher.rs, balance.rs: backend per frame,
+//!                                                   delivery cursor -> DELIVERY records
 //!                                   ┌───────────────────────────┼──────────────┐
 //!                                   ▼                           ▼              ▼
 //!                              upstream A                  upstream B     upstream C ──TCP──▶ backends
 //!                              upstream.rs: persistent connections, vectored writes,
 //!                              FIFO of (seq, end offset) settled by TCP ACK (SIOCOUTQ);
-//!                              on failure the unsettled suffix goes back to the dispatcher
+//!                              on failure the unsettled suffix (and after a reset the
+//!                              replay window) goes back to the dispatcher
 //! health.rs ──▶ pool.rs (backend up/down, rise/fall) ──▶ dispatcher
 //! metrics.rs: every stage counts into one prometheus::Registry, served by admin.rs
 //! server.rs wires it all from config.rs and runs the graceful stop.
+//! journal/verify.rs and journal/cat.rs read journals back (`auditlb verify`, `cat`).
 //! ```
-//!
-//! The journal (a later stage) sits between the sessions and the
-//! dispatcher: it numbers and records each batch before it is routed.
 
 pub mod admin;
 pub mod balance;
