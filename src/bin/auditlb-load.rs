@@ -101,7 +101,12 @@ fn generate(a: &Args) {
                 for (k, chunk) in mine.chunks(64).enumerate() {
                     buf.clear();
                     for &i in chunk {
-                        let head = format!("<13>1 2026-11-26T00:00:00Z loadgen app{} - - - ", c);
+                        // ts= (send time) lets the sink measure latency.
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_nanos());
+                        let head =
+                            format!("<13>1 2026-11-26T00:00:00Z loadgen app{c} - - - ts={now} ");
                         let id = format!(" id={}", base + i);
                         let pad = size.saturating_sub(head.len() + id.len());
                         let mut line = head.into_bytes();
@@ -148,6 +153,10 @@ fn generate(a: &Args) {
 struct Tally {
     frames: AtomicU64,
     ids: Mutex<(HashSet<u64>, u64)>,
+    /// Send-to-receive latencies in microseconds (a bounded sample).
+    latencies: Mutex<Vec<u32>>,
+    /// When the last frame arrived.
+    last: Mutex<Option<Instant>>,
 }
 
 fn sink(a: &Args) {
@@ -176,6 +185,8 @@ fn sink(a: &Args) {
     let tally = Arc::new(Tally {
         frames: AtomicU64::new(0),
         ids: Mutex::new((HashSet::new(), 0)),
+        latencies: Mutex::new(Vec::new()),
+        last: Mutex::new(None),
     });
     let first = Arc::new(Mutex::new(None::<Instant>));
     let done = Arc::new(AtomicBool::new(false));
@@ -255,10 +266,21 @@ fn sink(a: &Args) {
         ids.len()
     );
     let first_at = *first.lock().unwrap();
-    if let Some(t) = first_at {
+    let last_at = *tally.last.lock().unwrap();
+    if let (Some(t), Some(l)) = (first_at, last_at) {
+        let secs = l.duration_since(t).as_secs_f64().max(1e-6);
+        println!("rate={:.0} frames/s over {secs:.3}s", frames as f64 / secs);
+    }
+    let mut lat = tally.latencies.lock().unwrap().clone();
+    if !lat.is_empty() {
+        lat.sort_unstable();
+        let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
         println!(
-            "rate={:.0} frames/s",
-            frames as f64 / t.elapsed().as_secs_f64()
+            "latency_us p50={} p99={} max={} samples={}",
+            q(0.5),
+            q(0.99),
+            lat[lat.len() - 1],
+            lat.len()
         );
     }
 }
@@ -294,9 +316,27 @@ fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
         if let Some(id) = frame_id(frame) {
             got.push(id);
         }
+        // Latency: one sample per read (not per frame: the sink must stay
+        // faster than what it measures).
+        if got.len() == 1 {
+            if let Some(at) = memchr::memmem::find(frame, b" ts=") {
+                let ts = frame[at + 4..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .fold(0u128, |a, &d| a * 10 + u128::from(d - b'0'));
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let mut l = tally.latencies.lock().unwrap();
+                if l.len() < 2_000_000 {
+                    l.push(u32::try_from(now.saturating_sub(ts) / 1000).unwrap_or(u32::MAX));
+                }
+            }
+        }
         tally.frames.fetch_add(1, Ordering::Relaxed);
     }
     if !got.is_empty() {
+        *tally.last.lock().unwrap() = Some(Instant::now());
         let mut g = tally.ids.lock().unwrap();
         for id in got {
             if !g.0.insert(id) {
