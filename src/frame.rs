@@ -22,6 +22,8 @@ pub struct ConnMeta {
     pub listener: Arc<str>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// `peer` as text, formatted once for the journal's per-frame meta.
+    pub peer_text: Arc<str>,
     /// `balance = "connection"`: the backend index this client sticks to.
     sticky: AtomicUsize,
 }
@@ -32,6 +34,7 @@ impl ConnMeta {
             id,
             listener,
             peer,
+            peer_text: peer.to_string().into(),
             sticky: AtomicUsize::new(NO_BACKEND),
         }
     }

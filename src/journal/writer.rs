@@ -231,14 +231,10 @@ impl Writer {
     /// Journals a batch of frames, numbering them.
     pub fn append_frames(&mut self, pool: &str, frames: &mut [Frame]) {
         let t = now_ns();
-        let mut client = String::with_capacity(48);
         for f in frames.iter_mut() {
-            use std::fmt::Write as _;
-            client.clear();
-            write!(client, "{}", f.conn.peer).expect("writing to a String cannot fail");
             let meta: [(u8, &[u8]); 3] = [
                 (tag::LISTENER, f.conn.listener.as_bytes()),
-                (tag::CLIENT, client.as_bytes()),
+                (tag::CLIENT, f.conn.peer_text.as_bytes()),
                 (tag::POOL, pool.as_bytes()),
             ];
             f.seq = self.next_seq;
