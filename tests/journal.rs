@@ -485,17 +485,18 @@ async fn resealed_and_dropped_checkpoints() {
     // the current key, not the old ones), and re-chain everything after.
     let victim = cps[1];
     let mut out = header_bytes.clone();
-    let mut head = header.prev_chain;
-    let mut rebuilt = Vec::new();
-    for (i, raw) in raws.iter().enumerate() {
-        let r = parse_record(raw).unwrap();
-        let seq = first_seq + i as u64;
-        let mut b = r.body.to_vec();
-        if i == victim {
-            let cp = CheckpointBody::decode(&b).unwrap();
+    let victim_seq = first_seq + victim as u64;
+    out.extend_from_slice(&rechain(
+        header.prev_chain,
+        first_seq,
+        &raws,
+        |seq, r, body| {
+            if seq != victim_seq {
+                return;
+            }
+            let mut cp = CheckpointBody::decode(body).unwrap();
             let later = key_at(&w.k0, cp.epoch + 1);
-            let mut cp2 = cp.clone();
-            cp2.seal = seal(
+            cp.seal = seal(
                 &later,
                 &SealInput {
                     journal_id: &header.journal_id,
@@ -506,22 +507,9 @@ async fn resealed_and_dropped_checkpoints() {
                     covered_chain: &cp.covered_chain,
                 },
             );
-            b = cp2.encode().to_vec();
-        }
-        let meta = meta_pairs(&r);
-        let meta_ref: Vec<(u8, &[u8])> = meta.iter().map(|(t, v)| (*t, &v[..])).collect();
-        head = encode_record(
-            &mut rebuilt,
-            r.kind().unwrap(),
-            r.flags,
-            seq,
-            r.time_ns,
-            &meta_ref,
-            &b,
-            &head,
-        );
-    }
-    out.extend_from_slice(&rebuilt);
+            *body = cp.encode().to_vec();
+        },
+    ));
     let c = w.copy("reseal");
     std::fs::write(c.segments().pop().unwrap(), &out).unwrap();
     let r = verify(&c.journal, None, Some(&c.k0)).unwrap();
