@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::*;
 
@@ -99,57 +96,13 @@ async fn sigterm_drains_queued_frames_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("auditlb.toml");
     std::fs::write(&path, config(&[(sink.addr, 1, false)], "", "")).unwrap();
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    // Whatever happens, the child does not outlive the test.
-    struct KillOnDrop(i32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            unsafe {
-                libc::kill(self.0, libc::SIGKILL);
-            }
-        }
-    }
-    let _guard = KillOnDrop(pid);
-    // The listener's port is in the "listening" log line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("listening") {
-                let addr = line
-                    .split("address=")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap()
-                    .to_owned();
-                tx.send(addr).unwrap();
-                sent = true;
-            }
-        }
-    });
-    let addr: SocketAddr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap()
-        .parse()
-        .unwrap();
+    // Killed on drop whatever happens; its port comes from its log.
+    let (mut child, addr) = spawn_auditlb(&path);
     let msgs = lines("t", 0..20000);
     send_lf(addr, &msgs).await;
     // Stop at once: what auditlb read must still reach the backend.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    child.signal(libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || child.child.wait())
         .await
         .unwrap()
         .unwrap();

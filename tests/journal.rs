@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use auditlb::journal::format::{
@@ -627,36 +625,7 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
     std::fs::write(&cfg_path, cfg).unwrap();
     let mut next = 0usize;
     for round in 0..20 {
-        let mut child = bin()
-            .args(["run", "--config"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    let a = line
-                        .split("address=")
-                        .nth(1)
-                        .unwrap()
-                        .split(' ')
-                        .next()
-                        .unwrap()
-                        .to_owned();
-                    let _ = tx.send(a);
-                }
-            }
-        });
-        let addr: SocketAddr = rx
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let (mut child, addr) = spawn_auditlb(&cfg_path);
         // Load until the kill.
         let load = tokio::spawn(async move {
             let Ok(mut c) = TcpStream::connect(addr).await else {
@@ -674,26 +643,17 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
             }
         });
         tokio::time::sleep(Duration::from_millis(150 + 10 * round as u64)).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill9();
         load.abort();
         let r = verify(&journal, Some(&anchors), None).unwrap();
         assert!(r.failure.is_none(), "round {round}: {}", r.text());
     }
     // One clean run recovers the last crash; then the whole journal is
     // intact, and everything the backend got is in it.
-    let mut child = bin()
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
+    let (mut child, _) = spawn_auditlb(&cfg_path);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.signal(libc::SIGTERM);
+    assert!(child.child.wait().unwrap().success());
     let r = verify(&journal, Some(&anchors), None).unwrap();
     assert_eq!(r.exit_code(), 0, "{}", r.text());
     assert!(r.recovered.len() <= 20);
