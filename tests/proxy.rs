@@ -754,3 +754,91 @@ address = "{}"
     );
     server.shutdown().await;
 }
+
+/// GET `path` from the admin endpoint; the whole response.
+async fn http_get(admin: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of one sample line (`name{labels} value`) in a scrape.
+fn sample(scrape: &str, prefix: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_by_exactly_the_frames_sent_and_pass_promtool() {
+    let a = Sink::start(SinkFraming::Octet).await;
+    let b = Sink::start(SinkFraming::Octet).await;
+    let cfg = config(&[(a.addr, 1, false), (b.addr, 1, false)], "", "").replace(
+        "[shutdown]",
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n[shutdown]",
+    );
+    let server = start(&cfg).await;
+    wait_connected(&server, 2).await;
+    let admin = server.admin_addr().unwrap();
+    let addr = server.listener_addr("in").unwrap();
+    let before = http_get(admin, "/metrics").await;
+    // Traffic in flight while scraping.
+    let sender = tokio::spawn(async move {
+        for part in 0..5 {
+            send_lf(addr, &lines(&format!("m{part}"), 0..2000)).await;
+        }
+    });
+    let during = http_get(admin, "/metrics").await;
+    sender.await.unwrap();
+    wait_for(10.0, "10000 frames at the backends", || {
+        a.count() + b.count() == 10_000
+    })
+    .await;
+    wait_for(5.0, "all settled", || {
+        metric(&server, "auditlb_frames_settled_total", &[]) == 10_000.0
+    })
+    .await;
+    let after = http_get(admin, "/metrics").await;
+    let moved = |name: &str| sample(&after, name) - sample(&before, name);
+    assert_eq!(moved("auditlb_frames_in_total"), 10_000.0);
+    assert_eq!(moved("auditlb_frames_out_total"), 10_000.0);
+    assert_eq!(moved("auditlb_frames_settled_total"), 10_000.0);
+    assert_eq!(
+        sample(&after, "auditlb_frames_out_total{backend=\""),
+        (a.count() + b.count()) as f64
+    );
+    assert!(moved("auditlb_journal_records_total") >= 10_000.0);
+    assert!(sample(&during, "auditlb_frames_in_total") <= 10_000.0);
+    // The exposition passes Prometheus' own linter.
+    let body = after.split("\r\n\r\n").nth(1).unwrap().to_owned();
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install Debian's prometheus package (.ci/run does)");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.shutdown().await;
+}
