@@ -118,6 +118,11 @@ impl Metrics {
                 "Frames a lagging dispatcher will read back from the journal instead of memory.",
             ),
             full: single_gauge("journal_full", "1 while the journal is at its disk budget."),
+            writable: {
+                let g = single_gauge("journal_writable", "1 while journal writes succeed.");
+                g.set(1);
+                g
+            },
             refused_full: single_counter("journal_frames_refused_disk_full_total", "Frames refused because the journal reached its disk budget (on-full = drop); each refusal is a GAP record."),
             tampered: single_gauge(
                 "journal_tamper_alarm",

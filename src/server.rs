@@ -43,16 +43,24 @@ impl admin::Status for AdminStatus {
     }
 
     fn ready(&self) -> Result<(), String> {
-        readiness(&self.pools)
+        readiness(&self.pools, &self.metrics)
     }
 }
 
-fn readiness(pools: &[PoolRuntime]) -> Result<(), String> {
-    let missing: Vec<String> = pools
+/// Ready: the journal takes writes and every pool has an available backend.
+fn readiness(pools: &[PoolRuntime], metrics: &Metrics) -> Result<(), String> {
+    let mut missing: Vec<String> = pools
         .iter()
         .filter(|p| !p.backends.iter().any(|b| b.available()))
         .map(|p| format!("pool {} has no available backend", p.name))
         .collect();
+    let j = metrics.journal();
+    if j.writable.get() == 0 {
+        missing.push("journal writes are failing".into());
+    }
+    if j.full.get() == 1 {
+        missing.push("journal is at its disk budget".into());
+    }
     if missing.is_empty() {
         Ok(())
     } else {
@@ -271,7 +279,7 @@ impl Server {
     }
 
     pub fn ready(&self) -> Result<(), String> {
-        readiness(&self.pools)
+        readiness(&self.pools, &self.metrics)
     }
 
     /// Graceful stop: stop accepting and reading, let queued frames reach the

@@ -918,6 +918,8 @@ async fn disk_budget_drop_refuses_counts_and_records_a_gap() {
         sink.count()
     );
     assert_eq!(metric(&server, "auditlb_journal_full", &[]), 1.0);
+    let why = server.ready().unwrap_err();
+    assert!(why.contains("disk budget"), "{why}");
     server.shutdown().await;
     assert_eq!(gap_total(&journal, "disk_full"), refused);
     let r = verify(&journal, None, None).unwrap();

@@ -89,6 +89,9 @@ pub struct JournalMetrics {
     pub spilled: IntCounter,
     /// 1 while the journal is at its disk budget.
     pub full: IntGauge,
+    /// 1 while journal writes succeed (0 after a failed write until one
+    /// succeeds again).
+    pub writable: IntGauge,
     /// Frames refused because the journal was full (`on-full = drop`).
     pub refused_full: IntCounter,
 }

@@ -960,9 +960,11 @@ async fn commit(w: &mut Writer, abort: &CancellationToken, backoff: &mut Duratio
         match r {
             Ok(()) => {
                 *backoff = Duration::from_millis(10);
+                w.metrics.writable.set(1);
                 return true;
             }
             Err(e) => {
+                w.metrics.writable.set(0);
                 tracing::error!(error = %e, segment = %w.seg_path.display(), retry_in = ?*backoff, "journal write failed; holding frames");
                 tokio::select! {
                     _ = abort.cancelled() => return false,
