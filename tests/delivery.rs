@@ -37,12 +37,25 @@ fn wait_all_ids(logs: &[&Path], n: u64, secs: u64) -> (usize, usize) {
     }
 }
 
+/// Bytes in a sink's per-connection logs.
+fn log_bytes(log: &Path) -> u64 {
+    let prefix = format!("{}.", log.file_name().unwrap().to_string_lossy());
+    std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// 200,000 frames from 4 clients through 3 backends; one backend fails in
 /// the way `fail` says, mid-stream. Every id arrives; duplicates stay within
 /// what the replay window and the unacknowledged suffix can produce.
 fn one_backend_fails_mid_stream(
     name: &str,
     sink_extra: [&[&str]; 3],
+    strike_at_bytes: Option<u64>,
     fail: impl FnOnce(&mut Proc),
 ) {
     let dir = scratch_dir(name);
@@ -59,22 +72,26 @@ fn one_backend_fails_mid_stream(
     let (_auditlb, listen) = spawn_auditlb(&cfg);
     std::thread::sleep(Duration::from_millis(300));
     let n = 200_000u64;
+    // Clients at full speed; `fail` strikes once the victim has logged
+    // `strike_at_bytes` (the sink options trigger the other failures).
     let gen = std::thread::spawn(move || {
         run_gen(
             listen,
-            &[
-                "--connections",
-                "4",
-                "--frames",
-                "200000",
-                "--size",
-                "200",
-                "--rate",
-                "200000",
-            ],
+            &["--connections", "4", "--frames", "200000", "--size", "200"],
         )
     });
-    std::thread::sleep(Duration::from_millis(400));
+    if let Some(strike_at) = strike_at_bytes {
+        let victim_log = logs[1].clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while log_bytes(&victim_log) < strike_at && Instant::now() < deadline && !gen.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            !gen.is_finished(),
+            "the stream ended before the failure: not mid-stream"
+        );
+    }
     fail(&mut sinks[1].0);
     let out = gen.join().unwrap();
     assert!(out.contains("sent=200000"), "{out}");
@@ -90,12 +107,12 @@ fn one_backend_fails_mid_stream(
 
 #[test]
 fn backend_killed_with_sigkill_mid_stream_loses_nothing() {
-    one_backend_fails_mid_stream("sigkill", [&[], &[], &[]], |p| p.kill9());
+    one_backend_fails_mid_stream("sigkill", [&[], &[], &[]], Some(2_000_000), |p| p.kill9());
 }
 
 #[test]
 fn backend_closing_cleanly_mid_stream_loses_nothing() {
-    one_backend_fails_mid_stream("fin", [&[], &["--close-after", "20000"], &[]], |_| {});
+    one_backend_fails_mid_stream("fin", [&[], &["--close-after", "20000"], &[]], None, |_| {});
 }
 
 #[test]
@@ -104,6 +121,7 @@ fn backend_that_stops_reading_is_cut_off_and_loses_nothing() {
     one_backend_fails_mid_stream(
         "stall",
         [&[], &["--stall-after", "20000", "--rcvbuf", "1048576"], &[]],
+        None,
         |_| {},
     );
 }
