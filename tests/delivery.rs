@@ -292,3 +292,38 @@ fn mirror_pool_every_backend_gets_every_frame_at_its_own_pace() {
     let (_back, _) = spawn_sink(&addrs[1].to_string(), "octet", &logs[1], &[]);
     wait_all_ids(&[logs[1].as_path()], n, 60);
 }
+
+#[test]
+fn a_clean_restart_resumes_from_the_final_delivery_cursor_without_resending() {
+    let dir = scratch_dir("cursor");
+    let log = dir.join("sink.log");
+    let (_sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    let cfg = binary_config(&dir, &[addr], "");
+    let (mut first, listen) = spawn_auditlb(&cfg);
+    std::thread::sleep(Duration::from_millis(300));
+    run_gen(
+        listen,
+        &["--connections", "2", "--frames", "20000", "--size", "200"],
+    );
+    wait_all_ids(&[log.as_path()], 20_000, 30);
+    first.signal(libc::SIGTERM);
+    assert!(first.child.wait().unwrap().success());
+    let delivered = ids_in_log(&log, true).len();
+    // The next run starts at the recorded cursor: nothing is sent twice.
+    let (mut second, _) = spawn_auditlb(&cfg);
+    std::thread::sleep(Duration::from_millis(1500));
+    second.signal(libc::SIGTERM);
+    assert!(second.child.wait().unwrap().success());
+    assert_eq!(
+        ids_in_log(&log, true).len(),
+        delivered,
+        "frames were sent again after a clean restart"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
+        .args(["cat", "--format", "jsonl", "--journal"])
+        .arg(dir.join("journal"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().any(|l| l.contains("\"type\":\"DELIVERY\"")));
+}
