@@ -15,15 +15,8 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lf_in_octet_out_and_octet_in_lf_out() {
     // LF clients to an octet-counted pool.
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let server = start(&config(
-        &[(sink.addr, 1, false)],
-        "framing = \"lf\"",
-        "framing = \"octet-counted\"",
-    ))
-    .await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let (sink, server, addr) =
+        with_one_backend("framing = \"lf\"", "framing = \"octet-counted\"").await;
     let want = lines("a", 0..500);
     send_lf(addr, &want).await;
     wait_for(5.0, "500 frames", || sink.count() == 500).await;
@@ -431,15 +424,7 @@ async fn oversize_policies_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_octet_counts_close_only_that_client() {
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let server = start(&config(
-        &[(sink.addr, 1, false)],
-        "framing = \"octet-counted\"",
-        "",
-    ))
-    .await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let (sink, server, addr) = with_one_backend("framing = \"octet-counted\"", "").await;
     let mut good = TcpStream::connect(addr).await.unwrap();
     good.write_all(&octet(&[b"<13>good-1"])).await.unwrap();
     for bad in [
@@ -485,15 +470,8 @@ async fn malformed_octet_counts_close_only_that_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_does_not_hold_up_others_and_is_timed_out() {
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let server = start(&config(
-        &[(sink.addr, 1, false)],
-        "frame-timeout = \"500ms\"\nidle-timeout = \"2s\"",
-        "",
-    ))
-    .await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let (sink, server, addr) =
+        with_one_backend("frame-timeout = \"500ms\"\nidle-timeout = \"2s\"", "").await;
     // A slowloris: half a frame, then nothing.
     let mut slow = TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"<13>1 - h a - - - never fin")
@@ -586,15 +564,7 @@ async fn least_pending_avoids_a_backend_that_does_not_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_source_connection_limit() {
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let server = start(&config(
-        &[(sink.addr, 1, false)],
-        "max-connections-per-source = 2",
-        "",
-    ))
-    .await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let (_sink, server, addr) = with_one_backend("max-connections-per-source = 2", "").await;
     let _c1 = TcpStream::connect(addr).await.unwrap();
     let _c2 = TcpStream::connect(addr).await.unwrap();
     wait_for(2.0, "2 open", || {

@@ -533,3 +533,22 @@ pub fn binary_config(
     std::fs::write(&path, cfg).unwrap();
     path
 }
+
+/// One octet-framed sink behind an in-process auditlb (listener and pool
+/// extras as in [`config`]), connected and ready; returns the sink, the
+/// server and the listener's address.
+pub async fn with_one_backend(
+    listener_extra: &str,
+    pool_extra: &str,
+) -> (Sink, Server, SocketAddr) {
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let server = start(&config(
+        &[(sink.addr, 1, false)],
+        listener_extra,
+        pool_extra,
+    ))
+    .await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    (sink, server, addr)
+}
