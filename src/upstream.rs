@@ -557,7 +557,7 @@ impl Upstream {
                 backend = %self.backend.addr,
                 frames = frames.len(),
                 first_seq = frames[0].seq,
-                "shutdown grace over: frames not acknowledged by the backend"
+                "shutdown grace over: frames not acknowledged by the backend; they stay in the journal and go out after the next start"
             );
         }
     }
