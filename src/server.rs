@@ -176,7 +176,7 @@ impl Server {
             let mut groups = Vec::new();
             for (name, delivered) in delivery_names(p).into_iter().zip(&cursors_out[i]) {
                 let cursor = resume.next().expect("one resume cursor per delivery name");
-                if cursor <= opened.committed.load(std::sync::atomic::Ordering::Acquire) {
+                if cursor < opened.start_seq {
                     tracing::info!(delivery = %name, from_seq = cursor, "resuming delivery from the journal");
                 }
                 let tail = PoolTail::new(config.journal.dir.clone(), p.name.clone(), cursor);

@@ -857,6 +857,8 @@ pub struct Opened {
     pub cursors: Vec<u64>,
     /// Seq of the last record written; dispatchers read up to it.
     pub committed: Arc<AtomicU64>,
+    /// First seq of this run: a cursor below it resumes earlier records.
+    pub start_seq: u64,
     /// Fires when the writer thread has written its final records.
     pub done: oneshot::Receiver<()>,
 }
@@ -903,6 +905,7 @@ pub fn spawn(
             let _ = ready_tx.send(Ok(Opened {
                 cursors: resume,
                 committed: w.committed(),
+                start_seq: w.start_seq(),
                 done: done_rx,
             }));
             let rt = tokio::runtime::Builder::new_current_thread()
