@@ -224,7 +224,10 @@ fn sink(a: &Args) {
                         if let Some(l) = &mut log {
                             let _ = l.write_all(&buf[..n]);
                         }
-                        first.lock().unwrap().get_or_insert_with(Instant::now);
+                        first
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(Instant::now);
                         pending.extend_from_slice(&buf[..n]);
                         let used = count(&pending, octet, &tally);
                         pending.drain(..used);
@@ -248,13 +251,15 @@ fn sink(a: &Args) {
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
-        if expect > 0 && tally.ids.lock().unwrap().0.len() as u64 >= expect {
+        if expect > 0
+            && tally.ids.lock().unwrap_or_else(|p| p.into_inner()).0.len() as u64 >= expect
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     done.store(true, Ordering::Relaxed);
-    let (ids, dups) = &*tally.ids.lock().unwrap();
+    let (ids, dups) = &*tally.ids.lock().unwrap_or_else(|p| p.into_inner());
     let frames = tally.frames.load(Ordering::Relaxed);
     let missing = if expect > 0 {
         (0..expect).filter(|i| !ids.contains(i)).count()
@@ -265,13 +270,17 @@ fn sink(a: &Args) {
         "frames={frames} unique={} duplicates={dups} missing={missing} (of {expect})",
         ids.len()
     );
-    let first_at = *first.lock().unwrap();
-    let last_at = *tally.last.lock().unwrap();
+    let first_at = *first.lock().unwrap_or_else(|p| p.into_inner());
+    let last_at = *tally.last.lock().unwrap_or_else(|p| p.into_inner());
     if let (Some(t), Some(l)) = (first_at, last_at) {
         let secs = l.duration_since(t).as_secs_f64().max(1e-6);
         println!("rate={:.0} frames/s over {secs:.3}s", frames as f64 / secs);
     }
-    let mut lat = tally.latencies.lock().unwrap().clone();
+    let mut lat = tally
+        .latencies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     if !lat.is_empty() {
         lat.sort_unstable();
         let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
@@ -327,7 +336,7 @@ fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
-                let mut l = tally.latencies.lock().unwrap();
+                let mut l = tally.latencies.lock().unwrap_or_else(|p| p.into_inner());
                 if l.len() < 2_000_000 {
                     l.push(u32::try_from(now.saturating_sub(ts) / 1000).unwrap_or(u32::MAX));
                 }
@@ -336,8 +345,8 @@ fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
         tally.frames.fetch_add(1, Ordering::Relaxed);
     }
     if !got.is_empty() {
-        *tally.last.lock().unwrap() = Some(Instant::now());
-        let mut g = tally.ids.lock().unwrap();
+        *tally.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let mut g = tally.ids.lock().unwrap_or_else(|p| p.into_inner());
         for id in got {
             if !g.0.insert(id) {
                 g.1 += 1;
