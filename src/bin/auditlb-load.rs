@@ -23,6 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+fn fail(msg: &str) -> ! {
+    eprintln!("auditlb-load: {msg}");
+    std::process::exit(1);
+}
+
 fn usage() -> ! {
     eprintln!("usage: auditlb-load gen --to ADDR [--connections N] [--frames N] [--size B] [--framing lf|octet] [--rate F] [--id-base N]\n       auditlb-load sink --listen ADDR [--framing lf|octet] [--log FILE] [--close-after N] [--stall-after N] [--seconds S] [--expect N]");
     std::process::exit(2);
@@ -88,7 +93,8 @@ fn generate(a: &Args) {
     let handles: Vec<_> = (0..conns)
         .map(|c| {
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(to).expect("connect");
+                let mut s = TcpStream::connect(to)
+                    .unwrap_or_else(|e| fail(&format!("connect to {to}: {e}")));
                 s.set_nodelay(true).ok();
                 let mine: Vec<u64> = (0..frames).filter(|i| i % conns == c).collect();
                 let per_conn_rate = if rate > 0 {
@@ -172,12 +178,14 @@ fn sink(a: &Args) {
         // Bound receive buffer (inherited by accepted sockets), so what a
         // stalled sink holds unread is known: --rcvbuf, default 1MiB.
         use socket2::{Domain, Socket, Type};
-        let sock = Socket::new(Domain::for_address(listen), Type::STREAM, None).expect("socket");
+        let sock = Socket::new(Domain::for_address(listen), Type::STREAM, None)
+            .unwrap_or_else(|e| fail(&format!("socket: {e}")));
         sock.set_reuse_address(true).ok();
         sock.set_recv_buffer_size(a.num("--rcvbuf", 1 << 20) as usize)
             .ok();
-        sock.bind(&listen.into()).expect("bind");
-        sock.listen(128).expect("listen");
+        sock.bind(&listen.into())
+            .and_then(|()| sock.listen(128))
+            .unwrap_or_else(|e| fail(&format!("listen on {listen}: {e}")));
         TcpListener::from(sock)
     };
     println!("listening {}", listener.local_addr().expect("local addr"));
