@@ -74,12 +74,7 @@ fn one_backend_fails_mid_stream(
     let n = 200_000u64;
     // Clients at full speed; `fail` strikes once the victim has logged
     // `strike_at_bytes` (the sink options trigger the other failures).
-    let gen = std::thread::spawn(move || {
-        run_gen(
-            listen,
-            &["--connections", "4", "--frames", "200000", "--size", "200"],
-        )
-    });
+    let gen = std::thread::spawn(move || gen_ids(listen, 4, 200000, &[]));
     if let Some(strike_at) = strike_at_bytes {
         let victim_log = logs[1].clone();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -134,28 +129,13 @@ fn all_backends_down_frames_wait_in_the_journal_with_bounded_memory() {
     let cfg = binary_config(&dir, &[addr], "");
     let (auditlb, listen) = spawn_auditlb(&cfg);
     std::thread::sleep(Duration::from_millis(300));
-    run_gen(
-        listen,
-        &["--connections", "2", "--frames", "1000", "--size", "200"],
-    );
+    gen_ids(listen, 2, 1000, &[]);
     // The backend has logged the first 1000 before it goes away.
     wait_all_ids(&[log.as_path()], 1000, 20);
     sink.kill9();
     // Backends down: clients keep sending 50,000 frames, not slowed down.
     let t0 = Instant::now();
-    let out = run_gen(
-        listen,
-        &[
-            "--connections",
-            "4",
-            "--frames",
-            "50000",
-            "--size",
-            "200",
-            "--id-base",
-            "1000",
-        ],
-    );
+    let out = gen_ids(listen, 4, 50000, &["--id-base", "1000"]);
     assert!(out.contains("sent=50000"), "{out}");
     assert!(
         t0.elapsed() < Duration::from_secs(8),
@@ -185,21 +165,7 @@ fn auditlb_killed_and_restarted_delivers_everything_it_journaled() {
     let cfg = binary_config(&dir, &[addr], "");
     let (mut auditlb, listen) = spawn_auditlb(&cfg);
     std::thread::sleep(Duration::from_millis(300));
-    let gen = std::thread::spawn(move || {
-        run_gen(
-            listen,
-            &[
-                "--connections",
-                "2",
-                "--frames",
-                "300000",
-                "--size",
-                "200",
-                "--rate",
-                "150000",
-            ],
-        )
-    });
+    let gen = std::thread::spawn(move || gen_ids(listen, 2, 300000, &["--rate", "150000"]));
     std::thread::sleep(Duration::from_millis(800));
     auditlb.kill9();
     let _ = gen.join();
@@ -262,21 +228,7 @@ fn mirror_pool_every_backend_gets_every_frame_at_its_own_pace() {
     let (_auditlb, listen) = spawn_auditlb(&cfg);
     std::thread::sleep(Duration::from_millis(300));
     let n = 60_000u64;
-    let gen = std::thread::spawn(move || {
-        run_gen(
-            listen,
-            &[
-                "--connections",
-                "2",
-                "--frames",
-                "60000",
-                "--size",
-                "200",
-                "--rate",
-                "60000",
-            ],
-        )
-    });
+    let gen = std::thread::spawn(move || gen_ids(listen, 2, 60000, &["--rate", "60000"]));
     std::thread::sleep(Duration::from_millis(300));
     sinks[1].0.kill9();
     gen.join().unwrap();
@@ -301,10 +253,7 @@ fn a_clean_restart_resumes_from_the_final_delivery_cursor_without_resending() {
     let cfg = binary_config(&dir, &[addr], "");
     let (mut first, listen) = spawn_auditlb(&cfg);
     std::thread::sleep(Duration::from_millis(300));
-    run_gen(
-        listen,
-        &["--connections", "2", "--frames", "20000", "--size", "200"],
-    );
+    gen_ids(listen, 2, 20000, &[]);
     wait_all_ids(&[log.as_path()], 20_000, 30);
     first.signal(libc::SIGTERM);
     assert!(first.child.wait().unwrap().success());

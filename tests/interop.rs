@@ -235,21 +235,7 @@ async fn rsyslog_backend_restarted_mid_stream_loses_nothing() {
     wait_connected(&server, 1).await;
     let listen = server.listener_addr("in").unwrap();
     let n = 60_000u64;
-    let gen = tokio::task::spawn_blocking(move || {
-        run_gen(
-            listen,
-            &[
-                "--connections",
-                "2",
-                "--frames",
-                "60000",
-                "--size",
-                "200",
-                "--rate",
-                "30000",
-            ],
-        )
-    });
+    let gen = tokio::task::spawn_blocking(move || gen_ids(listen, 2, 60000, &["--rate", "30000"]));
     tokio::time::sleep(Duration::from_millis(700)).await;
     let rs = rs.restart().await;
     let out = gen.await.unwrap();

@@ -17,6 +17,10 @@
 //! `rate=… frames/s`.
 
 use std::collections::HashSet;
+
+use auditlb::config::{Framing, Oversize};
+use auditlb::framer::{Decoder, Event};
+use bytes::BytesMut;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -222,7 +226,16 @@ fn sink(a: &Args) {
                 });
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 1 << 16];
-                    let mut pending: Vec<u8> = Vec::new();
+                    let mut pending = BytesMut::new();
+                    let mut dec = Decoder::new(
+                        if octet {
+                            Framing::OctetCounted
+                        } else {
+                            Framing::Lf
+                        },
+                        1 << 20,
+                        Oversize::Truncate,
+                    );
                     let mut closed = false;
                     loop {
                         let n = match s.read(&mut buf) {
@@ -237,8 +250,7 @@ fn sink(a: &Args) {
                             .unwrap_or_else(|p| p.into_inner())
                             .get_or_insert_with(Instant::now);
                         pending.extend_from_slice(&buf[..n]);
-                        let used = count(&pending, octet, &tally);
-                        pending.drain(..used);
+                        count(&mut dec, &mut pending, &tally);
                         let total = tally.frames.load(Ordering::Relaxed);
                         if stall_after > 0 && total >= stall_after {
                             // Stop reading, keep the connection: a hung backend.
@@ -302,41 +314,23 @@ fn sink(a: &Args) {
     }
 }
 
-/// Counts complete frames at the front of `b`; returns the bytes used.
-fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
-    let mut pos = 0;
+/// Takes every complete frame out of `buf` (with the project's framer) and
+/// counts it.
+fn count(dec: &mut Decoder, buf: &mut BytesMut, tally: &Tally) {
     let mut got = Vec::new();
-    loop {
-        let rest = &b[pos..];
-        let frame = if octet {
-            let Some(sp) = rest.iter().take(12).position(|&c| c == b' ') else {
-                break;
-            };
-            let Some(len) = std::str::from_utf8(&rest[..sp])
-                .ok()
-                .and_then(|s| s.parse::<usize>().ok())
-            else {
-                break;
-            };
-            if rest.len() < sp + 1 + len {
-                break;
-            }
-            pos += sp + 1 + len;
-            &rest[sp + 1..sp + 1 + len]
-        } else {
-            let Some(i) = memchr::memchr(b'\n', rest) else {
-                break;
-            };
-            pos += i + 1;
-            &rest[..i]
+    let mut frames = 0u64;
+    while let Ok(Some(ev)) = dec.decode(buf) {
+        let (Event::Frame(frame) | Event::Truncated { frame, .. }) = ev else {
+            continue;
         };
-        if let Some(id) = frame_id(frame) {
+        frames += 1;
+        if let Some(id) = frame_id(&frame) {
             got.push(id);
         }
         // Latency: one sample per read (not per frame: the sink must stay
         // faster than what it measures).
         if got.len() == 1 {
-            if let Some(at) = memchr::memmem::find(frame, b" ts=") {
+            if let Some(at) = memchr::memmem::find(&frame, b" ts=") {
                 let ts = frame[at + 4..]
                     .iter()
                     .take_while(|b| b.is_ascii_digit())
@@ -350,8 +344,8 @@ fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
                 }
             }
         }
-        tally.frames.fetch_add(1, Ordering::Relaxed);
     }
+    tally.frames.fetch_add(frames, Ordering::Relaxed);
     if !got.is_empty() {
         *tally.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let mut g = tally.ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,7 +355,6 @@ fn count(b: &[u8], octet: bool, tally: &Tally) -> usize {
             }
         }
     }
-    pos
 }
 
 /// The number after the last ` id=` of a frame.

@@ -456,6 +456,15 @@ pub fn run_gen(to: SocketAddr, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `auditlb-load gen` with `connections` clients sending `frames` 200-byte
+/// LF lines with unique ids (plus `extra` options such as `--rate`).
+pub fn gen_ids(to: SocketAddr, connections: u32, frames: u64, extra: &[&str]) -> String {
+    let (c, f) = (connections.to_string(), frames.to_string());
+    let mut args = vec!["--connections", &c, "--frames", &f, "--size", "200"];
+    args.extend_from_slice(extra);
+    run_gen(to, &args)
+}
+
 /// The ids (` id=N`) of every complete frame in a sink's raw byte logs
 /// (`path`.N, one per connection).
 pub fn ids_in_log(path: &std::path::Path, octet_framing: bool) -> Vec<u64> {
