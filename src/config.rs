@@ -37,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
     /// Admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); off when absent.
@@ -59,7 +59,7 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AdminConfig {
     /// `IP:PORT` to serve on; keep it on loopback or a management network.
@@ -78,7 +78,7 @@ pub enum SyncPolicy {
     Os,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct JournalConfig {
     /// Directory of segment files. Default `var/journal`.
@@ -172,7 +172,7 @@ fn default_checkpoint_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ShutdownConfig {
     /// How long queued frames may take to reach backends after a stop signal.
@@ -214,7 +214,7 @@ pub enum Oversize {
     Close,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ListenerConfig {
     /// Unique name, used in logs and metric labels.
@@ -285,7 +285,7 @@ pub enum OutFraming {
     Lf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PoolConfig {
     pub name: String,
@@ -325,7 +325,7 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct HealthConfig {
     /// Time between active checks. Default 2s.
@@ -353,7 +353,7 @@ impl Default for HealthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct BackendConfig {
     /// `IP:PORT`.
@@ -486,6 +486,45 @@ impl Config {
             toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         c.source_hash = sha2::Sha256::digest(text.as_bytes()).into();
         Ok(c)
+    }
+
+    /// What a reload from `self` to `new` cannot change on a running
+    /// process (each with its key path); empty when the reload can apply.
+    /// The journal and admin endpoint are fixed for a run, and a `mirror`
+    /// pool keeps one journal cursor per backend, so only its health
+    /// settings reload.
+    pub fn reload_blockers(&self, new: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.journal != new.journal {
+            out.push("journal: the journal settings change only at a restart".to_owned());
+        }
+        if self.admin != new.admin {
+            out.push("admin: the admin endpoint changes only at a restart".to_owned());
+        }
+        for (i, p) in new.pools.iter().enumerate() {
+            let Some(old) = self.pools.iter().find(|o| o.name == p.name) else {
+                continue;
+            };
+            let mirror = (old.balance == Balance::Mirror, p.balance == Balance::Mirror);
+            if mirror.0 != mirror.1 {
+                out.push(format!(
+                    "pool[{i}].balance: pool {:?} cannot change to or from mirror without a restart (rename the pool to replace it)",
+                    p.name
+                ));
+            } else if mirror.0 {
+                let same = PoolConfig {
+                    health: old.health.clone(),
+                    ..p.clone()
+                };
+                if same != *old {
+                    out.push(format!(
+                        "pool[{i}]: mirror pool {:?} reloads only its [pool.health]; other changes need a restart (rename the pool to replace it)",
+                        p.name
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Checks everything serde cannot: references, uniqueness, ranges. Returns

@@ -42,9 +42,43 @@ pub const UPSTREAM_BATCHES: usize = 64;
 const ROUND_FRAMES: usize = 4096;
 
 /// The dispatcher's end of one upstream connection.
+#[derive(Clone)]
 pub struct ConnHandle {
     pub tx: mpsc::Sender<Vec<Frame>>,
     pub shared: Arc<ConnShared>,
+}
+
+/// A reload's new backend set for a running dispatcher. Backends kept from
+/// before come with their existing connections; connections missing from
+/// the new set are retired: their channel closes, they send what they were
+/// given, and what they cannot deliver comes back here to be routed again.
+pub struct PoolUpdate {
+    pub backends: Vec<Arc<Backend>>,
+    pub conns: Vec<Vec<ConnHandle>>,
+    pub selector: Selector,
+    pub queue_bytes: u64,
+}
+
+/// Where a reload leaves a [`PoolUpdate`] for the dispatcher (which takes
+/// it between routing rounds, so no round sees half of it).
+#[derive(Default)]
+pub struct UpdateSlot {
+    waiting: std::sync::atomic::AtomicBool,
+    update: std::sync::Mutex<Option<PoolUpdate>>,
+}
+
+impl UpdateSlot {
+    pub fn put(&self, update: PoolUpdate) {
+        *self.update.lock().unwrap_or_else(|p| p.into_inner()) = Some(update);
+        self.waiting.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Option<PoolUpdate> {
+        if !self.waiting.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.update.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Outcome of one routing round.
@@ -56,11 +90,29 @@ enum Round {
     Aborted,
 }
 
+/// A dispatcher's place in the journal.
+pub struct DispatcherJournal {
+    /// Reads the pool's frames back from the segment files.
+    pub tail: PoolTail,
+    /// Where delivery starts: every frame of the pool below it is settled.
+    pub cursor: u64,
+    /// Last seq written to the files.
+    pub committed: Arc<AtomicU64>,
+    /// See [`crate::journal::PoolLink::closed_at`].
+    pub closed_at: Arc<AtomicU64>,
+    /// Where the dispatcher publishes its delivery cursor.
+    pub delivered_below: Arc<AtomicU64>,
+}
+
 pub struct Dispatcher {
     pool: Arc<str>,
     backends: Vec<Arc<Backend>>,
     /// Per backend, its upstream connections.
     conns: Vec<Vec<ConnHandle>>,
+    /// Connections of backends a reload removed, until nothing they were
+    /// given is unsettled.
+    retired: Vec<Arc<ConnShared>>,
+    update: Arc<UpdateSlot>,
     selector: Selector,
     rx: mpsc::Receiver<Routed>,
     handback: Arc<Handback>,
@@ -72,6 +124,9 @@ pub struct Dispatcher {
     tail: PoolTail,
     /// Last seq written to the journal files.
     committed: Arc<AtomicU64>,
+    /// Last seq that may hold a frame of this pool once a reload removed
+    /// it (`u64::MAX` while it is configured).
+    closed_at: Arc<AtomicU64>,
     /// Routed and not yet settled.
     unsettled: SeqWindow,
     /// Published delivery cursor.
@@ -83,6 +138,8 @@ pub struct Dispatcher {
     /// Which backend settled which frames, for the journal's DELIVERY
     /// records (drained by the writer).
     settled_log: SettledLog,
+    /// By [`Backend::index`] (never reused, so a retired backend's late
+    /// settlements are still credited to it).
     backend_names: Vec<Arc<str>>,
     wake: Arc<Notify>,
     /// The pool's `queue-bytes`: most unsettled bytes per connection.
@@ -104,20 +161,25 @@ impl Dispatcher {
         wake: Arc<Notify>,
         queue_bytes: u64,
         metrics: PoolMetrics,
-        journal: (PoolTail, u64, Arc<AtomicU64>, Arc<AtomicU64>),
+        journal: DispatcherJournal,
         missed: Vec<Arc<AtomicU64>>,
         settled_log: SettledLog,
+        update: Arc<UpdateSlot>,
     ) -> Self {
-        let backend_names = backends
-            .iter()
-            .map(|b| Arc::from(b.addr.to_string()))
-            .collect();
-        let (tail, cursor, committed, delivered_below) = journal;
+        let DispatcherJournal {
+            tail,
+            cursor,
+            committed,
+            closed_at,
+            delivered_below,
+        } = journal;
         delivered_below.store(cursor, Ordering::Release);
-        Self {
+        let mut d = Self {
             pool,
-            backends,
-            conns,
+            backends: Vec::new(),
+            conns: Vec::new(),
+            retired: Vec::new(),
+            update,
             selector,
             rx,
             handback,
@@ -127,15 +189,61 @@ impl Dispatcher {
             live: false,
             tail,
             committed,
+            closed_at,
             unsettled: SeqWindow::default(),
             delivered_below,
             missed,
             settled_scratch: Vec::new(),
             settled_log,
-            backend_names,
+            backend_names: Vec::new(),
             pending: VecDeque::new(),
             metrics,
+        };
+        d.set_backends(backends, conns);
+        d
+    }
+
+    /// Takes on a backend set (at start, or from a reload).
+    fn set_backends(&mut self, backends: Vec<Arc<Backend>>, conns: Vec<Vec<ConnHandle>>) {
+        for b in &backends {
+            if self.backend_names.len() <= b.index {
+                self.backend_names.resize(b.index + 1, Arc::from(""));
+            }
+            self.backend_names[b.index] = Arc::from(b.addr.to_string());
         }
+        let kept: Vec<&Arc<ConnShared>> = conns.iter().flatten().map(|c| &c.shared).collect();
+        for old in self.conns.iter().flatten() {
+            if !kept.iter().any(|k| Arc::ptr_eq(k, &old.shared)) {
+                self.retired.push(old.shared.clone());
+            }
+        }
+        self.backends = backends;
+        // Dropping the old handles closes the retired connections' channels.
+        self.conns = conns;
+    }
+
+    /// Applies a waiting reload, between rounds.
+    fn apply_update(&mut self) {
+        let Some(u) = self.update.take() else {
+            return;
+        };
+        let before = self.retired.len();
+        self.set_backends(u.backends, u.conns);
+        self.selector = u.selector;
+        self.queue_bytes = u.queue_bytes;
+        tracing::debug!(
+            pool = %self.pool,
+            backends = self.backends.len(),
+            retiring = self.retired.len() - before,
+            "dispatcher took the reloaded backend set"
+        );
+    }
+
+    /// How far the journal files may be read for this pool.
+    fn readable_upto(&self) -> u64 {
+        self.committed
+            .load(Ordering::Acquire)
+            .min(self.closed_at.load(Ordering::Acquire))
     }
 
     /// Routes frames until the journal writer is gone, the files are read
@@ -147,6 +255,7 @@ impl Dispatcher {
         let mut input_open = true;
         let mut publish = tokio::time::interval(Duration::from_millis(100));
         loop {
+            self.apply_update();
             self.collect_settled();
             let back = self.handback.take();
             if !back.is_empty() {
@@ -180,8 +289,8 @@ impl Dispatcher {
                 self.live = false;
             }
             // Behind the live stream: read the next frames from the files.
-            if !self.live && self.tail.next_seq() <= self.committed.load(Ordering::Acquire) {
-                let upto = self.committed.load(Ordering::Acquire);
+            if !self.live && self.tail.next_seq() <= self.readable_upto() {
+                let upto = self.readable_upto();
                 match self.tail.read(upto, ROUND_FRAMES) {
                     Ok(frames) => {
                         tracing::trace!(pool = %self.pool, frames = frames.len(), next = self.tail.next_seq(), upto, "read from the journal");
@@ -202,8 +311,7 @@ impl Dispatcher {
                 }
             }
             if !input_open {
-                let caught_up =
-                    self.tail.next_seq() > self.committed.load(Ordering::Acquire) || self.live;
+                let caught_up = self.tail.next_seq() > self.readable_upto() || self.live;
                 if caught_up && self.all_settled() {
                     self.collect_settled();
                     break;
@@ -298,7 +406,8 @@ impl Dispatcher {
             low = low.min(s);
         }
         self.delivered_below.store(low, Ordering::Release);
-        let committed = self.committed.load(Ordering::Acquire);
+        self.retired.retain(|c| c.unsettled() > 0);
+        let committed = self.readable_upto();
         self.metrics
             .lag
             .set(committed.saturating_add(1).saturating_sub(low) as i64);
@@ -307,6 +416,7 @@ impl Dispatcher {
             .iter()
             .map(|f| f.time_ns)
             .chain(self.conns.iter().flatten().map(|c| c.shared.oldest_ns()))
+            .chain(self.retired.iter().map(|c| c.oldest_ns()))
             .filter(|&t| t > 0)
             .min();
         let age = oldest.map_or(0.0, |t| {
@@ -329,6 +439,7 @@ impl Dispatcher {
             .iter()
             .flatten()
             .all(|c| c.shared.unsettled() == 0)
+            && self.retired.iter().all(|c| c.unsettled() == 0)
     }
 
     async fn route_round(&mut self, abort: &CancellationToken) -> Round {

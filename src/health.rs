@@ -36,6 +36,12 @@ impl Hysteresis {
         self.up
     }
 
+    /// New thresholds from a reload; the state and streak stay.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Records one check result. Returns the new state when it flipped.
     pub fn observe(&mut self, ok: bool) -> Option<bool> {
         if ok == self.up {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,14 +77,15 @@ struct SessionSettings {
     metrics: ListenerMetrics,
     /// To the journal writer.
     tx: mpsc::Sender<Ingress>,
-    /// Index of this listener's pool.
-    pool: usize,
-    warn_limit: LogLimiter,
+    /// This listener's slot: the journal writer maps it to a pool.
+    slot: usize,
+    warn_limit: Arc<LogLimiter>,
 }
 
 /// Counts connections per source IP; a guard gives the slot back.
 struct SourceLimit {
-    max: usize,
+    /// 0: no limit.
+    max: AtomicUsize,
     counts: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -96,8 +97,9 @@ struct SourceSlot {
 impl SourceLimit {
     fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let max = self.max.load(Ordering::Relaxed);
         let c = m.entry(ip).or_insert(0);
-        if *c >= self.max {
+        if max > 0 && *c >= max {
             return None;
         }
         *c += 1;
@@ -123,39 +125,109 @@ impl Drop for SourceSlot {
 /// One bound listener, ready to run.
 pub struct Listener {
     listener: TcpListener,
+    shared: Arc<ListenerShared>,
+}
+
+/// What a reload may change on a running listener: new limits and session
+/// settings apply to connections accepted from then on; the connections
+/// already open keep theirs (as with HAProxy's reload), but count against
+/// the new `max-connections`.
+pub struct ListenerShared {
     limit: Arc<Semaphore>,
-    per_source: Option<Arc<SourceLimit>>,
-    settings: Arc<SessionSettings>,
+    /// The `max-connections` the semaphore holds permits for.
+    max: Mutex<usize>,
+    per_source: Arc<SourceLimit>,
+    settings: std::sync::RwLock<Arc<SessionSettings>>,
+}
+
+impl ListenerShared {
+    /// Applies a reloaded listener config (same name and address).
+    pub fn update(&self, cfg: &ListenerConfig) {
+        let mut max = self.max.lock().unwrap_or_else(|p| p.into_inner());
+        if cfg.max_connections > *max {
+            self.limit.add_permits(cfg.max_connections - *max);
+        } else if cfg.max_connections < *max {
+            // Free permits go now; the rest as open connections close.
+            let excess = *max - cfg.max_connections;
+            let gone = self.limit.forget_permits(excess);
+            if gone < excess {
+                let limit = self.limit.clone();
+                let rest = u32::try_from(excess - gone).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = limit.acquire_many_owned(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *max = cfg.max_connections;
+        self.per_source
+            .max
+            .store(cfg.max_connections_per_source.unwrap_or(0), Ordering::Relaxed);
+        let mut settings = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        let old = settings.clone();
+        *settings = Arc::new(SessionSettings::new(
+            cfg,
+            old.metrics.clone(),
+            old.tx.clone(),
+            old.slot,
+            old.warn_limit.clone(),
+        ));
+    }
+
+    fn settings(&self) -> Arc<SessionSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl SessionSettings {
+    fn new(
+        cfg: &ListenerConfig,
+        metrics: ListenerMetrics,
+        tx: mpsc::Sender<Ingress>,
+        slot: usize,
+        warn_limit: Arc<LogLimiter>,
+    ) -> Self {
+        Self {
+            name: cfg.name.as_str().into(),
+            framing: cfg.framing,
+            max_frame: usize::try_from(cfg.max_frame.0).unwrap_or(usize::MAX),
+            oversize: cfg.oversize,
+            idle_timeout: cfg.idle_timeout.0,
+            frame_timeout: cfg.frame_timeout.0,
+            metrics,
+            tx,
+            slot,
+            warn_limit,
+        }
+    }
 }
 
 impl Listener {
+    /// `slot` is the listener's number for the journal writer's routing.
     pub fn new(
         cfg: &ListenerConfig,
         listener: TcpListener,
         tx: mpsc::Sender<Ingress>,
-        pool: usize,
+        slot: usize,
         metrics: ListenerMetrics,
     ) -> Self {
+        let warn_limit = Arc::new(LogLimiter::new(10, Duration::from_secs(10)));
         Self {
             listener,
-            limit: Arc::new(Semaphore::new(cfg.max_connections)),
-            per_source: cfg.max_connections_per_source.map(|max| {
-                Arc::new(SourceLimit {
-                    max,
+            shared: Arc::new(ListenerShared {
+                limit: Arc::new(Semaphore::new(cfg.max_connections)),
+                max: Mutex::new(cfg.max_connections),
+                per_source: Arc::new(SourceLimit {
+                    max: AtomicUsize::new(cfg.max_connections_per_source.unwrap_or(0)),
                     counts: Mutex::new(HashMap::new()),
-                })
-            }),
-            settings: Arc::new(SessionSettings {
-                name: cfg.name.as_str().into(),
-                framing: cfg.framing,
-                max_frame: usize::try_from(cfg.max_frame.0).unwrap_or(usize::MAX),
-                oversize: cfg.oversize,
-                idle_timeout: cfg.idle_timeout.0,
-                frame_timeout: cfg.frame_timeout.0,
-                metrics,
-                tx,
-                pool,
-                warn_limit: LogLimiter::new(10, Duration::from_secs(10)),
+                }),
+                settings: std::sync::RwLock::new(Arc::new(SessionSettings::new(
+                    cfg, metrics, tx, slot, warn_limit,
+                ))),
             }),
         }
     }
@@ -164,15 +236,21 @@ impl Listener {
         self.listener.local_addr()
     }
 
+    /// The handle a reload changes the listener through.
+    pub fn shared(&self) -> Arc<ListenerShared> {
+        self.shared.clone()
+    }
+
     /// Accepts until `stop`; sessions are spawned on `tasks` and also end at
-    /// `stop`, after handing over what they read.
-    pub async fn run(self, stop: CancellationToken, tasks: TaskTracker) {
-        let name = self.settings.name.clone();
+    /// `stop`, after handing over what they read. `own` tracks just this
+    /// listener's sessions (a reload that removes it waits for them).
+    pub async fn run(self, stop: CancellationToken, tasks: TaskTracker, own: TaskTracker) {
+        let name = self.shared.settings().name.clone();
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => break,
-                p = self.limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                p = self.shared.limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
             };
             let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -193,25 +271,24 @@ impl Listener {
                     }
                 },
             };
-            let slot = match &self.per_source {
-                Some(limit) => match limit.try_take(peer.ip()) {
-                    Some(s) => Some(s),
-                    None => {
-                        self.settings.metrics.rejected_limit.inc();
-                        if let Some(skipped) = self.settings.warn_limit.allow() {
-                            tracing::warn!(listener = %name, client = %peer, skipped, "per-source connection limit reached; connection refused");
-                        }
-                        continue;
+            let settings = self.shared.settings();
+            let slot = match self.shared.per_source.try_take(peer.ip()) {
+                Some(s) => s,
+                None => {
+                    settings.metrics.rejected_limit.inc();
+                    if let Some(skipped) = settings.warn_limit.allow() {
+                        tracing::warn!(listener = %name, client = %peer, skipped, "per-source connection limit reached; connection refused");
                     }
-                },
-                None => None,
+                    continue;
+                }
             };
-            self.settings.metrics.accepted.inc();
-            let settings = self.settings.clone();
+            settings.metrics.accepted.inc();
             let stop = stop.clone();
+            let mine = own.token();
             tasks.spawn(async move {
                 let _permit = permit;
                 let _slot = slot;
+                let _mine = mine;
                 settings.metrics.open.inc();
                 session(stream, peer, &settings, stop).await;
                 settings.metrics.open.dec();
@@ -432,7 +509,7 @@ async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
     let n = frames.len() as u64;
     s.metrics.frames_in.inc_by(n);
     let sent = s.tx.send(Ingress::Frames {
-        pool: s.pool,
+        listener: s.slot,
         frames,
     });
     if sent.await.is_err() {

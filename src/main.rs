@@ -211,7 +211,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match rt.block_on(run(cfg)) {
+            match rt.block_on(run(cfg, &config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -223,15 +223,61 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let server = Server::start(cfg).await?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut server = Server::start(cfg).await?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM received");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT received");
+                break;
+            }
+            _ = hup.recv() => reload(&mut server, path).await,
+        }
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file and applies it, or keeps the running
+/// config and logs every problem with its key path.
+async fn reload(server: &mut Server, path: &std::path::Path) {
+    tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+    let metrics = server.metrics().clone();
+    let problems = match Config::load(path) {
+        Ok(new) => match server.reload(new).await {
+            Ok(r) => {
+                metrics.reloads.inc();
+                metrics.reload_ok.set(1);
+                tracing::info!(
+                    config = %path.display(),
+                    journal_seq = r.config_seq,
+                    pools_added = r.pools_added,
+                    pools_removed = r.pools_removed,
+                    pools_changed = r.pools_changed,
+                    listeners_added = r.listeners_added,
+                    listeners_removed = r.listeners_removed,
+                    listeners_changed = r.listeners_changed,
+                    "config reloaded"
+                );
+                return;
+            }
+            Err(problems) => problems,
+        },
+        Err(auditlb::config::ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => vec![e.to_string()],
+    };
+    metrics.reload_failures.inc();
+    metrics.reload_ok.set(0);
+    for p in &problems {
+        tracing::error!(config = %path.display(), problem = %p, "reload refused");
+    }
+    tracing::error!(config = %path.display(), problems = problems.len(), "reload refused; the running config stays");
 }

@@ -35,6 +35,12 @@ pub struct Metrics {
     delivery_lag: IntGaugeVec,
     oldest_undelivered: prometheus::GaugeVec,
     journal: crate::journal::JournalMetrics,
+    /// Config reloads applied (SIGHUP).
+    pub reloads: IntCounter,
+    /// Config reloads refused (the running config stays).
+    pub reload_failures: IntCounter,
+    /// 1 when the last reload was applied, 0 when it was refused.
+    pub reload_ok: IntGauge,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -124,13 +130,30 @@ impl Metrics {
                 g
             },
             refused_full: single_counter("journal_frames_refused_disk_full_total", "Frames refused because the journal reached its disk budget (on-full = drop); each refusal is a GAP record."),
+            unrouted: single_counter(
+                "journal_frames_unrouted_total",
+                "Frames journaled but not delivered: a removed listener's session sent them after its pool was closed by a reload.",
+            ),
             tampered: single_gauge(
                 "journal_tamper_alarm",
                 "1 when startup found journal damage before the last checkpoint.",
             ),
         };
+        let reloads = single_counter("config_reloads_total", "Config reloads applied.");
+        let reload_failures = single_counter(
+            "config_reload_failures_total",
+            "Config reloads refused; the running config stays.",
+        );
+        let reload_ok = single_gauge(
+            "config_last_reload_successful",
+            "1 when the last reload was applied (or none was tried), 0 when it was refused.",
+        );
+        reload_ok.set(1);
         Self {
             journal,
+            reloads,
+            reload_failures,
+            reload_ok,
             connections_accepted: counter(
                 &r,
                 "connections_accepted_total",
@@ -340,6 +363,13 @@ impl Metrics {
                 .upstream_connects
                 .with_label_values(&[pool, backend, "failed"]),
         }
+    }
+
+    /// Drops a removed backend's up/unsettled series, so a scrape does not
+    /// keep showing a backend that is no longer configured.
+    pub fn forget_backend(&self, pool: &str, backend: &str) {
+        let _ = self.backend_up.remove_label_values(&[pool, backend]);
+        let _ = self.unsettled_bytes.remove_label_values(&[pool, backend]);
     }
 
     pub fn journal(&self) -> crate::journal::JournalMetrics {

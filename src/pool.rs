@@ -15,12 +15,11 @@ use crate::metrics::BackendMetrics;
 
 /// One backend of a pool.
 pub struct Backend {
-    /// Index in the pool's backend list (what the selector returns).
+    /// The backend's number in its dispatcher, never reused after a reload
+    /// removes it (settlements are reported by it).
     pub index: usize,
     pub pool: Arc<str>,
     pub addr: SocketAddr,
-    pub weight: u32,
-    pub backup: bool,
     /// Health verdict, mirrored from `health` for lock-free reads.
     up: AtomicBool,
     /// Upstream connections currently open to it.
@@ -49,8 +48,6 @@ impl Backend {
             index,
             pool,
             addr: cfg.socket_addr(),
-            weight: cfg.weight,
-            backup: cfg.backup,
             // Optimistic start, like HAProxy: the first failed connect or
             // `fall` failed checks take it down.
             up: AtomicBool::new(true),
@@ -94,6 +91,14 @@ impl Backend {
     /// An upstream connection closed (for whatever reason).
     pub fn connection_closed(&self) {
         self.connected.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Reloaded `rise`/`fall`.
+    pub fn set_thresholds(&self, rise: u32, fall: u32) {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_thresholds(rise, fall);
     }
 
     /// Result of one active check.

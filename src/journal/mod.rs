@@ -28,8 +28,11 @@ pub const INGRESS_ITEMS: usize = 64;
 /// What sessions hand the journal writer.
 #[derive(Debug)]
 pub enum Ingress {
-    /// Frames for pool number `pool`, in arrival order.
-    Frames { pool: usize, frames: Vec<Frame> },
+    /// Frames read by listener number `listener` (its slot, see
+    /// [`Reconfigure::routes`]), in arrival order. The writer decides their
+    /// pool, so a reload switches every session of a listener between two
+    /// batches, never inside one.
+    Frames { listener: usize, frames: Vec<Frame> },
     /// Frames refused before routing (oversize drop, malformed, ...).
     Gap {
         listener: Arc<str>,
@@ -37,8 +40,27 @@ pub enum Ingress {
         reason: &'static str,
         count: u64,
     },
+    /// A config reload: applied in order with the frames around it.
+    Reconfigure(Box<Reconfigure>),
 }
 
+/// A change of the writer's routing, sent by a reload. Pool and listener
+/// slots are never reused: a removed pool keeps its slot, closed.
+#[derive(Debug)]
+pub struct Reconfigure {
+    /// New pools, given the next slots in order.
+    pub add_pools: Vec<PoolLink>,
+    /// Pools whose dispatchers get no more frames: their channel closes
+    /// and they finish what they have.
+    pub close_pools: Vec<usize>,
+    /// Pool slot of every listener slot (`None`: listener removed).
+    pub routes: Vec<Option<usize>>,
+    /// Hash of the new config text, for a CONFIG record.
+    pub config_hash: Option<format::Hash>,
+    /// Answered with the seq of the CONFIG record (or the last seq written)
+    /// once the change is written.
+    pub done: tokio::sync::oneshot::Sender<u64>,
+}
 /// What the journal hands a pool's dispatcher: the pool's frames among the
 /// records `from..=to`, already written. Batches follow each other without
 /// gaps in `from..=to`; when the dispatcher's channel is full the batch is
@@ -58,9 +80,17 @@ pub struct Routed {
 pub type SettledLog = Arc<std::sync::Mutex<Vec<(Arc<str>, Vec<u64>)>>>;
 
 /// The writer's link to one pool.
+#[derive(Debug)]
 pub struct PoolLink {
     pub name: String,
     pub tx: tokio::sync::mpsc::Sender<Routed>,
+    /// The first seq whose frames go to `tx` (0: this run's first). A pool
+    /// added by a reload starts with the live stream.
+    pub start: u64,
+    /// Set by the writer when it closes the pool: the last seq that may
+    /// hold one of its frames (`u64::MAX` while open). The dispatcher reads
+    /// the files no further.
+    pub closed_at: Arc<std::sync::atomic::AtomicU64>,
     /// Highest `to` of a batch dropped because `tx` was full: the
     /// dispatcher must read up to there from the files.
     pub missed: Arc<std::sync::atomic::AtomicU64>,
@@ -94,4 +124,6 @@ pub struct JournalMetrics {
     pub writable: IntGauge,
     /// Frames refused because the journal was full (`on-full = drop`).
     pub refused_full: IntCounter,
+    /// Frames journaled with no pool to deliver them to.
+    pub unrouted: IntCounter,
 }

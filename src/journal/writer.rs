@@ -90,10 +90,10 @@ pub struct Writer {
     /// Per delivery name: published cursor, and the cursor last recorded in
     /// a DELIVERY record.
     delivery: Vec<(String, Arc<AtomicU64>, u64)>,
-    /// Pool names by index, for FRAME records.
-    pub pool_names: Vec<String>,
+    /// Pool names by slot, for FRAME records.
+    pool_names: Vec<Arc<str>>,
     /// Per pool: where its dispatchers log which backend settled what.
-    pub settled_logs: Vec<(String, super::SettledLog)>,
+    settled_logs: Vec<(String, super::SettledLog)>,
     /// Bytes in the journal's segment files (against `disk-budget`).
     journal_bytes: u64,
     /// Over budget now (logged once per episode).
@@ -444,10 +444,6 @@ impl Writer {
         self.start_seq
     }
 
-    /// The pools whose delivery cursors go into DELIVERY records.
-    pub fn track_delivery(&mut self, pools: Vec<(String, Arc<AtomicU64>)>) {
-        self.delivery = pools.into_iter().map(|(n, c)| (n, c, 0)).collect();
-    }
 
     /// DELIVERY records of the seq ranges each backend settled since the
     /// last call (what `cat` shows as a frame's backend).
@@ -600,12 +596,12 @@ fn hostname() -> String {
 
 /// Offers waiting checkpoint messages to every pool (outside the record
 /// sequence; dropped for a pool whose dispatcher is behind).
-fn announce(w: &mut Writer, outputs: &[(mpsc::Sender<Routed>, Arc<AtomicU64>)]) {
+fn announce(w: &mut Writer, outputs: &[Output]) {
     if w.announce.is_empty() {
         return;
     }
     let frames = std::mem::take(&mut w.announce);
-    for (out, _) in outputs {
+    for out in outputs.iter().filter_map(|o| o.tx.as_ref()) {
         let _ = out.try_send(Routed {
             from: 0,
             to: 0,
@@ -863,17 +859,20 @@ pub struct Opened {
     pub done: oneshot::Receiver<()>,
 }
 
-/// Runs the writer on its own thread. Frames go on to `pools[i].tx` after
-/// they are written (and synced under `sync = "always"`). When the ingress
-/// closes, the writer drops the pool channels, waits for `drained` (the
-/// dispatchers finished) and writes the final DELIVERY records and
+/// Runs the writer on its own thread. Frames go on to their pool's `tx`
+/// after they are written (and synced under `sync = "always"`); `routes`
+/// maps each listener slot to its pool slot (`pools` in order). When the
+/// ingress closes, the writer drops the pool channels, waits for `drained`
+/// (the dispatchers finished) and writes the final DELIVERY records and
 /// checkpoint. `abort` ends it at once.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     cfg: JournalConfig,
     metrics: JournalMetrics,
     config_hash: Hash,
     mut rx: mpsc::Receiver<Ingress>,
     pools: Vec<PoolLink>,
+    mut routes: Vec<Option<usize>>,
     abort: CancellationToken,
     drained: CancellationToken,
 ) -> oneshot::Receiver<Result<Opened, JournalError>> {
@@ -882,11 +881,10 @@ pub fn spawn(
         .name("journal".into())
         .spawn(move || {
             let (done_tx, done_rx) = oneshot::channel();
-            let cursors: Vec<(String, Arc<AtomicU64>)> = pools
+            let names: Vec<String> = pools
                 .iter()
-                .flat_map(|p| p.cursors.iter().cloned())
+                .flat_map(|p| p.cursors.iter().map(|c| c.0.clone()))
                 .collect();
-            let names: Vec<String> = cursors.iter().map(|c| c.0.clone()).collect();
             let mut w = match Writer::open(&cfg, metrics, &config_hash) {
                 Ok(w) => w,
                 Err(e) => {
@@ -895,13 +893,10 @@ pub fn spawn(
                 }
             };
             let resume = w.resume_cursors(&names);
-            // FRAME records name their pool (not the mirror delivery names).
-            w.pool_names = pools.iter().map(|p| p.name.clone()).collect();
-            w.settled_logs = pools
-                .iter()
-                .map(|p| (p.name.clone(), p.settled.clone()))
-                .collect();
-            w.track_delivery(cursors);
+            let mut outputs = Vec::new();
+            for link in pools {
+                outputs.push(w.add_pool(link));
+            }
             let _ = ready_tx.send(Ok(Opened {
                 cursors: resume,
                 committed: w.committed(),
@@ -912,10 +907,8 @@ pub fn spawn(
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime builds");
-            let txs: Vec<(mpsc::Sender<Routed>, Arc<AtomicU64>)> =
-                pools.into_iter().map(|p| (p.tx, p.missed)).collect();
-            rt.block_on(run(&mut w, &mut rx, &txs, &abort));
-            drop(txs);
+            rt.block_on(run(&mut w, &mut rx, &mut outputs, &mut routes, &abort));
+            drop(outputs);
             // Let the dispatchers finish, keeping the checkpoints going, so
             // the final DELIVERY records say where delivery really got to.
             rt.block_on(async {
@@ -943,6 +936,87 @@ pub fn spawn(
         })
         .expect("spawning the journal thread");
     ready_rx
+}
+
+/// The writer's end of one pool slot.
+struct Output {
+    /// `None` once the pool is closed (removed by a reload).
+    tx: Option<mpsc::Sender<Routed>>,
+    missed: Arc<AtomicU64>,
+    closed_at: Arc<AtomicU64>,
+    /// The last seq whose frames were offered to the pool.
+    covered: u64,
+    /// Written and not yet offered.
+    frames: Vec<Frame>,
+}
+
+impl Writer {
+    /// Takes on a pool: its FRAME records name it, its DELIVERY cursors and
+    /// settled ranges are recorded. Returns the slot's output.
+    fn add_pool(&mut self, link: PoolLink) -> Output {
+        self.pool_names.push(link.name.as_str().into());
+        self.settled_logs.push((link.name, link.settled));
+        self.delivery
+            .extend(link.cursors.into_iter().map(|(n, c)| (n, c, 0)));
+        Output {
+            tx: Some(link.tx),
+            missed: link.missed,
+            closed_at: link.closed_at,
+            covered: link.start.max(self.start_seq) - 1,
+            frames: Vec::new(),
+        }
+    }
+}
+
+/// Offers each pool the frames written for it since the last offer, as the
+/// seq range `covered+1..=to`. Never waits for a dispatcher: one that is
+/// behind (its channel full) reads these frames back from the journal.
+fn offer(w: &Writer, outputs: &mut [Output]) {
+    let to = w.next_seq - 1;
+    for out in outputs.iter_mut() {
+        if out.frames.is_empty() {
+            continue;
+        }
+        let frames = std::mem::take(&mut out.frames);
+        let n = frames.len() as u64;
+        let batch = Routed {
+            from: out.covered + 1,
+            to,
+            frames,
+        };
+        out.covered = to;
+        let Some(tx) = &out.tx else { continue };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(batch) {
+            out.missed.fetch_max(to, Ordering::AcqRel);
+            w.metrics.spilled.inc_by(n);
+        }
+    }
+}
+
+/// Applies a reload's routing change after everything before it was
+/// written and offered.
+fn reconfigure(
+    w: &mut Writer,
+    outputs: &mut Vec<Output>,
+    routes: &mut Vec<Option<usize>>,
+    rc: super::Reconfigure,
+) -> oneshot::Sender<u64> {
+    for link in rc.add_pools {
+        let out = w.add_pool(link);
+        outputs.push(out);
+    }
+    for i in rc.close_pools {
+        if let Some(out) = outputs.get_mut(i) {
+            // Before the channel closes, so the dispatcher sees it then.
+            out.closed_at.store(w.next_seq - 1, Ordering::Release);
+            out.tx = None;
+        }
+    }
+    *routes = rc.routes;
+    if let Some(hash) = rc.config_hash {
+        w.push(RecordType::Config, 0, &[], &hash);
+    }
+    rc.done
 }
 
 /// Writes the batch buffer, syncs under `sync = "always"`, and writes a
@@ -985,7 +1059,8 @@ const MAX_ITEMS_PER_WRITE: usize = 256;
 async fn run(
     w: &mut Writer,
     rx: &mut mpsc::Receiver<Ingress>,
-    outputs: &[(mpsc::Sender<Routed>, Arc<AtomicU64>)],
+    outputs: &mut Vec<Output>,
+    routes: &mut Vec<Option<usize>>,
     abort: &CancellationToken,
 ) {
     let tick_every = match w.cfg.sync {
@@ -997,9 +1072,6 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut items: Vec<Ingress> = Vec::with_capacity(MAX_ITEMS_PER_WRITE);
     let mut backoff = Duration::from_millis(10);
-    // Per pool: the last seq whose frames were offered to its dispatcher.
-    let mut covered: Vec<u64> = vec![w.start_seq - 1; outputs.len()];
-    let mut per_pool: Vec<Vec<Frame>> = vec![Vec::new(); outputs.len()];
     // on-full = block and the budget is reached.
     let mut blocked = false;
     loop {
@@ -1063,7 +1135,10 @@ async fn run(
                 continue;
             }
             match item {
-                Ingress::Frames { pool, mut frames } => {
+                Ingress::Frames {
+                    listener,
+                    mut frames,
+                } => {
                     let bytes: u64 = frames.iter().map(|f| f.len() as u64 + 100).sum();
                     if !w.fits(bytes) {
                         match w.cfg.on_full {
@@ -1079,15 +1154,27 @@ async fn run(
                             }
                             OnFull::Block => {
                                 // Keep this item and everything after it.
-                                held.push(Ingress::Frames { pool, frames });
+                                held.push(Ingress::Frames { listener, frames });
                                 blocked = true;
                                 continue;
                             }
                         }
                     }
-                    let name = w.pool_names.get(pool).cloned().unwrap_or_default();
-                    w.append_frames(&name, &mut frames);
-                    per_pool[pool].append(&mut frames);
+                    match routes.get(listener).copied().flatten() {
+                        Some(pool) => {
+                            let name = w.pool_names[pool].clone();
+                            w.append_frames(&name, &mut frames);
+                            outputs[pool].frames.append(&mut frames);
+                        }
+                        None => {
+                            // A removed listener's session that outlived the
+                            // reload's grace: journaled, not delivered.
+                            let n = frames.len() as u64;
+                            w.metrics.unrouted.inc_by(n);
+                            tracing::error!(frames = n, "frames from a removed listener have no pool; journaled only");
+                            w.append_frames("", &mut frames);
+                        }
+                    }
                 }
                 Ingress::Gap {
                     listener,
@@ -1096,6 +1183,19 @@ async fn run(
                     count,
                 } => {
                     w.append_gap(&listener, &client.to_string(), reason, count);
+                }
+                Ingress::Reconfigure(rc) => {
+                    // What came before goes out under the old routing.
+                    if !commit(w, abort, &mut backoff).await {
+                        return;
+                    }
+                    offer(w, outputs);
+                    let done = reconfigure(w, outputs, routes, *rc);
+                    if !commit(w, abort, &mut backoff).await {
+                        return;
+                    }
+                    let _ = done.send(w.next_seq - 1);
+                    continue;
                 }
             }
             // Checkpoints and segment ends fall between batches, as close to
@@ -1112,26 +1212,7 @@ async fn run(
         if !commit(w, abort, &mut backoff).await {
             return;
         }
-        let to = w.next_seq - 1;
-        for (pool, (out, missed)) in outputs.iter().enumerate() {
-            if per_pool[pool].is_empty() {
-                continue;
-            }
-            let frames = std::mem::take(&mut per_pool[pool]);
-            let n = frames.len() as u64;
-            let batch = Routed {
-                from: covered[pool] + 1,
-                to,
-                frames,
-            };
-            covered[pool] = to;
-            // Never wait for a dispatcher: one that is behind reads these
-            // frames back from the journal.
-            if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {
-                missed.fetch_max(to, Ordering::AcqRel);
-                w.metrics.spilled.inc_by(n);
-            }
-        }
+        offer(w, outputs);
         announce(w, outputs);
     }
 }
