@@ -746,6 +746,36 @@ address = "127.0.0.1:5141"
 "#;
 
     #[test]
+    fn reload_blockers_name_what_needs_a_restart() {
+        let old = Config::parse(GOOD).unwrap();
+        let ok = Config::parse(&GOOD.replace("5141", "5142")).unwrap();
+        assert!(old.reload_blockers(&ok).is_empty());
+        let journal = Config::parse(&format!("[journal]\nsync = \"always\"\n{GOOD}")).unwrap();
+        assert_eq!(
+            old.reload_blockers(&journal),
+            ["journal: the journal settings change only at a restart"]
+        );
+        let admin = Config::parse(&format!("[admin]\naddress = \"127.0.0.1:9\"\n{GOOD}")).unwrap();
+        assert!(old.reload_blockers(&admin)[0].starts_with("admin:"));
+        let to_mirror = Config::parse(
+            &GOOD.replace("name = \"siem\"", "name = \"siem\"\nbalance = \"mirror\""),
+        )
+        .unwrap();
+        assert!(old.reload_blockers(&to_mirror)[0].starts_with("pool[0].balance:"));
+        // A mirror pool reloads its health settings, nothing else.
+        let health =
+            Config::parse(&format!("{}\n[pool.health]\nrise = 5\n", to_mirror_text())).unwrap();
+        let mirror = Config::parse(&to_mirror_text()).unwrap();
+        assert!(mirror.reload_blockers(&health).is_empty());
+        let moved = Config::parse(&to_mirror_text().replace("5141", "5142")).unwrap();
+        assert!(mirror.reload_blockers(&moved)[0].starts_with("pool[0]: mirror pool"));
+    }
+
+    fn to_mirror_text() -> String {
+        GOOD.replace("name = \"siem\"", "name = \"siem\"\nbalance = \"mirror\"")
+    }
+
+    #[test]
     fn minimal_config_has_defaults() {
         let c = Config::parse(GOOD).unwrap();
         c.validate().unwrap();

@@ -19,7 +19,8 @@
 //!                              replay window) goes back to the dispatcher
 //! health.rs ──▶ pool.rs (backend up/down, rise/fall) ──▶ dispatcher
 //! metrics.rs: every stage counts into one prometheus::Registry, served by admin.rs
-//! server.rs wires it all from config.rs and runs the graceful stop.
+//! server.rs wires it all from config.rs, applies reloads (SIGHUP: the writer switches
+//! routing between two batches, dispatchers swap backend sets) and runs the graceful stop.
 //! journal/verify.rs and journal/cat.rs read journals back (`auditlb verify`, `cat`).
 //! ```
 

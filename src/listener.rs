@@ -161,9 +161,10 @@ impl ListenerShared {
             }
         }
         *max = cfg.max_connections;
-        self.per_source
-            .max
-            .store(cfg.max_connections_per_source.unwrap_or(0), Ordering::Relaxed);
+        self.per_source.max.store(
+            cfg.max_connections_per_source.unwrap_or(0),
+            Ordering::Relaxed,
+        );
         let mut settings = self.settings.write().unwrap_or_else(|p| p.into_inner());
         let old = settings.clone();
         *settings = Arc::new(SessionSettings::new(

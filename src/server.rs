@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::balance::{Member as SelectorMember, Selector};
-use crate::config::{Balance, BackendConfig, Config, ListenerConfig, PoolConfig};
+use crate::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
 use crate::dispatcher::{
     ConnHandle, Dispatcher, DispatcherJournal, PoolUpdate, UpdateSlot, INGRESS_BATCHES,
     UPSTREAM_BATCHES,
@@ -55,7 +55,10 @@ impl admin::Status for AdminStatus {
     }
 
     fn ready(&self) -> Result<(), String> {
-        readiness(&self.pools.lock().unwrap_or_else(|p| p.into_inner()), &self.metrics)
+        readiness(
+            &self.pools.lock().unwrap_or_else(|p| p.into_inner()),
+            &self.metrics,
+        )
     }
 }
 
@@ -441,10 +444,7 @@ impl Server {
             report.pools_added += 1;
         }
         let slot_of = |name: &str, pools: &[PoolState]| {
-            pools
-                .iter()
-                .find(|s| s.cfg.name == name)
-                .map(|s| s.slot)
+            pools.iter().find(|s| s.cfg.name == name).map(|s| s.slot)
         };
         // Routing: kept listeners switch to their (new) pool; new ones get
         // the next slots; removed ones keep theirs until they stopped.
@@ -527,7 +527,9 @@ impl Server {
                 .await
                 .is_none()
             {
-                tracing::error!("reload: the journal writer stopped before removed pools were closed");
+                tracing::error!(
+                    "reload: the journal writer stopped before removed pools were closed"
+                );
             }
             for i in removed_pools.into_iter().rev() {
                 let state = self.pools.remove(i);
@@ -849,7 +851,10 @@ impl PoolCtx {
                 new.backends.clone()
             };
             let mut members = Vec::new();
-            let (wake, handback) = (state.groups[g].wake.clone(), state.groups[g].handback.clone());
+            let (wake, handback) = (
+                state.groups[g].wake.clone(),
+                state.groups[g].handback.clone(),
+            );
             for b in &wanted {
                 let keep = if reconnect {
                     None

@@ -11,32 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Waits until the backends' logs hold every id below `n`; returns (unique,
-/// total) ids seen.
-fn wait_all_ids(logs: &[&Path], n: u64, secs: u64) -> (usize, usize) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let mut all = Vec::new();
-        for l in logs {
-            all.extend(ids_in_log(l, true));
-        }
-        let unique: HashSet<u64> = all.iter().copied().collect();
-        let complete = (0..n).all(|i| unique.contains(&i));
-        if complete {
-            return (unique.len(), all.len());
-        }
-        if Instant::now() > deadline {
-            let missing: Vec<u64> = (0..n).filter(|i| !unique.contains(i)).take(10).collect();
-            panic!(
-                "after {secs}s: {} of {n} ids arrived, {} missing (first: {missing:?})",
-                unique.len(),
-                n as usize - unique.len()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Bytes in a sink's per-connection logs.
 fn log_bytes(log: &Path) -> u64 {
     let prefix = format!("{}.", log.file_name().unwrap().to_string_lossy());

@@ -657,6 +657,13 @@ async fn admin_endpoint_serves_metrics_health_and_readiness() {
     wait_for(2.0, "a down", || server.backend_up("p", 0) == Some(false)).await;
     let r = get("/readyz").await;
     assert!(r.starts_with("HTTP/1.1 503") && r.contains("pool p"), "{r}");
+    // And back once the backend is up again (rise = 2 checks).
+    a.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !get("/readyz").await.starts_with("HTTP/1.1 200") {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz stayed 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Garbage gets a 4xx, not a hang.
     let mut s = TcpStream::connect(admin).await.unwrap();
     s.write_all(b"\x00\x01garbage\r\n\r\n").await.unwrap();

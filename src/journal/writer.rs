@@ -444,7 +444,6 @@ impl Writer {
         self.start_seq
     }
 
-
     /// DELIVERY records of the seq ranges each backend settled since the
     /// last call (what `cat` shows as a frame's backend).
     pub fn record_settled(&mut self) {
@@ -1171,7 +1170,10 @@ async fn run(
                             // reload's grace: journaled, not delivered.
                             let n = frames.len() as u64;
                             w.metrics.unrouted.inc_by(n);
-                            tracing::error!(frames = n, "frames from a removed listener have no pool; journaled only");
+                            tracing::error!(
+                                frames = n,
+                                "frames from a removed listener have no pool; journaled only"
+                            );
                             w.append_frames("", &mut frames);
                         }
                     }

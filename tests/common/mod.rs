@@ -561,3 +561,30 @@ pub async fn with_one_backend(
     let addr = server.listener_addr("in").unwrap();
     (sink, server, addr)
 }
+
+/// Waits until the backends' logs hold every id below `n`; returns (unique,
+/// total) ids seen.
+pub fn wait_all_ids(logs: &[&std::path::Path], n: u64, secs: u64) -> (usize, usize) {
+    use std::time::Instant;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut all = Vec::new();
+        for l in logs {
+            all.extend(ids_in_log(l, true));
+        }
+        let unique: std::collections::HashSet<u64> = all.iter().copied().collect();
+        let complete = (0..n).all(|i| unique.contains(&i));
+        if complete {
+            return (unique.len(), all.len());
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<u64> = (0..n).filter(|i| !unique.contains(i)).take(10).collect();
+            panic!(
+                "after {secs}s: {} of {n} ids arrived, {} missing (first: {missing:?})",
+                unique.len(),
+                n as usize - unique.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,369 @@
+//! Config reload (SIGHUP) under traffic: backends added, removed and
+//! re-weighted, listener limits changed, listeners and pools added and
+//! removed, bad files refused. Backends are `auditlb-load sink` processes
+//! logging raw bytes; clients are `auditlb-load gen` with unique ids.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use auditlb::config::Config;
+use auditlb::journal::format::RecordType;
+use auditlb::journal::reader::{list_segments, Records};
+use auditlb::server::Server;
+use common::*;
+
+/// A config with listener "in" on `listen` to pool "p" over `backends`
+/// (address, weight), the journal in `dir`.
+fn pool_config(dir: &Path, listen: &str, backends: &[(SocketAddr, u32)], extra: &str) -> String {
+    let mut s = format!(
+        r#"
+[shutdown]
+grace = "5s"
+
+[journal]
+dir = "{}"
+anchors = "{}"
+checkpoint-interval = "200ms"
+
+[[listener]]
+name = "in"
+address = "{listen}"
+pool = "p"
+{extra}
+
+[[pool]]
+name = "p"
+connect-timeout = "500ms"
+
+[pool.health]
+interval = "100ms"
+timeout = "100ms"
+rise = 2
+fall = 2
+"#,
+        dir.join("journal").display(),
+        dir.join("anchors.log").display()
+    );
+    for (a, w) in backends {
+        s.push_str(&format!(
+            "\n[[pool.backend]]\naddress = \"{a}\"\nweight = {w}\n"
+        ));
+    }
+    s
+}
+
+fn parse(toml: &str) -> Config {
+    let c = Config::parse(toml).unwrap();
+    c.validate().unwrap();
+    c
+}
+
+/// The CONFIG records in a journal.
+fn config_records(dir: &Path) -> usize {
+    let mut n = 0;
+    for seg in list_segments(&dir.join("journal")).unwrap() {
+        let bytes = std::fs::read(&seg.path).unwrap();
+        n += Records::new(&bytes)
+            .map_while(Result::ok)
+            .filter(|(_, r)| r.kind() == Some(RecordType::Config))
+            .count();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_traffic_swaps_backends_and_limits_without_loss() {
+    let dir = scratch_dir("reload-traffic");
+    let mut logs = Vec::new();
+    let mut sinks = Vec::new();
+    for name in ["a", "b", "c"] {
+        let log = dir.join(format!("{name}.log"));
+        sinks.push(spawn_sink("127.0.0.1:0", "octet", &log, &[]));
+        logs.push(log);
+    }
+    let (a, b, c) = (sinks[0].1, sinks[1].1, sinks[2].1);
+    let mut server = Server::start(parse(&pool_config(
+        &dir,
+        "127.0.0.1:0",
+        &[(a, 1), (b, 1)],
+        "",
+    )))
+    .await
+    .unwrap();
+    wait_connected(&server, 2).await;
+    let listen = server.listener_addr("in").unwrap();
+
+    // 4 clients, 100,000 frames at 20,000 frames/s: about 5 s of traffic.
+    let n = 100_000u64;
+    let gen = tokio::task::spawn_blocking(move || gen_ids(listen, 4, n, &["--rate", "20000"]));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!gen.is_finished(), "traffic ended before the first reload");
+    let before_a = ids_in_log(&logs[0], true).len();
+    assert!(before_a > 0, "a took frames before the reload");
+
+    // Reload 1: c added, a removed, b re-weighted.
+    let r = server
+        .reload(parse(&pool_config(
+            &dir,
+            "127.0.0.1:0",
+            &[(b, 3), (c, 1)],
+            "",
+        )))
+        .await
+        .unwrap();
+    assert_eq!(r.pools_changed, 1);
+    wait_for(5.0, "a removed from the pool", || {
+        server.pools()[0].backends.len() == 2
+    })
+    .await;
+    // a drains what it was given, then gets nothing more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drained_a = ids_in_log(&logs[0], true).len();
+    let c_at_reload2 = {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            ids_in_log(&logs[0], true).len(),
+            drained_a,
+            "a removed backend got new frames"
+        );
+        ids_in_log(&logs[2], true).len()
+    };
+    assert!(c_at_reload2 > 0, "the added backend got no frames");
+
+    // A refused reload (a listener moved onto a port in use) changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = pool_config(
+        &dir,
+        &taken.local_addr().unwrap().to_string(),
+        &[(a, 1)],
+        "",
+    );
+    let problems = server.reload(parse(&bad)).await.unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("listener[0].address")),
+        "{problems:?}"
+    );
+    assert_eq!(server.pools()[0].backends.len(), 2);
+
+    // Reload 2: a back with weight 2, b removed; a per-source limit of 4.
+    server
+        .reload(parse(&pool_config(
+            &dir,
+            "127.0.0.1:0",
+            &[(a, 2), (c, 1)],
+            "max-connections-per-source = 4",
+        )))
+        .await
+        .unwrap();
+    assert!(!gen.is_finished(), "traffic ended before the second reload");
+    // The 4 clients stay; a fifth from the same source is refused.
+    let fifth = tokio::net::TcpStream::connect(listen).await.unwrap();
+    wait_for(5.0, "the fifth connection refused", || {
+        metric(
+            &server,
+            "auditlb_connections_rejected_total",
+            &[("listener", "in")],
+        ) == 1.0
+    })
+    .await;
+    drop(fifth);
+
+    let out = gen.await.unwrap();
+    assert!(out.contains(&format!("sent={n}")), "{out}");
+    let log_refs: Vec<&Path> = logs.iter().map(|l| l.as_path()).collect();
+    let (unique, total) = wait_all_ids(&log_refs, n, 60);
+    assert_eq!(unique as u64, n);
+    // A drained backend settled everything it was given: nothing is sent
+    // twice.
+    assert_eq!(total, unique, "duplicates after a reload");
+    let got: Vec<usize> = logs.iter().map(|l| ids_in_log(l, true).len()).collect();
+    assert!(
+        got[0] > drained_a,
+        "a took frames again after reload 2: {got:?}"
+    );
+    assert!(got[1] > 0 && got[2] > c_at_reload2, "{got:?}");
+
+    // No client connection was dropped: the 4 clients connected once and
+    // closed by themselves.
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&server, name, labels);
+    assert_eq!(
+        m("auditlb_connections_accepted_total", &[("listener", "in")]),
+        4.0
+    );
+    assert_eq!(
+        m(
+            "auditlb_connections_closed_total",
+            &[("listener", "in"), ("reason", "eof")]
+        ),
+        4.0
+    );
+    assert_eq!(
+        m("auditlb_frames_in_total", &[("listener", "in")]),
+        n as f64
+    );
+    // b's series left /metrics with it.
+    let text = server.metrics().render();
+    assert!(
+        !text.contains(&format!("auditlb_backend_up{{backend=\"{b}\"")),
+        "{text}"
+    );
+    server.shutdown().await;
+    // The start and both reloads are in the journal, which verifies.
+    assert_eq!(config_records(&dir), 3);
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
+        .args(["verify", "--journal"])
+        .arg(dir.join("journal"))
+        .arg("--anchors")
+        .arg(dir.join("anchors.log"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// A port nothing listens on now.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn scrape(admin: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn scraped(admin: SocketAddr, line_start: &str) -> Option<f64> {
+    scrape(admin)
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_scraped(admin: SocketAddr, line_start: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while scraped(admin, line_start) != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line_start} never became {want}:\n{}",
+            scrape(admin)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `auditlb` binary on SIGHUP: a bad file is refused (counted, old
+/// config kept), a good one moves a listener to a new pool, opens a new
+/// listener and removes the old pool, while a client stays connected.
+#[test]
+fn sighup_reloads_the_file_and_refuses_a_bad_one() {
+    use std::io::Write;
+    let dir = scratch_dir("reload-sighup");
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let (_sa, a) = spawn_sink("127.0.0.1:0", "octet", &log_a, &[]);
+    let (_sb, b) = spawn_sink("127.0.0.1:0", "octet", &log_b, &[]);
+    let admin = free_port();
+    let listen = free_port();
+    let with_admin = |toml: String| {
+        toml.replace(
+            "[shutdown]",
+            &format!("[admin]\naddress = \"{admin}\"\n\n[shutdown]"),
+        )
+    };
+    let path = dir.join("auditlb.toml");
+    let v1 = with_admin(pool_config(&dir, &listen.to_string(), &[(a, 1)], ""));
+    std::fs::write(&path, &v1).unwrap();
+    let (auditlb, _) = spawn_auditlb(&path);
+
+    // A client that stays connected across every reload.
+    let mut client = std::net::TcpStream::connect(listen).unwrap();
+    let line = |id: u64| format!("<13>1 2026-11-26T00:00:00Z h app - - - x id={id}\n");
+    client.write_all(line(0).as_bytes()).unwrap();
+    wait_all_ids(&[log_a.as_path()], 1, 10);
+
+    // A typo: refused, counted, and the old config keeps working.
+    std::fs::write(&path, v1.replace("weight = 1", "wieght = 1")).unwrap();
+    auditlb.signal(libc::SIGHUP);
+    wait_scraped(admin, "auditlb_config_reload_failures_total", 1.0);
+    assert_eq!(
+        scraped(admin, "auditlb_config_last_reload_successful"),
+        Some(0.0)
+    );
+    // A journal change needs a restart: refused too.
+    std::fs::write(
+        &path,
+        v1.replace(
+            "checkpoint-interval = \"200ms\"",
+            "checkpoint-interval = \"1s\"",
+        ),
+    )
+    .unwrap();
+    auditlb.signal(libc::SIGHUP);
+    wait_scraped(admin, "auditlb_config_reload_failures_total", 2.0);
+    client.write_all(line(1).as_bytes()).unwrap();
+    wait_all_ids(&[log_a.as_path()], 2, 10);
+
+    // v2: listener "in" moves to a new pool "q" (backend b), a new
+    // listener "extra" also feeds "q", and pool "p" goes away.
+    let extra = free_port();
+    let v2 = v1
+        .replace("pool = \"p\"", "pool = \"q\"")
+        .replace("name = \"p\"", "name = \"q\"")
+        .replace(&a.to_string(), &b.to_string())
+        .replace(
+            "[[pool]]",
+            &format!(
+                "[[listener]]\nname = \"extra\"\naddress = \"{extra}\"\npool = \"q\"\n\n[[pool]]"
+            ),
+        );
+    std::fs::write(&path, &v2).unwrap();
+    auditlb.signal(libc::SIGHUP);
+    wait_scraped(admin, "auditlb_config_reloads_total", 1.0);
+    assert_eq!(
+        scraped(admin, "auditlb_config_last_reload_successful"),
+        Some(1.0)
+    );
+    client.write_all(line(2).as_bytes()).unwrap();
+    let mut other = std::net::TcpStream::connect(extra).unwrap();
+    other.write_all(line(3).as_bytes()).unwrap();
+    drop(other);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut got = ids_in_log(&log_b, true);
+        got.sort();
+        if got == [2, 3] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b got {got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut at_a = ids_in_log(&log_a, true);
+    at_a.sort();
+    assert_eq!(at_a, [0, 1], "the removed pool got frames after the reload");
+    let text = scrape(admin);
+    assert!(text.contains("auditlb_backend_up{backend=\""), "{text}");
+    assert!(
+        !text.contains(&format!("backend=\"{a}\",pool=\"p\"}} 1")),
+        "the removed pool's backend is still shown up:\n{text}"
+    );
+    drop(client);
+    auditlb.signal(libc::SIGTERM);
+    let mut auditlb = auditlb;
+    assert!(auditlb.child.wait().unwrap().success());
+    assert_eq!(config_records(&dir), 2, "start and one applied reload");
+}
