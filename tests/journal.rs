@@ -612,10 +612,24 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
     let journal = dir.join("journal");
     let anchors = dir.join("anchors.log");
     let cfg_path = dir.join("auditlb.toml");
+    // Sealed: the key ratchets on the sync thread, and a kill between a
+    // checkpoint and its ratchet must never let one key seal two epochs.
+    assert!(bin()
+        .args(["keygen", "--out"])
+        .arg(dir.join("keys"))
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let k0 = read_verify_key(&dir.join("keys/verify.key")).unwrap();
     let cfg = config(&[(sink.addr, 1, false)], "", "");
     let cfg = cfg.replacen(
         "[journal]\ndir = ",
-        &format!("[journal]\nanchors = \"{}\"\nold = ", anchors.display()),
+        &format!(
+            "[journal]\nanchors = \"{}\"\nseal-key = \"{}\"\nold = ",
+            anchors.display(),
+            dir.join("keys/seal.key").display()
+        ),
         1,
     );
     let cfg = cfg.replace(
@@ -645,7 +659,7 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
         tokio::time::sleep(Duration::from_millis(150 + 10 * round as u64)).await;
         child.kill9();
         load.abort();
-        let r = verify(&journal, Some(&anchors), None).unwrap();
+        let r = verify(&journal, Some(&anchors), Some(&k0)).unwrap();
         assert!(r.failure.is_none(), "round {round}: {}", r.text());
     }
     // One clean run recovers the last crash; then the whole journal is
@@ -654,7 +668,7 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     child.signal(libc::SIGTERM);
     assert!(child.child.wait().unwrap().success());
-    let r = verify(&journal, Some(&anchors), None).unwrap();
+    let r = verify(&journal, Some(&anchors), Some(&k0)).unwrap();
     assert_eq!(r.exit_code(), 0, "{}", r.text());
     assert!(r.recovered.len() <= 20);
     let out = bin()

@@ -11,6 +11,7 @@ pub mod cat;
 pub mod format;
 pub mod reader;
 pub mod seal;
+pub mod syncer;
 pub mod tail;
 pub mod verify;
 pub mod writer;

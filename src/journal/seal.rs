@@ -142,9 +142,16 @@ impl SealKey {
 
     /// Ratchets to the next epoch and overwrites the old key on disk.
     pub fn advance(&mut self) -> Result<(), KeyError> {
+        let image = self.ratchet();
+        self.key_file()?.store(&image)
+    }
+
+    /// Ratchets to the next epoch in memory only; the old key must then be
+    /// overwritten on disk with the returned image ([`KeyFile::store`]).
+    pub fn ratchet(&mut self) -> KeyImage {
         self.key = ratchet(&self.key);
         self.epoch += 1;
-        self.persist()
+        self.image()
     }
 
     /// Ratchets forward until the epoch is at least `epoch`.
@@ -156,15 +163,42 @@ impl SealKey {
             self.key = ratchet(&self.key);
             self.epoch += 1;
         }
-        self.persist()
+        let image = self.image();
+        self.key_file()?.store(&image)
     }
 
-    fn persist(&mut self) -> Result<(), KeyError> {
+    /// A second handle on the key file, for writing ratchets elsewhere.
+    pub fn key_file(&self) -> Result<KeyFile, KeyError> {
+        Ok(KeyFile {
+            path: self.path.clone(),
+            file: self.file.try_clone().map_err(io_err(&self.path))?,
+        })
+    }
+
+    fn image(&self) -> KeyImage {
         let mut b = [0u8; SEAL_FILE_LEN];
         b[..16].copy_from_slice(SEAL_MAGIC);
         b[16..24].copy_from_slice(&self.epoch.to_be_bytes());
         b[24..56].copy_from_slice(&self.key);
-        self.file.write_all_at(&b, 0).map_err(io_err(&self.path))?;
+        KeyImage(b)
+    }
+}
+
+/// The seal-key file's contents at one epoch.
+pub struct KeyImage([u8; SEAL_FILE_LEN]);
+
+/// Where ratcheted keys are stored.
+pub struct KeyFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl KeyFile {
+    /// Overwrites the key file in place and syncs it, so the old key is gone.
+    pub fn store(&self, image: &KeyImage) -> Result<(), KeyError> {
+        self.file
+            .write_all_at(&image.0, 0)
+            .map_err(io_err(&self.path))?;
         self.file.sync_data().map_err(io_err(&self.path))
     }
 }

@@ -81,6 +81,10 @@ pub struct Writer {
     next_epoch: u64,
     seal_key: Option<SealKey>,
     anchors: Option<(PathBuf, File)>,
+    /// Under `sync = "interval"`/`"os"` once started: does the fsyncs,
+    /// anchor lines and key ratchets off the frame path (it then owns the
+    /// anchors file).
+    syncer: Option<super::syncer::Syncer>,
     /// Written but not yet synced.
     dirty: bool,
     /// Seq of the last record written to the file (what readers may read).
@@ -165,6 +169,7 @@ impl Writer {
             next_epoch,
             seal_key,
             anchors,
+            syncer: None,
             dirty: true,
             committed: Arc::new(AtomicU64::new(resume.next_seq.saturating_sub(1))),
             start_seq: resume.next_seq,
@@ -301,6 +306,43 @@ impl Writer {
         Ok(())
     }
 
+    /// Moves the fsyncs of `sync = "interval"`/`"os"`, the anchor lines and
+    /// the key ratchets to their own thread ([`super::syncer`]); `always`
+    /// keeps them inline (frames wait for the disk anyway).
+    pub fn start_syncer(&mut self) -> io::Result<()> {
+        if self.cfg.sync == SyncPolicy::Always || self.syncer.is_some() {
+            return Ok(());
+        }
+        let key = match &self.seal_key {
+            Some(k) => Some(k.key_file().map_err(|e| io::Error::other(e.to_string()))?),
+            None => None,
+        };
+        self.syncer = Some(super::syncer::Syncer::start(
+            self.anchors.take(),
+            key,
+            self.metrics.clone(),
+        )?);
+        Ok(())
+    }
+
+    /// Syncs the segment: handed to the sync thread when there is one.
+    pub fn sync_soon(&mut self) -> io::Result<()> {
+        match &self.syncer {
+            Some(s) if self.dirty => {
+                s.sync_segment(self.file.try_clone()?, self.seg_path.clone());
+                self.dirty = false;
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => self.sync(),
+        }
+    }
+
+    /// False while the sync thread's last sync failed.
+    pub fn sync_healthy(&self) -> bool {
+        self.syncer.as_ref().is_none_or(|s| s.healthy())
+    }
+
     /// Whether a checkpoint is due now (count, interval, or idle heartbeat).
     pub fn checkpoint_due(&self) -> bool {
         self.since_checkpoint >= self.cfg.checkpoint_every
@@ -359,9 +401,8 @@ impl Writer {
         self.next_seq += 1;
         self.metrics.records.inc();
         self.flush()?;
-        self.sync()?;
-        if let Some((path, f)) = &mut self.anchors {
-            let line = format!(
+        let anchor = self.cfg.anchors.as_ref().map(|_| {
+            format!(
                 "v1 {} {} {} {} {} {}\n",
                 hex(&self.journal_id),
                 seq,
@@ -369,15 +410,24 @@ impl Writer {
                 epoch,
                 time_ns,
                 hex(&tag_bytes)
-            );
-            f.write_all(line.as_bytes())
-                .and_then(|()| f.sync_data())
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("anchors {}: {e}", path.display()))
-                })?;
-        }
-        if let Some(k) = &mut self.seal_key {
-            k.advance().map_err(|e| io::Error::other(e.to_string()))?;
+            )
+        });
+        if let Some(syncer) = &self.syncer {
+            let key = self.seal_key.as_mut().map(|k| k.ratchet());
+            syncer.checkpoint(self.file.try_clone()?, self.seg_path.clone(), anchor, key);
+            self.dirty = false;
+        } else {
+            self.sync()?;
+            if let (Some((path, f)), Some(line)) = (&mut self.anchors, anchor) {
+                f.write_all(line.as_bytes())
+                    .and_then(|()| f.sync_data())
+                    .map_err(|e| {
+                        io::Error::new(e.kind(), format!("anchors {}: {e}", path.display()))
+                    })?;
+            }
+            if let Some(k) = &mut self.seal_key {
+                k.advance().map_err(|e| io::Error::other(e.to_string()))?;
+            }
         }
         self.next_epoch = epoch + 1;
         self.since_checkpoint = 0;
@@ -580,6 +630,9 @@ impl Writer {
         self.record_settled();
         self.push_delivery(true);
         self.checkpoint()?;
+        // Everything handed to the sync thread is done before it stops.
+        drop(self.syncer.take());
+        self.dirty = true;
         self.sync()
     }
 }
@@ -892,6 +945,9 @@ pub fn spawn(
                 }
             };
             let resume = w.resume_cursors(&names);
+            if let Err(e) = w.start_syncer() {
+                tracing::error!(error = %e, "journal: no sync thread; syncing inline");
+            }
             let mut outputs = Vec::new();
             for link in pools {
                 outputs.push(w.add_pool(link));
@@ -1036,7 +1092,7 @@ async fn commit(w: &mut Writer, abort: &CancellationToken, backoff: &mut Duratio
         match r {
             Ok(()) => {
                 *backoff = Duration::from_millis(10);
-                w.metrics.writable.set(1);
+                w.metrics.writable.set(i64::from(w.sync_healthy()));
                 return true;
             }
             Err(e) => {
@@ -1097,7 +1153,7 @@ async fn run(
                 let r = (|| -> io::Result<()> {
                     w.flush()?;
                     if w.cfg.sync == SyncPolicy::Interval {
-                        w.sync()?;
+                        w.sync_soon()?;
                     }
                     if w.checkpoint_due() {
                         w.checkpoint()?;
