@@ -260,27 +260,71 @@ fn read_anchors(path: &Path) -> Result<HashMap<[u8; 16], Vec<Anchor>>, VerifyErr
     Ok(out)
 }
 
-/// Digests of all records, computed on all cores.
-fn digests(recs: &[(usize, Record<'_>)]) -> Vec<Hash> {
-    let mut out = vec![[0u8; 32]; recs.len()];
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || recs.len() < 2048 {
-        for (o, (_, r)) in out.iter_mut().zip(recs) {
-            *o = record_digest(r.raw);
+/// Records per unit of digest work.
+const DIGEST_CHUNK: usize = 1024;
+
+/// Record digests of one segment, computed ahead by worker threads in
+/// chunks; the chain walk takes them in order (computing a chunk itself if
+/// no worker has started it).
+struct Digests<'a> {
+    recs: &'a [(usize, Record<'a>)],
+    chunks: Vec<std::sync::OnceLock<Vec<Hash>>>,
+    next: std::sync::atomic::AtomicUsize,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Digests<'a> {
+    fn new(recs: &'a [(usize, Record<'a>)]) -> Self {
+        Self {
+            recs,
+            chunks: (0..recs.len().div_ceil(DIGEST_CHUNK))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
         }
-        return out;
     }
-    let chunk = recs.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        for (o, rs) in out.chunks_mut(chunk).zip(recs.chunks(chunk)) {
-            s.spawn(move || {
-                for (d, (_, r)) in o.iter_mut().zip(rs) {
-                    *d = record_digest(r.raw);
-                }
-            });
+
+    /// Worker threads worth starting: one per core, none for a small
+    /// segment.
+    fn workers(&self) -> usize {
+        if self.chunks.len() < 2 {
+            return 0;
         }
-    });
-    out
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// A worker: takes chunks in order until all are taken or the walk
+    /// stopped.
+    fn work(&self) {
+        use std::sync::atomic::Ordering;
+        while !self.stop.load(Ordering::Relaxed) {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= self.chunks.len() {
+                return;
+            }
+            self.chunks[c].get_or_init(|| self.compute(c));
+        }
+    }
+
+    fn compute(&self, c: usize) -> Vec<Hash> {
+        let end = ((c + 1) * DIGEST_CHUNK).min(self.recs.len());
+        self.recs[c * DIGEST_CHUNK..end]
+            .iter()
+            .map(|(_, r)| record_digest(r.raw))
+            .collect()
+    }
+
+    /// The digest of record `i`.
+    fn get(&self, i: usize) -> &Hash {
+        let c = i / DIGEST_CHUNK;
+        &self.chunks[c].get_or_init(|| self.compute(c))[i % DIGEST_CHUNK]
+    }
+
+    /// The walk is over (done or failed): workers stop after their chunk.
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Walks a journal; the result says what holds. `Err` only for I/O and
@@ -460,103 +504,114 @@ pub fn verify(
                 Err(e) => parse_error = Some(e),
             }
         }
-        let ds = digests(&recs);
         let mut ended = false;
-        for (i, ((at, r), d)) in recs.iter().zip(&ds).enumerate() {
-            let at = *at;
-            if ended {
-                rep.failure = Some(fail(
-                    Class::Inserted,
-                    Some(r.seq),
-                    at,
-                    "record after SEGMENT_END".into(),
-                ));
-                return Ok(rep);
+        // Digests are computed ahead on every core while this thread walks
+        // the chain (which is sequential), so the two overlap.
+        let digests = Digests::new(&recs);
+        let failed = std::thread::scope(|s| {
+            for _ in 0..digests.workers() {
+                s.spawn(|| digests.work());
             }
-            if r.seq != expected_seq {
-                let class = if r.seq > expected_seq {
-                    if recs[i + 1..]
-                        .iter()
-                        .take(16)
-                        .any(|(_, n)| n.seq == expected_seq)
-                    {
-                        Class::Reordered
-                    } else {
-                        Class::Deleted
+            let failed = (|| {
+                for (i, (at, r)) in recs.iter().enumerate() {
+                    let at = *at;
+                    let d = digests.get(i);
+                    if ended {
+                        return Some(fail(
+                            Class::Inserted,
+                            Some(r.seq),
+                            at,
+                            "record after SEGMENT_END".into(),
+                        ));
                     }
-                } else {
-                    // A seq already passed: a copy or an injected record.
-                    Class::Inserted
-                };
-                rep.failure = Some(fail(
-                    class,
-                    Some(expected_seq),
-                    at,
-                    format!("found seq {}, expected {expected_seq}", r.seq),
-                ));
-                return Ok(rep);
-            }
-            let c = chain_step(&head, r.seq, d);
-            if c != r.chain {
-                let class = match recs.get(i + 1) {
-                    Some((_, n)) if n.seq == r.seq => Class::Inserted,
-                    _ => Class::Modified,
-                };
-                rep.failure = Some(fail(
-                    class,
-                    Some(r.seq),
-                    at,
-                    "record does not match its chain hash".into(),
-                ));
-                return Ok(rep);
-            }
-            let kind = r.kind();
-            if (i == 0) != (kind == Some(RecordType::SegmentStart)) {
-                rep.failure = Some(fail(
-                    Class::Modified,
-                    Some(r.seq),
-                    at,
-                    "SEGMENT_START must open each segment, once".into(),
-                ));
-                return Ok(rep);
-            }
-            match kind {
-                None => {
-                    rep.failure = Some(fail(
-                        Class::Modified,
-                        Some(r.seq),
-                        at,
-                        format!("unknown record type {}", r.rtype),
-                    ));
-                    return Ok(rep);
-                }
-                Some(RecordType::Frame) => rep.frames += 1,
-                Some(RecordType::SegmentEnd) => ended = true,
-                Some(RecordType::Recovery) => {
-                    rep.recovered.push(format!(
-                        "seq {} in {}: {}",
-                        r.seq,
-                        path.display(),
-                        String::from_utf8_lossy(
-                            r.meta_value(super::format::tag::REASON).unwrap_or(b"")
-                        )
-                    ));
-                }
-                Some(t) if t.is_checkpoint() => {
-                    if let Err((class, msg)) = w.checkpoint(r, &journal_id, &head) {
-                        rep.failure = Some(fail(class, Some(r.seq), at, msg));
-                        return Ok(rep);
+                    if r.seq != expected_seq {
+                        let class = if r.seq > expected_seq {
+                            if recs[i + 1..]
+                                .iter()
+                                .take(16)
+                                .any(|(_, n)| n.seq == expected_seq)
+                            {
+                                Class::Reordered
+                            } else {
+                                Class::Deleted
+                            }
+                        } else {
+                            // A seq already passed: a copy or an injected record.
+                            Class::Inserted
+                        };
+                        return Some(fail(
+                            class,
+                            Some(expected_seq),
+                            at,
+                            format!("found seq {}, expected {expected_seq}", r.seq),
+                        ));
                     }
-                    rep.checkpoints += 1;
-                    last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
-                    w.checkpoints.insert(r.seq, c);
+                    let c = chain_step(&head, r.seq, d);
+                    if c != r.chain {
+                        let class = match recs.get(i + 1) {
+                            Some((_, n)) if n.seq == r.seq => Class::Inserted,
+                            _ => Class::Modified,
+                        };
+                        return Some(fail(
+                            class,
+                            Some(r.seq),
+                            at,
+                            "record does not match its chain hash".into(),
+                        ));
+                    }
+                    let kind = r.kind();
+                    if (i == 0) != (kind == Some(RecordType::SegmentStart)) {
+                        return Some(fail(
+                            Class::Modified,
+                            Some(r.seq),
+                            at,
+                            "SEGMENT_START must open each segment, once".into(),
+                        ));
+                    }
+                    match kind {
+                        None => {
+                            return Some(fail(
+                                Class::Modified,
+                                Some(r.seq),
+                                at,
+                                format!("unknown record type {}", r.rtype),
+                            ));
+                        }
+                        Some(RecordType::Frame) => rep.frames += 1,
+                        Some(RecordType::SegmentEnd) => ended = true,
+                        Some(RecordType::Recovery) => {
+                            rep.recovered.push(format!(
+                                "seq {} in {}: {}",
+                                r.seq,
+                                path.display(),
+                                String::from_utf8_lossy(
+                                    r.meta_value(super::format::tag::REASON).unwrap_or(b"")
+                                )
+                            ));
+                        }
+                        Some(t) if t.is_checkpoint() => {
+                            if let Err((class, msg)) = w.checkpoint(r, &journal_id, &head) {
+                                return Some(fail(class, Some(r.seq), at, msg));
+                            }
+                            rep.checkpoints += 1;
+                            last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
+                            w.checkpoints.insert(r.seq, c);
+                        }
+                        Some(_) => {}
+                    }
+                    head = c;
+                    expected_seq += 1;
+                    rep.records += 1;
+                    rep.last_seq = Some(r.seq);
                 }
-                Some(_) => {}
-            }
-            head = c;
-            expected_seq += 1;
-            rep.records += 1;
-            rep.last_seq = Some(r.seq);
+                None
+            })();
+            digests.stop();
+            failed
+        });
+        if let Some(f) = failed {
+            rep.failure = Some(f);
+            return Ok(rep);
         }
         let end = recs.last().map_or(HEADER_LEN, |(at, r)| at + r.raw.len());
         if let Some((at, e)) = parse_error {
