@@ -187,6 +187,23 @@ pub fn encode_record(
     body: &[u8],
     prev: &Hash,
 ) -> Hash {
+    let start = out.len();
+    encode_unchained(out, rtype, flags, seq, time_ns, meta, body);
+    let digest = record_digest(&out[start..]);
+    set_chain(&mut out[start..], prev, seq, &digest)
+}
+
+/// Appends one record with its chain field zeroed (see [`set_chain`]);
+/// returns where it starts.
+pub fn encode_unchained(
+    out: &mut Vec<u8>,
+    rtype: RecordType,
+    flags: u8,
+    seq: u64,
+    time_ns: i64,
+    meta: &[(u8, &[u8])],
+    body: &[u8],
+) -> usize {
     let meta_len: usize = meta
         .iter()
         .map(|(_, v)| 3 + v.len().min(u16::MAX as usize))
@@ -215,10 +232,15 @@ pub fn encode_record(
     out.extend_from_slice(body);
     out.extend_from_slice(&[0u8; 32]);
     out.extend_from_slice(&len32.to_be_bytes());
-    let digest = record_digest(&out[start..]);
-    let chain = chain_step(prev, seq, &digest);
-    let c_at = out.len() - 36;
-    out[c_at..c_at + 32].copy_from_slice(&chain);
+    start
+}
+
+/// Chains an encoded record (its `digest` computed by [`record_digest`])
+/// on `prev`: writes `c_i` into its chain field and returns it.
+pub fn set_chain(rec: &mut [u8], prev: &Hash, seq: u64, digest: &Hash) -> Hash {
+    let chain = chain_step(prev, seq, digest);
+    let c_at = rec.len() - 36;
+    rec[c_at..c_at + 32].copy_from_slice(&chain);
     chain
 }
 

@@ -9,6 +9,7 @@
 
 pub mod cat;
 pub mod format;
+pub mod hasher;
 pub mod reader;
 pub mod seal;
 pub mod syncer;

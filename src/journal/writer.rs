@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::format::{
-    encode_record, flags, genesis, hex, segment_name, tag, CheckpointBody, Hash, Header,
-    ParseError, RecordType, HEADER_LEN,
+    encode_record, encode_unchained, flags, genesis, hex, segment_name, set_chain, tag,
+    CheckpointBody, Hash, Header, ParseError, RecordType, HEADER_LEN,
 };
+use super::hasher::{Hasher, Job};
 use super::reader::{list_segments, read_segment, Records};
 use super::seal::{random_bytes, seal, KeyError, SealInput, SealKey};
 use super::{Ingress, JournalMetrics, PoolLink, Routed};
@@ -85,6 +86,8 @@ pub struct Writer {
     /// anchor lines and key ratchets off the frame path (it then owns the
     /// anchors file).
     syncer: Option<super::syncer::Syncer>,
+    /// Computes record digests alongside the writer (none on one core).
+    hasher: Option<Hasher>,
     /// Written but not yet synced.
     dirty: bool,
     /// Seq of the last record written to the file (what readers may read).
@@ -170,6 +173,10 @@ impl Writer {
             seal_key,
             anchors,
             syncer: None,
+            hasher: match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+                1 => None,
+                _ => Hasher::start().ok(),
+            },
             dirty: true,
             committed: Arc::new(AtomicU64::new(resume.next_seq.saturating_sub(1))),
             start_seq: resume.next_seq,
@@ -235,30 +242,50 @@ impl Writer {
 
     /// Journals a batch of frames, numbering them.
     pub fn append_frames(&mut self, pool: &str, frames: &mut [Frame]) {
+        self.append_batches(&mut [(pool, frames)]);
+    }
+
+    /// Journals several batches of frames, each with its pool, in order.
+    /// The records are encoded unchained first, so their digests can be
+    /// computed on two cores ([`super::hasher`]), then chained in order.
+    pub fn append_batches(&mut self, batches: &mut [(&str, &mut [Frame])]) {
         let t = now_ns();
-        for f in frames.iter_mut() {
-            let meta: [(u8, &[u8]); 3] = [
-                (tag::LISTENER, f.conn.listener.as_bytes()),
-                (tag::CLIENT, f.conn.peer_text.as_bytes()),
-                (tag::POOL, pool.as_bytes()),
-            ];
-            f.seq = self.next_seq;
-            f.time_ns = t;
-            self.head = encode_record(
-                &mut self.buf,
-                RecordType::Frame,
-                0,
-                f.seq,
-                t,
-                &meta,
-                &f.data,
-                &self.head,
-            );
-            self.next_seq += 1;
+        let n: usize = batches.iter().map(|(_, f)| f.len()).sum();
+        let size: usize = batches
+            .iter()
+            .flat_map(|(_, f)| f.iter())
+            .map(|f| f.len() + 128)
+            .sum();
+        let mut bytes = Vec::with_capacity(size);
+        let mut ranges = Vec::with_capacity(n);
+        for (pool, frames) in batches.iter_mut() {
+            for f in frames.iter_mut() {
+                let meta: [(u8, &[u8]); 3] = [
+                    (tag::LISTENER, f.conn.listener.as_bytes()),
+                    (tag::CLIENT, f.conn.peer_text.as_bytes()),
+                    (tag::POOL, pool.as_bytes()),
+                ];
+                f.seq = self.next_seq;
+                f.time_ns = t;
+                self.next_seq += 1;
+                let start =
+                    encode_unchained(&mut bytes, RecordType::Frame, 0, f.seq, t, &meta, &f.data);
+                ranges.push((start, bytes.len()));
+            }
         }
-        let n = frames.len() as u64;
-        self.since_checkpoint += n;
-        self.metrics.records.inc_by(n);
+        let job = Arc::new(Job::new(bytes, ranges));
+        if let Some(h) = &self.hasher {
+            h.digest_all(&job);
+        }
+        self.buf.reserve(job.bytes().len());
+        let seqs = batches.iter().flat_map(|(_, f)| f.iter().map(|f| f.seq));
+        for (i, (seq, &(a, b))) in seqs.zip(job.ranges()).enumerate() {
+            let at = self.buf.len();
+            self.buf.extend_from_slice(&job.bytes()[a..b]);
+            self.head = set_chain(&mut self.buf[at..], &self.head, seq, job.digest(i));
+        }
+        self.since_checkpoint += n as u64;
+        self.metrics.records.inc_by(n as u64);
     }
 
     /// Journals frames refused before routing.
@@ -1023,6 +1050,47 @@ impl Writer {
     }
 }
 
+/// Most frames journaled in one go.
+const STAGE_FRAMES: u64 = 8192;
+
+/// Accepted frame batches not yet journaled: journaled together, so the
+/// hashing of many small batches is shared between two cores.
+#[derive(Default)]
+struct Staged {
+    /// Each batch with its pool slot (`None`: no pool, journaled only).
+    batches: Vec<(Option<usize>, Vec<Frame>)>,
+    frames: u64,
+    /// Estimated journal bytes (for the disk budget).
+    bytes: u64,
+}
+
+impl Staged {
+    /// Journals the staged batches in order and hands each pool its frames.
+    fn append(&mut self, w: &mut Writer, outputs: &mut [Output]) {
+        if self.batches.is_empty() {
+            return;
+        }
+        let names: Vec<Arc<str>> = self
+            .batches
+            .iter()
+            .map(|(p, _)| p.map_or_else(|| Arc::from(""), |p| w.pool_names[p].clone()))
+            .collect();
+        let mut batches: Vec<(&str, &mut [Frame])> = names
+            .iter()
+            .zip(self.batches.iter_mut())
+            .map(|(n, (_, f))| (&**n, &mut f[..]))
+            .collect();
+        w.append_batches(&mut batches);
+        for (pool, mut frames) in self.batches.drain(..) {
+            if let Some(p) = pool {
+                outputs[p].frames.append(&mut frames);
+            }
+        }
+        self.frames = 0;
+        self.bytes = 0;
+    }
+}
+
 /// Offers each pool the frames written for it since the last offer, as the
 /// seq range `covered+1..=to`. Never waits for a dispatcher: one that is
 /// behind (its channel full) reads these frames back from the journal.
@@ -1129,6 +1197,7 @@ async fn run(
     let mut backoff = Duration::from_millis(10);
     // on-full = block and the budget is reached.
     let mut blocked = false;
+    let mut staged = Staged::default();
     loop {
         tokio::select! {
             _ = abort.cancelled() => {
@@ -1190,12 +1259,9 @@ async fn run(
                 continue;
             }
             match item {
-                Ingress::Frames {
-                    listener,
-                    mut frames,
-                } => {
+                Ingress::Frames { listener, frames } => {
                     let bytes: u64 = frames.iter().map(|f| f.len() as u64 + 100).sum();
-                    if !w.fits(bytes) {
+                    if !w.fits(bytes + staged.bytes + w.buf.len() as u64) {
                         match w.cfg.on_full {
                             OnFull::Drop => {
                                 let n = frames.len() as u64;
@@ -1215,23 +1281,29 @@ async fn run(
                             }
                         }
                     }
-                    match routes.get(listener).copied().flatten() {
-                        Some(pool) => {
-                            let name = w.pool_names[pool].clone();
-                            w.append_frames(&name, &mut frames);
-                            outputs[pool].frames.append(&mut frames);
-                        }
-                        None => {
-                            // A removed listener's session that outlived the
-                            // reload's grace: journaled, not delivered.
-                            let n = frames.len() as u64;
-                            w.metrics.unrouted.inc_by(n);
-                            tracing::error!(
-                                frames = n,
-                                "frames from a removed listener have no pool; journaled only"
-                            );
-                            w.append_frames("", &mut frames);
-                        }
+                    let route = routes.get(listener).copied().flatten();
+                    if route.is_none() {
+                        // A removed listener's session that outlived the
+                        // reload's grace: journaled, not delivered.
+                        w.metrics.unrouted.inc_by(frames.len() as u64);
+                        tracing::error!(
+                            frames = frames.len(),
+                            "frames from a removed listener have no pool; journaled only"
+                        );
+                    }
+                    staged.frames += frames.len() as u64;
+                    staged.bytes += bytes;
+                    staged.batches.push((route, frames));
+                    // Checkpoints and segment ends fall between batches, as
+                    // close to the configured count and size as batches
+                    // allow.
+                    if staged.frames >= STAGE_FRAMES
+                        || w.since_checkpoint + staged.frames >= w.cfg.checkpoint_every
+                        || w.seg_len + w.buf.len() as u64 + staged.bytes >= w.cfg.segment_size.0
+                    {
+                        staged.append(w, outputs);
+                    } else {
+                        continue;
                     }
                 }
                 Ingress::Gap {
@@ -1240,9 +1312,12 @@ async fn run(
                     reason,
                     count,
                 } => {
+                    // Records stay in arrival order.
+                    staged.append(w, outputs);
                     w.append_gap(&listener, &client.to_string(), reason, count);
                 }
                 Ingress::Reconfigure(rc) => {
+                    staged.append(w, outputs);
                     // What came before goes out under the old routing.
                     if !commit(w, abort, &mut backoff).await {
                         return;
@@ -1264,6 +1339,7 @@ async fn run(
                 return;
             }
         }
+        staged.append(w, outputs);
         // Held back by a full journal: first in line once there is room.
         items = held;
         // Written (and synced, by policy) before anything is routed.
