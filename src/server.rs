@@ -962,6 +962,7 @@ async fn fan_out(
             let batch = Routed {
                 from: b.from,
                 to: b.to,
+                ticket: None,
                 frames: b.frames.clone(),
             };
             if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {

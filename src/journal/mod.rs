@@ -74,6 +74,44 @@ pub struct Routed {
     pub from: u64,
     pub to: u64,
     pub frames: Vec<Frame>,
+    /// Counts the frames against the pool's in-memory bound until the
+    /// batch is taken in (dropped).
+    pub ticket: Option<Ticket>,
+}
+
+/// Most frames of one pool waiting in memory between the writer and its
+/// dispatcher; past it the writer offers none and the dispatcher reads
+/// them from the files. Batches vary in size, so the bound is in frames.
+pub const QUEUED_FRAMES: u64 = 32 * 1024;
+
+/// A batch's share of a pool's queued frames, given back on drop.
+#[derive(Debug)]
+pub struct Ticket {
+    queued: Arc<std::sync::atomic::AtomicU64>,
+    n: u64,
+}
+
+impl Ticket {
+    /// Takes `n` frames of the bound, or `None` when they do not fit.
+    pub fn take(queued: &Arc<std::sync::atomic::AtomicU64>, n: u64) -> Option<Ticket> {
+        use std::sync::atomic::Ordering;
+        let now = queued.load(Ordering::Acquire);
+        if now > 0 && now + n > QUEUED_FRAMES {
+            return None;
+        }
+        queued.fetch_add(n, Ordering::AcqRel);
+        Some(Ticket {
+            queued: queued.clone(),
+            n,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.queued
+            .fetch_sub(self.n, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Frames settled per backend (address, seqs), from a pool's dispatchers

@@ -24,7 +24,7 @@ use super::format::{
 use super::hasher::{Hasher, Job};
 use super::reader::{list_segments, read_segment, Records};
 use super::seal::{random_bytes, seal, KeyError, SealInput, SealKey};
-use super::{Ingress, JournalMetrics, PoolLink, Routed};
+use super::{Ingress, JournalMetrics, PoolLink, Routed, Ticket};
 use crate::config::{JournalConfig, OnFull, SyncPolicy};
 use crate::frame::Frame;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -684,6 +684,7 @@ fn announce(w: &mut Writer, outputs: &[Output]) {
         let _ = out.try_send(Routed {
             from: 0,
             to: 0,
+            ticket: None,
             frames: frames.clone(),
         });
     }
@@ -1028,6 +1029,8 @@ struct Output {
     closed_at: Arc<AtomicU64>,
     /// The last seq whose frames were offered to the pool.
     covered: u64,
+    /// Frames offered and not yet taken in by the dispatcher.
+    queued: Arc<AtomicU64>,
     /// Written and not yet offered.
     frames: Vec<Frame>,
 }
@@ -1045,6 +1048,7 @@ impl Writer {
             missed: link.missed,
             closed_at: link.closed_at,
             covered: link.start.max(self.start_seq) - 1,
+            queued: Arc::new(AtomicU64::new(0)),
             frames: Vec::new(),
         }
     }
@@ -1102,14 +1106,25 @@ fn offer(w: &Writer, outputs: &mut [Output]) {
         }
         let frames = std::mem::take(&mut out.frames);
         let n = frames.len() as u64;
-        let batch = Routed {
-            from: out.covered + 1,
-            to,
-            frames,
-        };
+        let from = out.covered + 1;
         out.covered = to;
         let Some(tx) = &out.tx else { continue };
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(batch) {
+        // Never wait for a dispatcher: one that is behind (its channel or
+        // its share of memory full) reads these frames back from the
+        // journal.
+        let spilled = match Ticket::take(&out.queued, n) {
+            None => true,
+            Some(ticket) => matches!(
+                tx.try_send(Routed {
+                    from,
+                    to,
+                    frames,
+                    ticket: Some(ticket),
+                }),
+                Err(mpsc::error::TrySendError::Full(_))
+            ),
+        };
+        if spilled {
             out.missed.fetch_max(to, Ordering::AcqRel);
             w.metrics.spilled.inc_by(n);
         }
