@@ -121,6 +121,9 @@ pub struct Dispatcher {
     cursor: u64,
     /// Taking frames from the writer's live batches (else from the files).
     live: bool,
+    /// A live batch beyond the cursor, taken while reading from the files:
+    /// rejoins the live stream once the files reach it.
+    ahead: Option<Routed>,
     tail: PoolTail,
     /// Last seq written to the journal files.
     committed: Arc<AtomicU64>,
@@ -187,6 +190,7 @@ impl Dispatcher {
             queue_bytes,
             cursor,
             live: false,
+            ahead: None,
             tail,
             committed,
             closed_at,
@@ -288,9 +292,16 @@ impl Dispatcher {
                 tracing::debug!(pool = %self.pool, cursor = self.cursor, "behind: reading from the journal");
                 self.live = false;
             }
-            // Behind the live stream: read the next frames from the files.
-            if !self.live && self.tail.next_seq() <= self.readable_upto() {
-                let upto = self.readable_upto();
+            if !self.live {
+                self.rejoin();
+            }
+            // Behind the live stream: read the next frames from the files,
+            // up to the batch waiting to rejoin it.
+            let upto = match &self.ahead {
+                Some(b) => self.readable_upto().min(b.from - 1),
+                None => self.readable_upto(),
+            };
+            if !self.live && self.tail.next_seq() <= upto {
                 match self.tail.read(upto, ROUND_FRAMES) {
                     Ok(frames) => {
                         tracing::trace!(pool = %self.pool, frames = frames.len(), next = self.tail.next_seq(), upto, "read from the journal");
@@ -335,7 +346,9 @@ impl Dispatcher {
             }
         }
         self.publish_cursor();
-        let mut left = self.pending.len() + self.handback.take().len();
+        let mut left = self.pending.len()
+            + self.handback.take().len()
+            + self.ahead.take().map_or(0, |b| b.frames.len());
         self.rx.close();
         while let Ok(b) = self.rx.try_recv() {
             left += b.frames.len();
@@ -350,6 +363,35 @@ impl Dispatcher {
             );
         }
         self.metrics.pending.set(0);
+    }
+
+    /// While reading from the files: drops the writer's batches the files
+    /// already gave, rejoins the live stream with one that starts at the
+    /// cursor, and keeps the first one beyond it (`ahead`) until the files
+    /// reach it. Draining the channel lets the writer keep offering
+    /// batches, so the dispatcher is back on the live stream sooner.
+    fn rejoin(&mut self) {
+        loop {
+            if let Some(b) = self.ahead.take() {
+                if b.from > self.cursor {
+                    self.ahead = Some(b);
+                    return;
+                }
+                self.take_in(b);
+                if self.live {
+                    return;
+                }
+            }
+            match self.rx.try_recv() {
+                Ok(b) if b.from > 0 && b.to < self.cursor => {}
+                Ok(b) if b.from > self.cursor => self.ahead = Some(b),
+                Ok(b) => self.take_in(b),
+                Err(_) => return,
+            }
+            if self.live {
+                return;
+            }
+        }
     }
 
     /// A batch from the journal writer.
@@ -367,8 +409,12 @@ impl Dispatcher {
             self.tail.skip_to(self.cursor);
             self.live = true;
         } else {
-            // A gap: those frames (and these) are read from the files.
+            // A gap: the frames before this batch are read from the files,
+            // then this one rejoins the live stream.
             self.live = false;
+            if self.ahead.is_none() {
+                self.ahead = Some(batch);
+            }
         }
     }
 

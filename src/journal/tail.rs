@@ -28,6 +28,8 @@ pub struct PoolTail {
     file: Option<(File, u64)>,
     /// The seq of the next record to look at.
     next_seq: u64,
+    /// The last record's (listener, client) and its connection.
+    last_meta: Option<(Vec<u8>, Vec<u8>, Arc<ConnMeta>)>,
 }
 
 impl PoolTail {
@@ -37,6 +39,7 @@ impl PoolTail {
             pool,
             file: None,
             next_seq: from_seq,
+            last_meta: None,
         }
     }
 
@@ -179,8 +182,21 @@ impl PoolTail {
         let slice = |s: &[u8]| {
             chunk.slice(s.as_ptr() as usize - base..s.as_ptr() as usize - base + s.len())
         };
-        let listener = slice(r.meta_value(tag::LISTENER).unwrap_or(b""));
-        let client = slice(r.meta_value(tag::CLIENT).unwrap_or(b""));
+        let listener_raw = r.meta_value(tag::LISTENER).unwrap_or(b"");
+        let client_raw = r.meta_value(tag::CLIENT).unwrap_or(b"");
+        // A session's frames are journaled together: most records share
+        // the previous record's connection.
+        if let Some((l, c, meta)) = &self.last_meta {
+            if l == listener_raw && c == client_raw {
+                let mut f = Frame::new(slice(r.body), meta.clone());
+                f.seq = r.seq;
+                f.time_ns = r.time_ns;
+                out.push(f);
+                return Ok(());
+            }
+        }
+        let listener = slice(listener_raw);
+        let client = slice(client_raw);
         let meta = metas
             .entry((listener.clone(), client.clone()))
             .or_insert_with(|| {
@@ -195,6 +211,7 @@ impl PoolTail {
                 ))
             })
             .clone();
+        self.last_meta = Some((listener.to_vec(), client.to_vec(), meta.clone()));
         let mut f = Frame::new(slice(r.body), meta);
         f.seq = r.seq;
         f.time_ns = r.time_ns;
