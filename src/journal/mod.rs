@@ -81,8 +81,10 @@ pub struct Routed {
 
 /// Most frames of one pool waiting in memory between the writer and its
 /// dispatcher; past it the writer offers none and the dispatcher reads
-/// them from the files. Batches vary in size, so the bound is in frames.
-pub const QUEUED_FRAMES: u64 = 32 * 1024;
+/// them from the files. Batches vary in size, so the bound is in frames
+/// (at 32k the dispatcher of a full-speed run spilled often, which costs
+/// more CPU than the memory it saves).
+pub const QUEUED_FRAMES: u64 = 128 * 1024;
 
 /// A batch's share of a pool's queued frames, given back on drop.
 #[derive(Debug)]
