@@ -16,43 +16,25 @@ use auditlb::server::Server;
 use common::*;
 
 /// A config with listener "in" on `listen` to pool "p" over `backends`
-/// (address, weight), the journal in `dir`.
+/// (address, weight), the journal and anchors in `dir` (the same for every
+/// reload: the journal does not change on a reload).
 fn pool_config(dir: &Path, listen: &str, backends: &[(SocketAddr, u32)], extra: &str) -> String {
-    let mut s = format!(
-        r#"
-[shutdown]
-grace = "5s"
-
-[journal]
-dir = "{}"
-anchors = "{}"
-checkpoint-interval = "200ms"
-
-[[listener]]
-name = "in"
-address = "{listen}"
-pool = "p"
-{extra}
-
-[[pool]]
-name = "p"
-connect-timeout = "500ms"
-
-[pool.health]
-interval = "100ms"
-timeout = "100ms"
-rise = 2
-fall = 2
-"#,
-        dir.join("journal").display(),
-        dir.join("anchors.log").display()
-    );
-    for (a, w) in backends {
-        s.push_str(&format!(
-            "\n[[pool.backend]]\naddress = \"{a}\"\nweight = {w}\n"
-        ));
-    }
-    s
+    let b: Vec<(SocketAddr, u32, bool)> = backends.iter().map(|&(a, w)| (a, w, false)).collect();
+    config(&b, extra, "")
+        .replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"{listen}\""),
+            1,
+        )
+        .replacen(
+            "[journal]\ndir = ",
+            &format!(
+                "[journal]\nanchors = \"{}\"\ndir = \"{}\"\n# replaced: ",
+                dir.join("anchors.log").display(),
+                dir.join("journal").display()
+            ),
+            1,
+        )
 }
 
 fn parse(toml: &str) -> Config {

@@ -10,48 +10,61 @@
 //! writer never waits for it to wake up: whatever chunk the helper has not
 //! started when the writer gets there, the writer computes itself.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 
 use super::format::{record_digest, Hash};
 
-/// Records per unit of work (about 15 us of hashing for 200-byte frames).
+/// Records per unit of the writer's work (about 15 us of hashing for
+/// 200-byte frames).
 const CHUNK: usize = 64;
 
-/// The digests of one batch of encoded records.
-pub struct Job {
-    bytes: Vec<u8>,
-    /// Where each record is in `bytes`.
-    ranges: Vec<(usize, usize)>,
-    chunks: Vec<OnceLock<Vec<Hash>>>,
-    next: AtomicUsize,
+/// Encoded records whose digests are wanted.
+pub trait RecordSet: Sync {
+    fn count(&self) -> usize;
+    /// Record `i`, whole (its chain field is skipped by the digest).
+    fn record(&self, i: usize) -> &[u8];
 }
 
-impl Job {
-    /// `bytes` holds the records at `ranges`, their chain fields zeroed.
-    pub fn new(bytes: Vec<u8>, ranges: Vec<(usize, usize)>) -> Job {
-        Job {
-            chunks: (0..ranges.len().div_ceil(CHUNK))
+/// The digests of a set of records, computed in chunks by whichever
+/// thread gets to a chunk first: workers take chunks in order
+/// ([`Digests::work`]); a reader ([`Digests::digest`]) computes a chunk
+/// nobody has started and waits for one in progress. Used by the writer
+/// with its helper thread, and by `verify` on every core.
+pub struct Digests<R> {
+    recs: R,
+    chunk: usize,
+    chunks: Vec<OnceLock<Vec<Hash>>>,
+    next: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl<R: RecordSet> Digests<R> {
+    pub fn new(recs: R, chunk: usize) -> Self {
+        Self {
+            chunks: (0..recs.count().div_ceil(chunk))
                 .map(|_| OnceLock::new())
                 .collect(),
-            bytes,
-            ranges,
+            recs,
+            chunk,
             next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
         }
     }
 
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    pub fn records(&self) -> &R {
+        &self.recs
     }
 
-    pub fn ranges(&self) -> &[(usize, usize)] {
-        &self.ranges
+    /// Chunks of work (more than one is worth sharing).
+    pub fn chunks(&self) -> usize {
+        self.chunks.len()
     }
 
-    /// Takes chunks not yet taken until there are none.
-    fn work(&self) {
-        loop {
+    /// Takes chunks not yet taken until there are none or [`Self::stop`].
+    pub fn work(&self) {
+        while !self.stop.load(Ordering::Relaxed) {
             let c = self.next.fetch_add(1, Ordering::Relaxed);
             if c >= self.chunks.len() {
                 return;
@@ -61,18 +74,48 @@ impl Job {
     }
 
     fn compute(&self, c: usize) -> Vec<Hash> {
-        let end = ((c + 1) * CHUNK).min(self.ranges.len());
-        self.ranges[c * CHUNK..end]
-            .iter()
-            .map(|&(a, b)| record_digest(&self.bytes[a..b]))
+        let end = ((c + 1) * self.chunk).min(self.recs.count());
+        (c * self.chunk..end)
+            .map(|i| record_digest(self.recs.record(i)))
             .collect()
     }
 
-    /// Digest of record `i`: computed here if nobody has started its chunk,
-    /// waited for if the helper is computing it.
+    /// Digest of record `i`.
     pub fn digest(&self, i: usize) -> &Hash {
-        let c = i / CHUNK;
-        &self.chunks[c].get_or_init(|| self.compute(c))[i % CHUNK]
+        let c = i / self.chunk;
+        &self.chunks[c].get_or_init(|| self.compute(c))[i % self.chunk]
+    }
+
+    /// No more is needed: workers stop after their chunk.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A batch the writer encoded: records at `ranges` of `bytes`, chain
+/// fields zeroed.
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub ranges: Vec<(usize, usize)>,
+}
+
+impl RecordSet for Encoded {
+    fn count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    fn record(&self, i: usize) -> &[u8] {
+        let (a, b) = self.ranges[i];
+        &self.bytes[a..b]
+    }
+}
+
+/// The digests of one batch of the writer's.
+pub type Job = Digests<Encoded>;
+
+impl Job {
+    pub fn encoded(bytes: Vec<u8>, ranges: Vec<(usize, usize)>) -> Job {
+        Digests::new(Encoded { bytes, ranges }, CHUNK)
     }
 }
 
@@ -97,7 +140,7 @@ impl Hasher {
     /// Computes the job's digests, with the helper's help when the job has
     /// more than one chunk and the helper is not already busy.
     pub fn digest_all(&self, job: &Arc<Job>) {
-        if job.chunks.len() > 1 {
+        if job.chunks() > 1 {
             if let Some(tx) = &self.tx {
                 let _ = tx.try_send(job.clone());
             }
@@ -143,11 +186,12 @@ mod tests {
             );
             ranges.push((start, bytes.len()));
         }
-        let job = Arc::new(Job::new(bytes, ranges));
+        let job = Arc::new(Job::encoded(bytes, ranges));
         let hasher = Hasher::start().unwrap();
         hasher.digest_all(&job);
-        for (i, &(a, b)) in job.ranges().iter().enumerate() {
-            assert_eq!(*job.digest(i), record_digest(&job.bytes()[a..b]), "{i}");
+        let e = job.records();
+        for (i, &(a, b)) in e.ranges.iter().enumerate() {
+            assert_eq!(*job.digest(i), record_digest(&e.bytes[a..b]), "{i}");
         }
     }
 }

@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    chain_step, flags, genesis, hex, record_digest, unhex, CheckpointBody, Hash, Header,
-    ParseError, Record, RecordType, HEADER_LEN,
+    chain_step, flags, genesis, hex, unhex, CheckpointBody, Hash, Header, ParseError, Record,
+    RecordType, HEADER_LEN,
 };
+use super::hasher::{Digests, RecordSet};
 use super::reader::{list_segments, Mapped, Records};
 use super::seal::{key_at, ratchet, seal, SealInput};
 
@@ -260,70 +261,19 @@ fn read_anchors(path: &Path) -> Result<HashMap<[u8; 16], Vec<Anchor>>, VerifyErr
     Ok(out)
 }
 
-/// Records per unit of digest work.
+/// Records per unit of `verify`'s digest work.
 const DIGEST_CHUNK: usize = 1024;
 
-/// Record digests of one segment, computed ahead by worker threads in
-/// chunks; the chain walk takes them in order (computing a chunk itself if
-/// no worker has started it).
-struct Digests<'a> {
-    recs: &'a [(usize, Record<'a>)],
-    chunks: Vec<std::sync::OnceLock<Vec<Hash>>>,
-    next: std::sync::atomic::AtomicUsize,
-    stop: std::sync::atomic::AtomicBool,
-}
+/// A segment's parsed records.
+struct Parsed<'a>(&'a [(usize, Record<'a>)]);
 
-impl<'a> Digests<'a> {
-    fn new(recs: &'a [(usize, Record<'a>)]) -> Self {
-        Self {
-            recs,
-            chunks: (0..recs.len().div_ceil(DIGEST_CHUNK))
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
-            next: std::sync::atomic::AtomicUsize::new(0),
-            stop: std::sync::atomic::AtomicBool::new(false),
-        }
+impl RecordSet for Parsed<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
     }
 
-    /// Worker threads worth starting: one per core, none for a small
-    /// segment.
-    fn workers(&self) -> usize {
-        if self.chunks.len() < 2 {
-            return 0;
-        }
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    }
-
-    /// A worker: takes chunks in order until all are taken or the walk
-    /// stopped.
-    fn work(&self) {
-        use std::sync::atomic::Ordering;
-        while !self.stop.load(Ordering::Relaxed) {
-            let c = self.next.fetch_add(1, Ordering::Relaxed);
-            if c >= self.chunks.len() {
-                return;
-            }
-            self.chunks[c].get_or_init(|| self.compute(c));
-        }
-    }
-
-    fn compute(&self, c: usize) -> Vec<Hash> {
-        let end = ((c + 1) * DIGEST_CHUNK).min(self.recs.len());
-        self.recs[c * DIGEST_CHUNK..end]
-            .iter()
-            .map(|(_, r)| record_digest(r.raw))
-            .collect()
-    }
-
-    /// The digest of record `i`.
-    fn get(&self, i: usize) -> &Hash {
-        let c = i / DIGEST_CHUNK;
-        &self.chunks[c].get_or_init(|| self.compute(c))[i % DIGEST_CHUNK]
-    }
-
-    /// The walk is over (done or failed): workers stop after their chunk.
-    fn stop(&self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    fn record(&self, i: usize) -> &[u8] {
+        self.0[i].1.raw
     }
 }
 
@@ -507,15 +457,19 @@ pub fn verify(
         let mut ended = false;
         // Digests are computed ahead on every core while this thread walks
         // the chain (which is sequential), so the two overlap.
-        let digests = Digests::new(&recs);
+        let digests = Digests::new(Parsed(&recs), DIGEST_CHUNK);
+        let workers = match digests.chunks() {
+            0 | 1 => 0,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let failed = std::thread::scope(|s| {
-            for _ in 0..digests.workers() {
+            for _ in 0..workers {
                 s.spawn(|| digests.work());
             }
             let failed = (|| {
                 for (i, (at, r)) in recs.iter().enumerate() {
                     let at = *at;
-                    let d = digests.get(i);
+                    let d = digests.digest(i);
                     if ended {
                         return Some(fail(
                             Class::Inserted,

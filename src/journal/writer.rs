@@ -273,15 +273,16 @@ impl Writer {
                 ranges.push((start, bytes.len()));
             }
         }
-        let job = Arc::new(Job::new(bytes, ranges));
+        let job = Arc::new(Job::encoded(bytes, ranges));
         if let Some(h) = &self.hasher {
             h.digest_all(&job);
         }
-        self.buf.reserve(job.bytes().len());
+        let encoded = job.records();
+        self.buf.reserve(encoded.bytes.len());
         let seqs = batches.iter().flat_map(|(_, f)| f.iter().map(|f| f.seq));
-        for (i, (seq, &(a, b))) in seqs.zip(job.ranges()).enumerate() {
+        for (i, (seq, &(a, b))) in seqs.zip(&encoded.ranges).enumerate() {
             let at = self.buf.len();
-            self.buf.extend_from_slice(&job.bytes()[a..b]);
+            self.buf.extend_from_slice(&encoded.bytes[a..b]);
             self.head = set_chain(&mut self.buf[at..], &self.head, seq, job.digest(i));
         }
         self.since_checkpoint += n as u64;
