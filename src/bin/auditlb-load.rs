@@ -238,13 +238,23 @@ fn sink(a: &Args) {
                     );
                     let mut closed = false;
                     loop {
-                        let n = match s.read(&mut buf) {
+                        // With a log, bytes are logged before they are taken
+                        // off the socket (peek, log, then read): a sink killed
+                        // between the two leaves them unread, so its kernel
+                        // resets the connection and auditlb sends them again.
+                        // Reading first would lose them behind a clean FIN, as
+                        // any backend that dies holding data it read would.
+                        let got = match &mut log {
+                            Some(l) => s.peek(&mut buf).and_then(|n| {
+                                l.write_all(&buf[..n])?;
+                                s.read_exact(&mut buf[..n]).map(|()| n)
+                            }),
+                            None => s.read(&mut buf),
+                        };
+                        let n = match got {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
-                        if let Some(l) = &mut log {
-                            let _ = l.write_all(&buf[..n]);
-                        }
                         first
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
