@@ -239,7 +239,21 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
                 tracing::info!("SIGINT received");
                 break;
             }
-            _ = hup.recv() => reload(&mut server, path).await,
+            _ = hup.recv() => {
+                // A reload waits for the journal writer (which waits for
+                // disk space under on-full = block): a stop must not.
+                tokio::select! {
+                    _ = reload(&mut server, path) => {}
+                    _ = term.recv() => {
+                        tracing::warn!("SIGTERM during a reload: stopping without finishing it");
+                        break;
+                    }
+                    _ = int.recv() => {
+                        tracing::warn!("SIGINT during a reload: stopping without finishing it");
+                        break;
+                    }
+                }
+            }
         }
     }
     server.shutdown().await;

@@ -349,3 +349,45 @@ fn sighup_reloads_the_file_and_refuses_a_bad_one() {
     assert!(auditlb.child.wait().unwrap().success());
     assert_eq!(config_records(&dir), 2, "start and one applied reload");
 }
+
+/// A reload waits for the journal writer, which holds still while the
+/// journal is at its budget (`on-full = block`): SIGTERM must still stop
+/// the process.
+#[test]
+fn sigterm_during_a_reload_blocked_by_a_full_journal_still_stops() {
+    let dir = scratch_dir("reload-full");
+    let (_sink, a) = spawn_sink("127.0.0.1:0", "octet", &dir.join("a.log"), &[]);
+    let admin = free_port();
+    let path = dir.join("auditlb.toml");
+    let cfg = pool_config(&dir, "127.0.0.1:0", &[(a, 1)], "")
+        .replacen(
+            "[journal]\n",
+            "[journal]\nsegment-size = \"64KiB\"\ndisk-budget = \"256KiB\"\non-full = \"block\"\n",
+            1,
+        )
+        .replace(
+            "[shutdown]",
+            &format!("[admin]\naddress = \"{admin}\"\n\n[shutdown]"),
+        );
+    std::fs::write(&path, &cfg).unwrap();
+    let (mut auditlb, listen) = spawn_auditlb(&path);
+    // Far more than the budget: the journal fills and the writer waits.
+    let _gen = std::thread::spawn(move || gen_ids(listen, 2, 400_000, &[]));
+    wait_scraped(admin, "auditlb_journal_full", 1.0);
+    std::fs::write(&path, cfg.replace("weight = 1", "weight = 2")).unwrap();
+    auditlb.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    auditlb.signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = auditlb.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "auditlb did not stop within 20 s of SIGTERM during a reload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
