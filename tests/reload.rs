@@ -391,3 +391,46 @@ fn sigterm_during_a_reload_blocked_by_a_full_journal_still_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A mirror pool takes new health settings on a reload and keeps copying
+/// every frame to each backend; changing its backends is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_pool_reloads_its_health_settings_only() {
+    let dir = scratch_dir("reload-mirror");
+    let (logs, sinks): (Vec<_>, Vec<_>) = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let log = dir.join(format!("{n}.log"));
+            let s = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+            (log, s)
+        })
+        .unzip();
+    let mirror = |rise: u32| {
+        pool_config(&dir, "127.0.0.1:0", &[(sinks[0].1, 1), (sinks[1].1, 1)], "")
+            .replace("name = \"p\"\n", "name = \"p\"\nbalance = \"mirror\"\n")
+            .replace("rise = 2", &format!("rise = {rise}"))
+    };
+    let mut server = Server::start(parse(&mirror(2))).await.unwrap();
+    wait_connected(&server, 2).await;
+    let listen = server.listener_addr("in").unwrap();
+    tokio::task::spawn_blocking(move || gen_ids(listen, 2, 1000, &[]))
+        .await
+        .unwrap();
+    let r = server.reload(parse(&mirror(3))).await.unwrap();
+    assert_eq!(r.pools_changed, 1);
+    let moved = mirror(3).replace(&sinks[1].1.to_string(), "127.0.0.1:9");
+    let problems = server.reload(parse(&moved)).await.unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains("mirror pool")),
+        "{problems:?}"
+    );
+    tokio::task::spawn_blocking(move || gen_ids(listen, 2, 1000, &["--id-base", "1000"]))
+        .await
+        .unwrap();
+    // Both backends got every frame, before and after the reload.
+    for log in &logs {
+        let (unique, _) = wait_all_ids(&[log.as_path()], 2000, 20);
+        assert_eq!(unique, 2000);
+    }
+    server.shutdown().await;
+}
