@@ -371,25 +371,17 @@ impl Dispatcher {
     /// reach it. Draining the channel lets the writer keep offering
     /// batches, so the dispatcher is back on the live stream sooner.
     fn rejoin(&mut self) {
-        loop {
-            if let Some(b) = self.ahead.take() {
-                if b.from > self.cursor {
+        while !self.live {
+            match self.ahead.take() {
+                Some(b) if b.from > self.cursor => {
                     self.ahead = Some(b);
                     return;
                 }
-                self.take_in(b);
-                if self.live {
-                    return;
-                }
-            }
-            match self.rx.try_recv() {
-                Ok(b) if b.from > 0 && b.to < self.cursor => {}
-                Ok(b) if b.from > self.cursor => self.ahead = Some(b),
-                Ok(b) => self.take_in(b),
-                Err(_) => return,
-            }
-            if self.live {
-                return;
+                Some(b) => self.take_in(b),
+                None => match self.rx.try_recv() {
+                    Ok(b) => self.take_in(b),
+                    Err(_) => return,
+                },
             }
         }
     }

@@ -231,12 +231,8 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::start(cfg).await?;
     loop {
         tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM received");
-                break;
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT received");
+            sig = stop_signal(&mut term, &mut int) => {
+                tracing::info!("{sig} received");
                 break;
             }
             _ = hup.recv() => {
@@ -244,12 +240,8 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
                 // disk space under on-full = block): a stop must not.
                 tokio::select! {
                     _ = reload(&mut server, path) => {}
-                    _ = term.recv() => {
-                        tracing::warn!("SIGTERM during a reload: stopping without finishing it");
-                        break;
-                    }
-                    _ = int.recv() => {
-                        tracing::warn!("SIGINT during a reload: stopping without finishing it");
+                    sig = stop_signal(&mut term, &mut int) => {
+                        tracing::warn!("{sig} during a reload: stopping without finishing it");
                         break;
                     }
                 }
@@ -258,6 +250,17 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; returns which.
+async fn stop_signal(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> &'static str {
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
 }
 
 /// SIGHUP: re-reads the config file and applies it, or keeps the running

@@ -797,13 +797,7 @@ impl PoolCtx {
             self.metrics.backend(&p.name, &b.address),
             wake.clone(),
         ));
-        let health = self.background_stop.child_token();
-        self.background.spawn(health::run(
-            backend.clone(),
-            p.health.interval.0,
-            p.health.timeout.0,
-            health.clone(),
-        ));
+        let health = self.start_health(&backend, p);
         let conns = (0..p.connections)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(UPSTREAM_BATCHES);
@@ -898,13 +892,19 @@ impl PoolCtx {
     fn restart_health(&self, m: &mut Member, p: &PoolConfig) {
         m.health.cancel();
         m.backend.set_thresholds(p.health.rise, p.health.fall);
-        m.health = self.background_stop.child_token();
+        m.health = self.start_health(&m.backend, p);
+    }
+
+    /// A backend's active health checker; cancel the token to stop it.
+    fn start_health(&self, backend: &Arc<Backend>, p: &PoolConfig) -> CancellationToken {
+        let stop = self.background_stop.child_token();
         self.background.spawn(health::run(
-            m.backend.clone(),
+            backend.clone(),
             p.health.interval.0,
             p.health.timeout.0,
-            m.health.clone(),
+            stop.clone(),
         ));
+        stop
     }
 
     /// A removed pool: its dispatchers finish what they hold (the writer

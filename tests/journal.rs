@@ -33,12 +33,8 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_auditlb"))
 }
 
-/// Runs auditlb in-process with a sealed journal (`segment_size` bytes per
-/// segment, a checkpoint every `every` records), sends `n` LF frames from
-/// two clients, and stops it.
-async fn write_journal(n: usize, segment_size: &str, every: u64) -> Written {
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let dir = scratch_dir("tamper");
+/// `auditlb keygen` into `dir/keys`; returns the verification key `k_0`.
+fn keygen(dir: &Path) -> [u8; 32] {
     let out = bin()
         .args(["keygen", "--out"])
         .arg(dir.join("keys"))
@@ -49,7 +45,16 @@ async fn write_journal(n: usize, segment_size: &str, every: u64) -> Written {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let k0 = read_verify_key(&dir.join("keys/verify.key")).unwrap();
+    read_verify_key(&dir.join("keys/verify.key")).unwrap()
+}
+
+/// Runs auditlb in-process with a sealed journal (`segment_size` bytes per
+/// segment, a checkpoint every `every` records), sends `n` LF frames from
+/// two clients, and stops it.
+async fn write_journal(n: usize, segment_size: &str, every: u64) -> Written {
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let dir = scratch_dir("tamper");
+    let k0 = keygen(&dir);
     let journal = dir.join("journal");
     let anchors = dir.join("anchors.log");
     let cfg = config(&[(sink.addr, 1, false)], "", "").replacen(
@@ -614,14 +619,7 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
     let cfg_path = dir.join("auditlb.toml");
     // Sealed: the key ratchets on the sync thread, and a kill between a
     // checkpoint and its ratchet must never let one key seal two epochs.
-    assert!(bin()
-        .args(["keygen", "--out"])
-        .arg(dir.join("keys"))
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let k0 = read_verify_key(&dir.join("keys/verify.key")).unwrap();
+    let k0 = keygen(&dir);
     let cfg = config(&[(sink.addr, 1, false)], "", "");
     let cfg = cfg.replacen(
         "[journal]\ndir = ",

@@ -125,6 +125,13 @@ impl Drop for Syncer {
     }
 }
 
+/// Appends a checkpoint's line to the anchors file and syncs it.
+pub fn append_anchor(path: &std::path::Path, f: &mut File, line: &str) -> io::Result<()> {
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| io::Error::new(e.kind(), format!("anchors {}: {e}", path.display())))
+}
+
 fn run(
     rx: Receiver<Job>,
     mut anchors: Option<(PathBuf, File)>,
@@ -161,15 +168,7 @@ fn run(
                 let mut r = Ok(());
                 if synced.is_ok() {
                     if let (Some((apath, f)), Some(line)) = (&mut anchors, &anchor) {
-                        r = f
-                            .write_all(line.as_bytes())
-                            .and_then(|()| f.sync_data())
-                            .map_err(|e| {
-                                io::Error::new(
-                                    e.kind(),
-                                    format!("anchors {}: {e}", apath.display()),
-                                )
-                            });
+                        r = append_anchor(apath, f, line);
                     }
                     // The old key goes once its checkpoint is on disk (a
                     // failed anchor does not change that); a later

@@ -447,11 +447,7 @@ impl Writer {
         } else {
             self.sync()?;
             if let (Some((path, f)), Some(line)) = (&mut self.anchors, anchor) {
-                f.write_all(line.as_bytes())
-                    .and_then(|()| f.sync_data())
-                    .map_err(|e| {
-                        io::Error::new(e.kind(), format!("anchors {}: {e}", path.display()))
-                    })?;
+                super::syncer::append_anchor(path, f, &line)?;
             }
             if let Some(k) = &mut self.seal_key {
                 k.advance().map_err(|e| io::Error::other(e.to_string()))?;
