@@ -250,3 +250,75 @@ fn a_clean_restart_resumes_from_the_final_delivery_cursor_without_resending() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.lines().any(|l| l.contains("\"type\":\"DELIVERY\"")));
 }
+
+/// The crash-resume promise as it fails in production: two backends, small
+/// segments that roll, auditlb SIGKILLed while the backends settle frames
+/// (so per-backend DELIVERY ranges sit after the last cursor), then killed
+/// again while the backends are down and frames pile up in the journal;
+/// then everything comes back and new traffic flows. Every journaled id
+/// arrives, and so does every id sent after the last restart.
+#[test]
+fn crash_while_backends_are_down_resumes_and_new_traffic_flows() {
+    let dir = scratch_dir("crash-resume");
+    let logs = [dir.join("a.log"), dir.join("b.log")];
+    let (mut a, a_addr) = spawn_sink("127.0.0.1:0", "octet", &logs[0], &[]);
+    let (mut b, b_addr) = spawn_sink("127.0.0.1:0", "octet", &logs[1], &[]);
+    let cfg = binary_config_journal(&dir, &[a_addr, b_addr], "", "segment-size = \"64KiB\"");
+    let journal = dir.join("journal");
+    let log_refs: Vec<&Path> = logs.iter().map(|l| l.as_path()).collect();
+    // Killed mid-stream while both backends settle frames, three times.
+    for round in 0..3u64 {
+        let (mut auditlb, listen) = spawn_auditlb(&cfg);
+        let base = (round * 1_000_000).to_string();
+        let gen = std::thread::spawn(move || {
+            gen_ids(listen, 2, 30000, &["--rate", "20000", "--id-base", &base])
+        });
+        std::thread::sleep(Duration::from_millis(700 + 150 * round));
+        auditlb.kill9();
+        let _ = gen.join();
+    }
+    // Backends die; frames wait in the journal; auditlb is killed again.
+    a.kill9();
+    b.kill9();
+    let (mut auditlb, listen) = spawn_auditlb(&cfg);
+    let out = gen_ids(listen, 2, 10000, &["--id-base", "5000000"]);
+    assert!(out.contains("sent=10000"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !journaled_ids(&journal).contains(&5_009_999) {
+        assert!(Instant::now() < deadline, "frames were not journaled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    auditlb.kill9();
+    // Everything comes back; new traffic after the restart.
+    let (_a, _) = spawn_sink(&a_addr.to_string(), "octet", &logs[0], &[]);
+    let (_b, _) = spawn_sink(&b_addr.to_string(), "octet", &logs[1], &[]);
+    let (mut again, listen) = spawn_auditlb(&cfg);
+    let out = gen_ids(listen, 2, 20000, &["--id-base", "6000000"]);
+    assert!(out.contains("sent=20000"), "{out}");
+    let mut want: HashSet<u64> = journaled_ids(&journal).into_iter().collect();
+    want.extend(6_000_000..6_020_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut got = HashSet::new();
+        for l in &log_refs {
+            got.extend(ids_in_log(l, true));
+        }
+        let missing: Vec<u64> = want.iter().filter(|i| !got.contains(i)).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} ids never arrived (e.g. {:?})",
+            missing.len(),
+            want.len(),
+            &missing[..missing.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    again.signal(libc::SIGTERM);
+    assert!(again.child.wait().unwrap().success());
+    let r =
+        auditlb::journal::verify::verify(&journal, Some(&dir.join("anchors.log")), None).unwrap();
+    assert_eq!(r.exit_code(), 0, "{}", r.text());
+}

@@ -44,6 +44,12 @@ pub enum RecordType {
     SegmentStart = 7,
     SegmentEnd = 8,
     Config = 9,
+    /// A delivery cursor: every frame of a pool (or mirror backend) below
+    /// the seq in its body is settled. A type of its own, so a list of
+    /// settled ranges (DELIVERY) can never be read as one.
+    Cursor = 10,
+    /// Tampering found at start-up (what, where), chained like any record.
+    Alarm = 11,
 }
 
 impl RecordType {
@@ -58,6 +64,8 @@ impl RecordType {
             7 => Self::SegmentStart,
             8 => Self::SegmentEnd,
             9 => Self::Config,
+            10 => Self::Cursor,
+            11 => Self::Alarm,
             _ => return None,
         })
     }
@@ -73,6 +81,8 @@ impl RecordType {
             Self::SegmentStart => "SEGMENT_START",
             Self::SegmentEnd => "SEGMENT_END",
             Self::Config => "CONFIG",
+            Self::Cursor => "DELIVERY_CURSOR",
+            Self::Alarm => "ALARM",
         }
     }
 
@@ -374,9 +384,22 @@ pub mod flags {
     pub const SEALED: u8 = 1;
     /// FRAME: truncated to max-frame.
     pub const TRUNCATED: u8 = 2;
-    /// DELIVERY: the body lists seq ranges a backend settled (else it is the
-    /// pool's delivery cursor).
+    /// DELIVERY: the body lists seq ranges a backend settled (always set;
+    /// cursors are records of their own type, DELIVERY_CURSOR).
     pub const RANGES: u8 = 4;
+    /// CHECKPOINT/HEARTBEAT: the last record of a clean stop. Nothing may
+    /// follow it in its segment; the next run starts a new segment.
+    pub const FINAL: u8 = 8;
+}
+
+/// Whether `r` ends its segment: a SEGMENT_END, or the FINAL checkpoint of
+/// a clean stop.
+pub fn ends_segment(r: &Record<'_>) -> bool {
+    match r.kind() {
+        Some(RecordType::SegmentEnd) => true,
+        Some(k) if k.is_checkpoint() => r.flags & flags::FINAL != 0,
+        _ => false,
+    }
 }
 
 /// Encodes seqs (any order) as runs: varint count, then per run varint

@@ -8,6 +8,7 @@
 //! - [`verify`]: `auditlb verify`; [`cat`]: `auditlb cat`.
 
 pub mod cat;
+pub mod delivery;
 pub mod format;
 pub mod hasher;
 pub mod reader;

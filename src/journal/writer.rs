@@ -557,6 +557,7 @@ impl Writer {
 
     /// A DELIVERY record per pool whose cursor moved (or every pool when
     /// `all`): body = the seq below which every frame of the pool settled.
+    /// A type of its own (DELIVERY_CURSOR), never a DELIVERY range list.
     fn push_delivery(&mut self, all: bool) {
         for i in 0..self.delivery.len() {
             let cursor = self.delivery[i].1.load(Ordering::Acquire);
@@ -565,56 +566,27 @@ impl Writer {
             }
             self.delivery[i].2 = cursor;
             let name = self.delivery[i].0.clone();
-            self.push(
-                RecordType::Delivery,
-                0,
-                &[(tag::POOL, name.as_bytes())],
-                &cursor.to_be_bytes(),
-            );
+            self.push_cursor(&name, cursor);
         }
     }
 
-    /// Where each pool's delivery resumes: the cursor of its last DELIVERY
-    /// record in the journal, or this run's first seq for a pool the
-    /// journal has no DELIVERY for.
+    fn push_cursor(&mut self, name: &str, below: u64) {
+        self.push(
+            RecordType::Cursor,
+            0,
+            &[(tag::POOL, name.as_bytes())],
+            &super::delivery::encode(below),
+        );
+    }
+
+    /// Where each pool's delivery resumes: the cursor of its newest
+    /// DELIVERY_CURSOR record in the journal, or this run's first seq for a
+    /// pool the journal has none for (it never ran: every run records each
+    /// pool's cursor as it starts).
     pub fn resume_cursors(&self, pools: &[String]) -> Vec<u64> {
-        let mut found: Vec<Option<u64>> = vec![None; pools.len()];
-        if let Ok(segs) = list_segments(&self.cfg.dir) {
-            for seg in segs.iter().rev() {
-                if seg.path == self.seg_path {
-                    continue;
-                }
-                let Ok(bytes) = std::fs::read(&seg.path) else {
-                    continue;
-                };
-                let mut last: Vec<Option<u64>> = vec![None; pools.len()];
-                for (_, r) in Records::new(&bytes).map_while(Result::ok) {
-                    if r.kind() != Some(RecordType::Delivery) {
-                        continue;
-                    }
-                    let Some(name) = r.meta_value(tag::POOL) else {
-                        continue;
-                    };
-                    if let (Some(i), Some(b)) = (
-                        pools.iter().position(|p| p.as_bytes() == name),
-                        r.body.get(..8),
-                    ) {
-                        last[i] = Some(u64::from_be_bytes(b.try_into().expect("8 bytes")));
-                    }
-                }
-                for (f, l) in found.iter_mut().zip(last) {
-                    if f.is_none() {
-                        *f = l;
-                    }
-                }
-                if found.iter().all(Option::is_some) {
-                    break;
-                }
-            }
-        }
-        found
+        super::delivery::resume(&self.cfg.dir, pools, self.start_seq)
             .into_iter()
-            .map(|f| f.unwrap_or(self.start_seq))
+            .map(|c| c.unwrap_or(self.start_seq))
             .collect()
     }
 
@@ -974,8 +946,11 @@ pub fn spawn(
                 tracing::error!(error = %e, "journal: no sync thread; syncing inline");
             }
             let mut outputs = Vec::new();
+            let mut starts = resume.iter().copied();
             for link in pools {
-                outputs.push(w.add_pool(link));
+                let n = link.cursors.len();
+                let mine: Vec<u64> = starts.by_ref().take(n).collect();
+                outputs.push(w.add_pool(link, &mine));
             }
             let _ = ready_tx.send(Ok(Opened {
                 cursors: resume,
@@ -1033,13 +1008,19 @@ struct Output {
 }
 
 impl Writer {
-    /// Takes on a pool: its FRAME records name it, its DELIVERY cursors and
-    /// settled ranges are recorded. Returns the slot's output.
-    fn add_pool(&mut self, link: PoolLink) -> Output {
+    /// Takes on a pool: its FRAME records name it, its delivery cursors and
+    /// settled ranges are recorded. `starts` are where its cursors start
+    /// (per delivery name), recorded at once: a crash before the pool's
+    /// first checkpoint still resumes from there.
+    fn add_pool(&mut self, link: PoolLink, starts: &[u64]) -> Output {
         self.pool_names.push(link.name.as_str().into());
         self.settled_logs.push((link.name, link.settled));
-        self.delivery
-            .extend(link.cursors.into_iter().map(|(n, c)| (n, c, 0)));
+        for (i, (name, cursor)) in link.cursors.into_iter().enumerate() {
+            let start = starts.get(i).copied().unwrap_or(link.start).max(1);
+            cursor.store(start, Ordering::Release);
+            self.push_cursor(&name, start);
+            self.delivery.push((name, cursor, start));
+        }
         Output {
             tx: Some(link.tx),
             missed: link.missed,
@@ -1137,7 +1118,8 @@ fn reconfigure(
     rc: super::Reconfigure,
 ) -> oneshot::Sender<u64> {
     for link in rc.add_pools {
-        let out = w.add_pool(link);
+        let starts = vec![link.start.max(w.start_seq); link.cursors.len()];
+        let out = w.add_pool(link, &starts);
         outputs.push(out);
     }
     for i in rc.close_pools {

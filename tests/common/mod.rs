@@ -588,3 +588,34 @@ pub fn wait_all_ids(logs: &[&std::path::Path], n: u64, secs: u64) -> (usize, usi
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// [`binary_config`] with extra `[journal]` keys (`journal_extra`, one
+/// `key = value` per line).
+pub fn binary_config_journal(
+    dir: &std::path::Path,
+    backends: &[SocketAddr],
+    pool_extra: &str,
+    journal_extra: &str,
+) -> std::path::PathBuf {
+    let path = binary_config(dir, backends, pool_extra);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[journal]\n", &format!("[journal]\n{journal_extra}\n"), 1);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every frame id `auditlb cat` finds in a journal.
+pub fn journaled_ids(journal: &std::path::Path) -> Vec<u64> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
+        .args(["cat", "--journal"])
+        .arg(journal)
+        .output()
+        .unwrap();
+    out.stdout
+        .split(|&b| b == b'\n')
+        .filter_map(|l| {
+            let at = l.windows(4).rposition(|w| w == b" id=")?;
+            std::str::from_utf8(&l[at + 4..]).ok()?.parse().ok()
+        })
+        .collect()
+}
