@@ -577,6 +577,7 @@ impl Server {
         let Server {
             ctx,
             pools,
+            listeners,
             ingress,
             grace,
             stop,
@@ -593,6 +594,9 @@ impl Server {
         drop(ingress);
         drop(pools);
         stop.cancel();
+        // Each listener's shared settings hold a sender too: without this
+        // the writer's input never ends and every stop waits out the grace.
+        drop(listeners);
         client_tasks.close();
         ctx.pool_tasks.close();
         if tokio::time::timeout_at(deadline, client_tasks.wait())

@@ -322,3 +322,41 @@ fn crash_while_backends_are_down_resumes_and_new_traffic_flows() {
         auditlb::journal::verify::verify(&journal, Some(&dir.join("anchors.log")), None).unwrap();
     assert_eq!(r.exit_code(), 0, "{}", r.text());
 }
+
+/// SIGTERM does not wait out `shutdown.grace` when nothing is queued: the
+/// listeners let go of the journal's input as they stop, so the writer,
+/// then the dispatchers, see their input end at once.
+#[test]
+fn an_idle_auditlb_stops_at_once_on_sigterm() {
+    let dir = scratch_dir("idle-stop");
+    let log = dir.join("sink.log");
+    let (_sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    let cfg = binary_config(&dir, &[addr], "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("grace = \"5s\"", "grace = \"60s\"")).unwrap();
+    let (mut auditlb, listen) = spawn_auditlb(&cfg);
+    gen_ids(listen, 1, 100, &[]);
+    wait_all_ids(&[log.as_path()], 100, 20);
+    let t0 = Instant::now();
+    auditlb.signal(libc::SIGTERM);
+    let status = loop {
+        if let Some(s) = auditlb.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still running {:?} after SIGTERM with nothing queued (grace is 60 s)",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    eprintln!("idle stop took {:?}", t0.elapsed());
+    let r = auditlb::journal::verify::verify(
+        &dir.join("journal"),
+        Some(&dir.join("anchors.log")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(r.exit_code(), 0, "{}", r.text());
+}
