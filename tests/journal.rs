@@ -543,7 +543,20 @@ async fn resealed_and_dropped_checkpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_tail_cut_at_every_offset_is_recovered_exactly() {
     use auditlb::journal::writer::Writer;
-    let w = write_journal(20, "256MiB", 1000).await;
+    let written = write_journal(20, "256MiB", 1000).await;
+    // A run that checkpointed and was then killed: its segment is open
+    // (a clean stop's FINAL checkpoint may be followed by nothing).
+    let w = written.copy("crashed");
+    let cfg_base = auditlb::config::JournalConfig::default();
+    let metrics = auditlb::metrics::Metrics::new();
+    let crashed = auditlb::config::JournalConfig {
+        dir: w.journal.clone(),
+        anchors: Some(w.anchors.clone()),
+        ..cfg_base.clone()
+    };
+    let mut run = Writer::open(&crashed, metrics.journal(), &[0; 32]).unwrap();
+    run.checkpoint().unwrap();
+    drop(run);
     let seg = w.segments().pop().unwrap();
     let clean = std::fs::read(&seg).unwrap();
     // Append one more record, as a write in progress would have.
@@ -560,8 +573,6 @@ async fn torn_tail_cut_at_every_offset_is_recovered_exactly() {
         b"<13>in flight when the power went",
         &last.chain,
     );
-    let cfg_base = auditlb::config::JournalConfig::default();
-    let metrics = auditlb::metrics::Metrics::new();
     for cut in 1..extra.len() {
         let c = w.copy(&format!("torn-{cut}"));
         let target = c.segments().pop().unwrap();
@@ -835,6 +846,15 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
     let f = r.failure.expect("verify reports the damage");
     assert_eq!(f.class, Class::Modified);
     assert_eq!(f.segment, seg);
+    // The alarm survives a restart until an operator clears it.
+    let metrics = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+    assert_eq!(metrics.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
+    std::fs::remove_file(dir.join("ALARM")).unwrap();
+    let metrics = auditlb::metrics::Metrics::new();
+    drop(Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap());
+    assert_eq!(metrics.sum("auditlb_journal_tamper_alarm", &[]), 0.0);
 }
 
 #[test]
@@ -987,4 +1007,139 @@ async fn disk_budget_block_slows_clients_and_loses_nothing_silently() {
         used < 400 * 1024,
         "journal grew to {used} bytes past a 256KiB budget"
     );
+}
+
+/// `auditlb verify --journal J --anchors A` as an auditor runs it: exit
+/// code and report.
+fn verify_cli(journal: &Path, anchors: &Path) -> (i32, String) {
+    let out = bin()
+        .args(["verify", "--journal"])
+        .arg(journal)
+        .arg("--anchors")
+        .arg(anchors)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Runs the auditlb binary on `cfg`, sends `n` ids from `base`, waits until
+/// the sink logged them, and stops it with SIGTERM.
+fn run_and_stop(cfg: &Path, log: &Path, base: u64, n: u64) {
+    let (mut p, listen) = spawn_auditlb(cfg);
+    let out = gen_ids(listen, 1, n, &["--id-base", &base.to_string()]);
+    assert!(out.contains(&format!("sent={n}")), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(base..base + n).all(|i| ids_in_log(log, true).contains(&i)) {
+        assert!(std::time::Instant::now() < deadline, "ids not delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.child.wait().unwrap().success());
+}
+
+/// An intruder deletes every segment while auditlb is stopped, then lets it
+/// start again (or not): the anchors file still binds the journal, so
+/// `verify` says what is missing instead of INTACT, and the start raises
+/// the alarm.
+#[test]
+fn a_wiped_journal_never_verifies_intact() {
+    let dir = scratch_dir("wiped");
+    let log = dir.join("sink.log");
+    let (_sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    let cfg = binary_config(&dir, &[addr], "");
+    let journal = dir.join("journal");
+    let anchors = dir.join("anchors.log");
+    run_and_stop(&cfg, &log, 0, 500);
+    assert_eq!(verify_cli(&journal, &anchors).0, 0);
+    for s in list_segments(&journal).unwrap() {
+        std::fs::remove_file(s.path).unwrap();
+    }
+    let (code, text) = verify_cli(&journal, &anchors);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("SEGMENT_MISSING"), "{text}");
+    // auditlb starts again on the empty directory and serves.
+    run_and_stop(&cfg, &log, 500, 500);
+    let (code, text) = verify_cli(&journal, &anchors);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("SEGMENT_MISSING"), "{text}");
+    let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
+    assert!(alarm.contains("SEGMENT_MISSING"), "{alarm}");
+    // A journal made elsewhere (another id) shown with this anchors file.
+    let other = scratch_dir("other");
+    let other_cfg = binary_config(&other, &[addr], "");
+    run_and_stop(&other_cfg, &log, 1000, 10);
+    let (code, text) = verify_cli(&other.join("journal"), &anchors);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("JOURNAL_REPLACED"), "{text}");
+}
+
+/// An intruder appends a record that chains correctly onto the last one
+/// after a clean stop. The FINAL checkpoint says nothing may follow: the
+/// next start raises the alarm and does not route the record, and `verify`
+/// reports it.
+#[test]
+fn a_record_forged_after_a_clean_stop_is_caught_and_not_routed() {
+    let dir = scratch_dir("forged");
+    let log = dir.join("sink.log");
+    let (_sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    let cfg = binary_config(&dir, &[addr], "");
+    let journal = dir.join("journal");
+    let anchors = dir.join("anchors.log");
+    run_and_stop(&cfg, &log, 0, 300);
+    let seg = list_segments(&journal).unwrap().pop().unwrap().path;
+    let (_, recs) = records(&seg);
+    let last = parse_record(&recs.last().unwrap().1).unwrap();
+    let frame = recs
+        .iter()
+        .map(|(_, raw)| parse_record(raw).unwrap())
+        .find(|r| r.kind() == Some(RecordType::Frame))
+        .unwrap();
+    let meta = meta_pairs(&frame);
+    let meta_ref: Vec<(u8, &[u8])> = meta.iter().map(|(t, v)| (*t, &v[..])).collect();
+    let mut forged = Vec::new();
+    encode_record(
+        &mut forged,
+        RecordType::Frame,
+        0,
+        last.seq + 1,
+        last.time_ns + 1,
+        &meta_ref,
+        b"<13>1 - host app - - - forged id=999999",
+        &last.chain,
+    );
+    let mut p = std::fs::metadata(&seg).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    p.set_readonly(false);
+    std::fs::set_permissions(&seg, p).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&forged);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, text) = verify_cli(&journal, &anchors);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("INSERTED"), "{text}");
+    // The next run: alarm up, the forged frame not routed, new frames are.
+    run_and_stop(&cfg, &log, 300, 300);
+    assert!(
+        !ids_in_log(&log, true).contains(&999_999),
+        "a forged record was routed"
+    );
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "evidence kept as it was"
+    );
+    let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
+    assert!(alarm.contains("INSERTED"), "{alarm}");
+    let (code, text) = verify_cli(&journal, &anchors);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("INSERTED"), "{text}");
+    let cat = bin()
+        .args(["cat", "--format", "jsonl", "--journal"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cat.stdout).contains("\"type\":\"ALARM\""));
 }

@@ -392,6 +392,30 @@ pub mod flags {
     pub const FINAL: u8 = 8;
 }
 
+/// The body of a SEGMENT_START record: the segment number and journal id
+/// of its header, repeated under the chain.
+pub fn segment_start_body(segment_no: u64, journal_id: &[u8; 16]) -> [u8; 24] {
+    let mut body = [0u8; 24];
+    body[..8].copy_from_slice(&segment_no.to_be_bytes());
+    body[8..].copy_from_slice(journal_id);
+    body
+}
+
+/// Why record number `index` of a segment with `header` breaks the rule
+/// that SEGMENT_START opens each segment, once, repeating the header's
+/// segment number and journal id (which the chain does not cover
+/// otherwise); `None` when it keeps it.
+pub fn segment_start_mismatch(header: &Header, index: u64, r: &Record<'_>) -> Option<&'static str> {
+    let is_start = r.kind() == Some(RecordType::SegmentStart);
+    match (index == 0, is_start) {
+        (true, false) => Some("a segment must open with SEGMENT_START"),
+        (false, true) => Some("SEGMENT_START inside a segment"),
+        (false, false) => None,
+        (true, true) => (r.body != segment_start_body(header.segment_no, &header.journal_id))
+            .then_some("SEGMENT_START does not repeat the header's segment number and journal id"),
+    }
+}
+
 /// Whether `r` ends its segment: a SEGMENT_END, or the FINAL checkpoint of
 /// a clean stop.
 pub fn ends_segment(r: &Record<'_>) -> bool {

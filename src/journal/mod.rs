@@ -7,11 +7,13 @@
 //! - [`reader`]: walking segments back.
 //! - [`verify`]: `auditlb verify`; [`cat`]: `auditlb cat`.
 
+pub mod anchors;
 pub mod cat;
 pub mod delivery;
 pub mod format;
 pub mod hasher;
 pub mod reader;
+pub mod recover;
 pub mod seal;
 pub mod syncer;
 pub mod tail;

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::format::{parse_record, parse_segment_name, Header, ParseError, Record, HEADER_LEN};
+use super::format::{parse_record, parse_segment_name, ParseError, Record, HEADER_LEN};
 
 /// A segment file of a journal directory.
 #[derive(Debug, Clone)]
@@ -12,10 +12,15 @@ pub struct SegmentFile {
     /// The first seq its name claims.
     pub name_seq: u64,
     pub path: PathBuf,
+    /// A regular file (not a link, FIFO, device or directory named like a
+    /// segment, which no reader opens).
+    pub regular: bool,
 }
 
-/// Every `*.seg` file of `dir`, in name (first seq) order.
-pub fn list_segments(dir: &Path) -> io::Result<Vec<SegmentFile>> {
+/// Every `*.seg` entry of `dir`, in name (first seq) order. Entries that
+/// are not regular files are listed with `regular: false` (links are not
+/// followed), so `verify` can name them and the others skip them.
+pub fn list_entries(dir: &Path) -> io::Result<Vec<SegmentFile>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -24,10 +29,18 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<SegmentFile>> {
             out.push(SegmentFile {
                 name_seq: seq,
                 path: entry.path(),
+                regular: entry.file_type()?.is_file(),
             });
         }
     }
     out.sort_by_key(|s| s.name_seq);
+    Ok(out)
+}
+
+/// The segment files of `dir` that are regular files, in order.
+pub fn list_segments(dir: &Path) -> io::Result<Vec<SegmentFile>> {
+    let mut out = list_entries(dir)?;
+    out.retain(|s| s.regular);
     Ok(out)
 }
 
@@ -74,71 +87,50 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-/// Reads a segment and decodes its header.
-pub fn read_segment(path: &Path) -> io::Result<(Vec<u8>, Result<Header, String>)> {
-    let bytes = std::fs::read(path)?;
-    let header = Header::decode(&bytes);
-    Ok((bytes, header))
-}
+/// The largest segment file read back. The writer rolls at
+/// `segment-size` (at most 1 GiB) plus one batch; a bigger file is not one
+/// it wrote, and reading it whole could exhaust memory.
+pub const MAX_SEGMENT_FILE: u64 = 4 << 30;
 
-/// A segment file mapped read-only into memory: verify and cat read
-/// hundreds of MiB without copying them or zeroing a buffer first.
+/// A segment file's bytes, read whole (not mapped: a live writer may cut
+/// the file it is appending to after a failed write, and a mapping would
+/// then fault). Opening does not follow links or wait on FIFOs, and only
+/// regular files up to [`MAX_SEGMENT_FILE`] are read.
 pub struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
+    bytes: Vec<u8>,
 }
-
-// SAFETY: the mapping is private, read-only and owned by this value.
-unsafe impl Send for Mapped {}
-unsafe impl Sync for Mapped {}
 
 impl Mapped {
     pub fn open(path: &Path) -> io::Result<Mapped> {
-        use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(path)?;
-        let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
-        if len == 0 {
-            return Ok(Mapped {
-                ptr: std::ptr::null_mut(),
-                len: 0,
-            });
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not a regular file", path.display()),
+            ));
         }
-        // SAFETY: a fresh read-only private mapping of an open file; the
-        // pointer is checked below and unmapped in Drop. A segment being
-        // truncated while mapped would fault: the journal only ever appends
-        // to the open segment and truncates at start-up, before serving.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        if meta.len() > MAX_SEGMENT_FILE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {} bytes, larger than any segment auditlb writes",
+                    path.display(),
+                    meta.len()
+                ),
+            ));
         }
-        Ok(Mapped { ptr, len })
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        f.by_ref().take(MAX_SEGMENT_FILE).read_to_end(&mut bytes)?;
+        Ok(Mapped { bytes })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: ptr..ptr+len is a live mapping owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmapping exactly what mmap returned.
-            unsafe {
-                libc::munmap(self.ptr, self.len);
-            }
-        }
+        &self.bytes
     }
 }

@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::anchors::Anchors;
 use super::format::{
-    chain_step, flags, genesis, hex, unhex, CheckpointBody, Hash, Header, ParseError, Record,
-    RecordType, HEADER_LEN,
+    chain_step, ends_segment, flags, genesis, hex, segment_start_mismatch, CheckpointBody, Hash,
+    Header, ParseError, Record, RecordType, HEADER_LEN,
 };
 use super::hasher::{Digests, RecordSet};
-use super::reader::{list_segments, Mapped, Records};
+use super::reader::{list_entries, Mapped, Records};
 use super::seal::{key_at, ratchet, seal, SealInput};
 
 /// How many later epoch keys are tried to tell WRONG_EPOCH from BAD_SEAL.
@@ -33,6 +34,8 @@ pub enum Class {
     BadSeal,
     WrongEpoch,
     EpochGap,
+    /// The journal is not the one the anchors file is bound to.
+    JournalReplaced,
 }
 
 impl Class {
@@ -47,6 +50,7 @@ impl Class {
             Class::BadSeal => "BAD_SEAL",
             Class::WrongEpoch => "WRONG_EPOCH",
             Class::EpochGap => "EPOCH_GAP",
+            Class::JournalReplaced => "JOURNAL_REPLACED",
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct Report {
     pub bytes: u64,
     /// Torn tails that recovery cut (TORN_TAIL_RECOVERED notes).
     pub recovered: Vec<String>,
+    /// Tampering that auditlb found at a start (ALARM records).
+    pub alarms: Vec<String>,
     pub seals_checked: bool,
     pub anchors_checked: u64,
     pub last_anchored: Option<u64>,
@@ -143,7 +149,14 @@ impl Report {
             }
         );
         for r in &self.recovered {
-            let _ = writeln!(s, "note: TORN_TAIL_RECOVERED {r}");
+            let _ = writeln!(s, "note: TORN_TAIL_RECOVERED {}", printable(r));
+        }
+        for a in &self.alarms {
+            let _ = writeln!(
+                s,
+                "note: ALARM raised by auditlb at a start: {}",
+                printable(a)
+            );
         }
         s
     }
@@ -162,8 +175,9 @@ impl Report {
             None => "null".into(),
         };
         let recovered: Vec<String> = self.recovered.iter().map(|r| json_str(r)).collect();
+        let alarms: Vec<String> = self.alarms.iter().map(|r| json_str(r)).collect();
         format!(
-            "{{\"status\":\"{}\",\"exit\":{},\"journal_id\":{},\"failure\":{},\"first_seq\":{},\"last_seq\":{},\"records\":{},\"frames\":{},\"checkpoints\":{},\"segments\":{},\"bytes\":{},\"seals_checked\":{},\"anchors_checked\":{},\"last_anchored\":{},\"tail_uncovered\":{},\"torn_tail_recovered\":[{}]}}",
+            "{{\"status\":\"{}\",\"exit\":{},\"journal_id\":{},\"failure\":{},\"first_seq\":{},\"last_seq\":{},\"records\":{},\"frames\":{},\"checkpoints\":{},\"segments\":{},\"bytes\":{},\"seals_checked\":{},\"anchors_checked\":{},\"last_anchored\":{},\"tail_uncovered\":{},\"torn_tail_recovered\":[{}],\"alarms\":[{}]}}",
             match self.exit_code() {
                 0 => "intact",
                 1 => "tampered",
@@ -183,9 +197,24 @@ impl Report {
             self.anchors_checked,
             opt(self.last_anchored),
             self.tail_uncovered.as_deref().map_or("null".into(), json_str),
-            recovered.join(",")
+            recovered.join(","),
+            alarms.join(",")
         )
     }
+}
+
+/// `s` with control characters escaped (`\x1b` for ESC), so text taken
+/// from a journal cannot drive the terminal that shows the report.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A JSON string literal.
@@ -220,47 +249,6 @@ pub enum VerifyError {
     Usage(String),
 }
 
-/// One anchor line.
-#[derive(Debug, Clone)]
-struct Anchor {
-    seq: u64,
-    chain: Hash,
-}
-
-fn read_anchors(path: &Path) -> Result<HashMap<[u8; 16], Vec<Anchor>>, VerifyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| VerifyError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut out: HashMap<[u8; 16], Vec<Anchor>> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.is_empty() {
-            continue;
-        }
-        let parsed = (|| {
-            if f.len() != 7 || f[0] != "v1" {
-                return None;
-            }
-            let id: [u8; 16] = unhex(f[1])?.try_into().ok()?;
-            let seq = f[2].parse().ok()?;
-            let chain: Hash = unhex(f[3])?.try_into().ok()?;
-            Some((id, Anchor { seq, chain }))
-        })();
-        match parsed {
-            Some((id, a)) => out.entry(id).or_default().push(a),
-            None => {
-                return Err(VerifyError::Usage(format!(
-                    "{}:{}: not an auditlb anchor line",
-                    path.display(),
-                    n + 1
-                )))
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Records per unit of `verify`'s digest work.
 const DIGEST_CHUNK: usize = 1024;
 
@@ -288,18 +276,54 @@ pub fn verify(
         path: journal.to_owned(),
         source,
     };
-    let segments = list_segments(journal).map_err(io)?;
+    let segments = list_entries(journal).map_err(io)?;
+    let anchors = match anchors {
+        Some(p) => Some((
+            p,
+            Anchors::read(p).map_err(|source| VerifyError::Io {
+                path: p.to_owned(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    let mut rep = Report {
+        seals_checked: key.is_some(),
+        ..Report::default()
+    };
+    if let Some((p, a)) = &anchors {
+        if let Some(&line) = a.bad_lines.first() {
+            rep.failure = Some(Failure {
+                class: Class::Modified,
+                seq: None,
+                segment: p.to_path_buf(),
+                offset: 0,
+                message: format!("anchors file line {line} is not an anchor line"),
+            });
+            return Ok(rep);
+        }
+    }
     if segments.is_empty() {
+        if let Some(h) = anchors.as_ref().and_then(|a| a.1.head()) {
+            rep.journal_id = Some(h.journal_id);
+            rep.failure = Some(Failure {
+                class: Class::SegmentMissing,
+                seq: Some(h.seq),
+                segment: journal.to_owned(),
+                offset: 0,
+                message: format!(
+                    "the journal has no segment files, but the anchors file records journal {} up to seq {}",
+                    hex(&h.journal_id),
+                    h.seq
+                ),
+            });
+            return Ok(rep);
+        }
         return Err(VerifyError::Usage(format!(
             "{}: no segment files (*.seg)",
             journal.display()
         )));
     }
-    let anchors = anchors.map(read_anchors).transpose()?;
-    let mut rep = Report {
-        seals_checked: key.is_some(),
-        ..Report::default()
-    };
     let mut w = Walk {
         key_state: None,
         k0: key.copied(),
@@ -315,6 +339,16 @@ pub fn verify(
     let n_segments = segments.len();
     for (k, seg) in segments.iter().enumerate() {
         let path = seg.path.clone();
+        if !seg.regular {
+            rep.failure = Some(Failure {
+                class: Class::Modified,
+                seq: Some(seg.name_seq),
+                segment: path,
+                offset: 0,
+                message: "not a regular file (a link, FIFO or device named like a segment)".into(),
+            });
+            return Ok(rep);
+        }
         let mapped = Mapped::open(&path).map_err(|source| VerifyError::Io {
             path: path.clone(),
             source,
@@ -414,7 +448,9 @@ pub fn verify(
                     seq: Some(expected_seq),
                     segment: p.clone(),
                     offset: *end,
-                    message: "segment was cut short: it has no SEGMENT_END".into(),
+                    message:
+                        "segment was cut short: it has no SEGMENT_END (nor a final checkpoint)"
+                            .into(),
                 });
                 return Ok(rep);
             }
@@ -475,7 +511,7 @@ pub fn verify(
                             Class::Inserted,
                             Some(r.seq),
                             at,
-                            "record after SEGMENT_END".into(),
+                            "record after the segment's end (SEGMENT_END, or the final checkpoint of a clean stop)".into(),
                         ));
                     }
                     if r.seq != expected_seq {
@@ -514,13 +550,8 @@ pub fn verify(
                         ));
                     }
                     let kind = r.kind();
-                    if (i == 0) != (kind == Some(RecordType::SegmentStart)) {
-                        return Some(fail(
-                            Class::Modified,
-                            Some(r.seq),
-                            at,
-                            "SEGMENT_START must open each segment, once".into(),
-                        ));
+                    if let Some(why) = segment_start_mismatch(&header, i as u64, r) {
+                        return Some(fail(Class::Modified, Some(r.seq), at, why.into()));
                     }
                     match kind {
                         None => {
@@ -533,6 +564,17 @@ pub fn verify(
                         }
                         Some(RecordType::Frame) => rep.frames += 1,
                         Some(RecordType::SegmentEnd) => ended = true,
+                        Some(RecordType::Alarm) => {
+                            rep.alarms.push(format!(
+                                "seq {} in {}: {} {}",
+                                r.seq,
+                                path.display(),
+                                String::from_utf8_lossy(
+                                    r.meta_value(super::format::tag::REASON).unwrap_or(b"")
+                                ),
+                                String::from_utf8_lossy(r.body)
+                            ));
+                        }
                         Some(RecordType::Recovery) => {
                             rep.recovered.push(format!(
                                 "seq {} in {}: {}",
@@ -550,6 +592,7 @@ pub fn verify(
                             rep.checkpoints += 1;
                             last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
                             w.checkpoints.insert(r.seq, c);
+                            ended = ends_segment(r);
                         }
                         Some(_) => {}
                     }
@@ -574,6 +617,15 @@ pub fn verify(
                 .as_ref()
                 .is_none_or(|(p, off)| *p != path || *off <= at as u64);
             match e {
+                _ if ended => {
+                    rep.failure = Some(fail(
+                        Class::Inserted,
+                        Some(expected_seq),
+                        at,
+                        "bytes after the segment's end (SEGMENT_END, or the final checkpoint of a clean stop)".into(),
+                    ));
+                    return Ok(rep);
+                }
                 ParseError::Incomplete { have, need } if is_last && after_checkpoint => {
                     rep.tail_uncovered = Some(format!(
                         "torn record at the end of {} (offset {at}, {have} of {need} bytes); auditlb cuts it at its next start",
@@ -602,13 +654,27 @@ pub fn verify(
         }
         prev_end = Some((path.clone(), end as u64, ended));
     }
-    // Anchors: the journal must reach every anchored seq with the same hash.
+    // Anchors: the file is bound to one journal, and the journal must
+    // reach every anchored seq with the same hash.
     match anchors {
-        Some(all) => {
-            let mine = all.get(&journal_id).cloned().unwrap_or_default();
+        Some((_, all)) => {
             let last_seq = rep.last_seq.unwrap_or(0);
             let last_path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-            for a in &mine {
+            if let Some(bound) = all.bound().filter(|b| *b != journal_id) {
+                rep.failure = Some(Failure {
+                    class: Class::JournalReplaced,
+                    seq: rep.first_seq,
+                    segment: segments[0].path.clone(),
+                    offset: 0,
+                    message: format!(
+                        "the anchors file belongs to journal {}; this journal is {} (wiped, re-created or swapped)",
+                        hex(&bound),
+                        hex(&journal_id)
+                    ),
+                });
+                return Ok(rep);
+            }
+            for a in all.of(&journal_id) {
                 rep.anchors_checked += 1;
                 if a.seq > last_seq {
                     rep.failure = Some(Failure {
@@ -694,6 +760,17 @@ impl Walk {
         let Some(cp) = CheckpointBody::decode(r.body) else {
             return Err((Class::Modified, "checkpoint body is malformed".into()));
         };
+        if self.last_epoch.is_none() && cp.epoch != 0 {
+            // A journal's epochs start at 0: a journal sealed from a later
+            // epoch on was sealed with a key taken from the host.
+            return Err((
+                Class::EpochGap,
+                format!(
+                    "the journal's first checkpoint has epoch {}, not 0",
+                    cp.epoch
+                ),
+            ));
+        }
         if let Some(last) = self.last_epoch {
             if cp.epoch > last + 1 {
                 return Err((

@@ -13,17 +13,16 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::format::{
-    encode_record, encode_unchained, flags, genesis, hex, segment_name, set_chain, tag,
-    CheckpointBody, Hash, Header, ParseError, RecordType, HEADER_LEN,
+    encode_record, encode_unchained, flags, hex, segment_name, set_chain, tag, CheckpointBody,
+    Hash, Header, RecordType, HEADER_LEN,
 };
 use super::hasher::{Hasher, Job};
-use super::reader::{list_segments, read_segment, Records};
-use super::seal::{random_bytes, seal, KeyError, SealInput, SealKey};
+use super::reader::list_segments;
+use super::seal::{seal, KeyError, SealInput, SealKey};
 use super::{Ingress, JournalMetrics, PoolLink, Routed, Ticket};
 use crate::config::{JournalConfig, OnFull, SyncPolicy};
 use crate::frame::Frame;
@@ -40,7 +39,13 @@ pub enum JournalError {
     Key(#[from] KeyError),
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+/// How many epochs the seal key is ratcheted forward at start-up to meet
+/// the journal (a crash between a checkpoint and its key ratchet leaves it
+/// one or a few behind). More is a crafted checkpoint, not a crash: each
+/// step is an HMAC, and a huge epoch would stall the start for ages.
+const MAX_EPOCH_CATCH_UP: u64 = 1 << 16;
+
+pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     move |source| JournalError::Io {
         path: path.to_owned(),
         source,
@@ -52,16 +57,6 @@ pub fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-}
-
-/// What recovery learned of the existing journal.
-struct Resume {
-    journal_id: [u8; 16],
-    next_segment: u64,
-    prev_chain: Hash,
-    next_seq: u64,
-    /// Epoch of the last checkpoint found, if any.
-    last_epoch: Option<u64>,
 }
 
 /// Owns the open segment and the chain head.
@@ -112,6 +107,29 @@ pub struct Writer {
     announce_meta: std::sync::Arc<crate::frame::ConnMeta>,
     hostname: String,
     buf: Vec<u8>,
+    /// Checkpoints in `buf` or written whose anchor line and key ratchet
+    /// wait until the segment holding them is on disk.
+    pending: Vec<PendingAnchor>,
+    /// A segment roll begun and not finished (its SEGMENT_END and the next
+    /// SEGMENT_START are in `buf`): finished by the next flush.
+    roll: Option<Roll>,
+}
+
+/// A checkpoint's anchor line and the seal key's next image, waiting for
+/// the segment to be durable (neither may ever be ahead of the journal).
+struct PendingAnchor {
+    line: Option<String>,
+    key: Option<super::seal::KeyImage>,
+}
+
+/// A roll in progress. `buf[..split]` ends the old segment with its
+/// SEGMENT_END; the rest belongs to the segment `header` starts. Every
+/// step may fail and be retried: nothing is encoded twice.
+struct Roll {
+    split: usize,
+    header: Header,
+    /// The old segment's last bytes are written, synced and sealed.
+    old_done: bool,
 }
 
 impl Writer {
@@ -123,16 +141,38 @@ impl Writer {
     ) -> Result<Writer, JournalError> {
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let resume = recover(dir, &metrics)?;
+        let mut resume = super::recover::recover_dir(dir, cfg.anchors.as_deref(), &metrics)?;
         let mut seal_key = match &cfg.seal_key {
             Some(p) => Some(SealKey::open(p)?),
             None => None,
         };
         let mut next_epoch = resume.last_epoch.map_or(0, |e| e + 1);
         if let Some(k) = &mut seal_key {
-            // A checkpoint written just before a crash may not have had its
-            // key ratcheted yet: never seal two checkpoints with one key.
-            k.advance_to(next_epoch)?;
+            if resume.new_journal && k.epoch() > 0 {
+                resume.alarms.push(super::recover::Alarm {
+                    class: "EPOCH_GAP",
+                    message: format!(
+                        "the journal is new but the seal key is at epoch {}: it sealed another journal (run `auditlb keygen` for a new one)",
+                        k.epoch()
+                    ),
+                });
+            }
+            if next_epoch > k.epoch().saturating_add(MAX_EPOCH_CATCH_UP) {
+                // Far ahead of the key: a crafted checkpoint, not a crash
+                // between a checkpoint and its ratchet.
+                resume.alarms.push(super::recover::Alarm {
+                    class: "WRONG_EPOCH",
+                    message: format!(
+                        "the journal's last checkpoint claims epoch {}, the seal key is at epoch {}",
+                        next_epoch - 1,
+                        k.epoch()
+                    ),
+                });
+            } else {
+                // A checkpoint written just before a crash may not have
+                // had its key ratcheted yet: never seal two with one key.
+                k.advance_to(next_epoch)?;
+            }
             next_epoch = k.epoch();
         }
         let anchors = match &cfg.anchors {
@@ -150,20 +190,20 @@ impl Writer {
             }
             None => None,
         };
-        let (file, seg_path) = create_segment(
-            dir,
-            &resume.journal_id,
-            resume.next_segment,
-            resume.next_seq,
-            &resume.prev_chain,
-        )?;
+        let header = Header {
+            journal_id: resume.journal_id,
+            segment_no: resume.segment_no,
+            first_seq: resume.next_seq,
+            prev_chain: resume.prev_chain,
+        };
+        let (file, seg_path) = create_segment(dir, &header)?;
         let mut w = Writer {
             cfg: cfg.clone(),
             metrics,
             journal_id: resume.journal_id,
             file,
             seg_path,
-            seg_no: resume.next_segment,
+            seg_no: resume.segment_no,
             seg_len: HEADER_LEN as u64,
             next_seq: resume.next_seq,
             head: resume.prev_chain,
@@ -193,10 +233,21 @@ impl Writer {
                 std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             )),
             hostname: hostname(),
+            pending: Vec::new(),
+            roll: None,
         };
         w.metrics.segments.inc();
         w.measure();
-        w.start_segment_records();
+        w.start_segment_records(w.seg_no);
+        for (reason, body) in &resume.notes {
+            w.push(
+                RecordType::Recovery,
+                0,
+                &[(tag::REASON, reason.as_bytes())],
+                body,
+            );
+        }
+        w.raise_alarms(&resume.alarms);
         w.push(RecordType::Config, 0, &[], config_hash);
         w.flush().map_err(io_at(&w.seg_path.clone()))?;
         tracing::info!(
@@ -210,14 +261,55 @@ impl Writer {
         Ok(w)
     }
 
+    /// Raises the tamper alarm: for each finding an ALARM record in the
+    /// journal and a line in the journal's ALARM file (so the alarm
+    /// survives restarts until an operator clears it); and an alarm an
+    /// earlier run raised and nobody cleared stays up.
+    fn raise_alarms(&mut self, alarms: &[super::recover::Alarm]) {
+        let path = alarm_path(&self.cfg.dir);
+        for a in alarms {
+            tracing::error!(journal = %self.cfg.dir.display(), class = a.class, finding = %a.message, alarm_file = %path.display(), "journal tampering found at start-up; run `auditlb verify`");
+            self.push(
+                RecordType::Alarm,
+                0,
+                &[(tag::REASON, a.class.as_bytes())],
+                a.message.as_bytes(),
+            );
+        }
+        if !alarms.is_empty() {
+            let mut text = String::new();
+            for a in alarms {
+                text.push_str(&format!(
+                    "{} {} {}\n",
+                    super::cat::format_rfc3339(now_ns()),
+                    a.class,
+                    a.message.replace('\n', " ")
+                ));
+            }
+            let written = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(&path)
+                .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()));
+            if let Err(e) = written {
+                tracing::error!(alarm_file = %path.display(), error = %e, "cannot record the tamper alarm");
+            }
+        }
+        if !alarms.is_empty() || path.exists() {
+            if alarms.is_empty() {
+                tracing::error!(alarm_file = %path.display(), "journal tamper alarm raised by an earlier run is still up; after investigating with `auditlb verify`, remove the file to clear it");
+            }
+            self.metrics.tampered.set(1);
+        }
+    }
+
     pub fn journal_id(&self) -> [u8; 16] {
         self.journal_id
     }
 
-    fn start_segment_records(&mut self) {
-        let mut body = [0u8; 24];
-        body[..8].copy_from_slice(&self.seg_no.to_be_bytes());
-        body[8..24].copy_from_slice(&self.journal_id);
+    fn start_segment_records(&mut self, segment_no: u64) {
+        let body = super::format::segment_start_body(segment_no, &self.journal_id);
         self.push(RecordType::SegmentStart, 0, &[], &body);
     }
 
@@ -303,24 +395,112 @@ impl Writer {
         );
     }
 
-    /// Writes the batch buffer with one `write(2)`. On failure the segment
-    /// is cut back to its last whole batch, so a retry cannot leave a torn
-    /// record in the middle.
+    /// Writes the batch buffer with one `write(2)` (two across a segment
+    /// roll), then hands on the anchor lines of checkpoints now written. On
+    /// failure the segment is cut back to its last whole batch and the
+    /// buffer kept, so a retry writes the same records again and never
+    /// leaves a torn record in the middle.
     pub fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
+        if self.roll.is_some() {
+            self.finish_roll()?;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if !self.buf.is_empty() {
+            self.write_out(self.buf.len())?;
+            self.committed.store(self.next_seq - 1, Ordering::Release);
+        }
+        if !self.pending.is_empty() {
+            self.publish_anchors()?;
+        }
+        Ok(())
+    }
+
+    /// Appends `buf[..n]` to the open segment and drops it from `buf`.
+    fn write_out(&mut self, n: usize) -> io::Result<()> {
+        if let Err(e) = self.file.write_all(&self.buf[..n]) {
             self.metrics.write_errors.inc();
             let _ = self.file.set_len(self.seg_len);
-            return Err(e);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", self.seg_path.display()),
+            ));
         }
-        self.seg_len += self.buf.len() as u64;
-        self.journal_bytes += self.buf.len() as u64;
-        self.committed.store(self.next_seq - 1, Ordering::Release);
-        self.metrics.bytes.inc_by(self.buf.len() as u64);
-        self.buf.clear();
+        self.seg_len += n as u64;
+        self.journal_bytes += n as u64;
+        self.metrics.bytes.inc_by(n as u64);
+        self.buf.drain(..n);
         self.dirty = true;
+        Ok(())
+    }
+
+    /// The steps of a roll not done yet: the old segment's last bytes
+    /// written, synced and made read-only, then the new segment created.
+    fn finish_roll(&mut self) -> io::Result<()> {
+        let roll = self.roll.as_ref().expect("a roll is in progress");
+        if !roll.old_done {
+            let split = roll.split;
+            self.write_out(split)?;
+            self.sync()?;
+            if let Err(e) = seal_file(&self.seg_path) {
+                tracing::warn!(segment = %self.seg_path.display(), error = %e, "cannot make a closed segment read-only");
+            }
+            let roll = self.roll.as_mut().expect("a roll is in progress");
+            roll.old_done = true;
+            roll.split = 0;
+        }
+        let header = self
+            .roll
+            .as_ref()
+            .expect("a roll is in progress")
+            .header
+            .clone();
+        let (file, path) =
+            create_segment(&self.cfg.dir, &header).map_err(|e| io::Error::other(e.to_string()))?;
+        self.file = file;
+        self.seg_path = path;
+        self.seg_no = header.segment_no;
+        self.seg_len = HEADER_LEN as u64;
+        self.journal_bytes += HEADER_LEN as u64;
+        self.dirty = true;
+        self.metrics.segments.inc();
+        self.roll = None;
+        Ok(())
+    }
+
+    /// Hands the waiting anchor lines and the newest key image on: to the
+    /// sync thread (which syncs the segment first), or inline after a sync.
+    fn publish_anchors(&mut self) -> io::Result<()> {
+        if let Some(syncer) = &self.syncer {
+            let file = self.file.try_clone()?;
+            let pending = std::mem::take(&mut self.pending);
+            let mut lines = String::new();
+            let mut key = None;
+            for p in pending {
+                lines.extend(p.line);
+                key = p.key.or(key);
+            }
+            syncer.checkpoint(
+                file,
+                self.seg_path.clone(),
+                (!lines.is_empty()).then_some(lines),
+                key,
+            );
+            self.dirty = false;
+            return Ok(());
+        }
+        self.sync()?;
+        while !self.pending.is_empty() {
+            if let (Some((path, f)), Some(line)) = (&mut self.anchors, &self.pending[0].line) {
+                super::syncer::append_anchor(path, f, line)?;
+            }
+            let p = self.pending.remove(0);
+            if let (Some(k), Some(image)) = (&self.seal_key, p.key) {
+                // Not stored: a later checkpoint's image overwrites it.
+                if let Err(e) = k.key_file().and_then(|f| f.store(&image)) {
+                    self.metrics.write_errors.inc();
+                    tracing::error!(error = %e, "journal: cannot store the ratcheted seal key");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -378,21 +558,29 @@ impl Writer {
     }
 
     /// Writes a sealed checkpoint (a HEARTBEAT when nothing was written since
-    /// the last one), syncs the segment, appends the anchor line and syncs
-    /// it, then ratchets the seal key.
+    /// the last one); once the segment holding it is on disk, its anchor
+    /// line is appended and the old seal key overwritten. Its epoch and the
+    /// in-memory key move on as soon as it is encoded, so a failed write
+    /// retried later never seals two checkpoints with one epoch. `last`
+    /// marks the FINAL checkpoint of a clean stop.
     pub fn checkpoint(&mut self) -> io::Result<()> {
+        self.encode_checkpoint(false);
+        self.flush()
+    }
+
+    fn encode_checkpoint(&mut self, last: bool) {
         let rtype = if self.since_checkpoint == 0 {
             RecordType::Heartbeat
         } else {
             RecordType::Checkpoint
         };
-        self.push_delivery(false);
+        self.push_delivery(last);
         let seq = self.next_seq;
         let time_ns = now_ns();
         let epoch = self.next_epoch;
         let covered_seq = seq - 1;
         let covered_chain = self.head;
-        let (fl, tag_bytes) = match &self.seal_key {
+        let (mut fl, tag_bytes) = match &self.seal_key {
             Some(k) => (
                 flags::SEALED,
                 seal(
@@ -409,6 +597,9 @@ impl Writer {
             ),
             None => (0, [0u8; 32]),
         };
+        if last {
+            fl |= flags::FINAL;
+        }
         let body = CheckpointBody {
             epoch,
             covered_seq,
@@ -428,31 +619,17 @@ impl Writer {
         );
         self.next_seq += 1;
         self.metrics.records.inc();
-        self.flush()?;
-        let anchor = self.cfg.anchors.as_ref().map(|_| {
-            format!(
-                "v1 {} {} {} {} {} {}\n",
-                hex(&self.journal_id),
+        let line = self.cfg.anchors.as_ref().map(|_| {
+            super::anchors::Anchor {
+                journal_id: self.journal_id,
                 seq,
-                hex(&self.head),
+                chain: self.head,
                 epoch,
-                time_ns,
-                hex(&tag_bytes)
-            )
+            }
+            .line(time_ns, &tag_bytes)
         });
-        if let Some(syncer) = &self.syncer {
-            let key = self.seal_key.as_mut().map(|k| k.ratchet());
-            syncer.checkpoint(self.file.try_clone()?, self.seg_path.clone(), anchor, key);
-            self.dirty = false;
-        } else {
-            self.sync()?;
-            if let (Some((path, f)), Some(line)) = (&mut self.anchors, anchor) {
-                super::syncer::append_anchor(path, f, &line)?;
-            }
-            if let Some(k) = &mut self.seal_key {
-                k.advance().map_err(|e| io::Error::other(e.to_string()))?;
-            }
-        }
+        let key = self.seal_key.as_mut().map(|k| k.ratchet());
+        self.pending.push(PendingAnchor { line, key });
         self.next_epoch = epoch + 1;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -470,7 +647,6 @@ impl Writer {
             f.seq = seq;
             self.announce.push(f);
         }
-        Ok(())
     }
 
     /// Re-reads the size of the journal's segment files (an operator may
@@ -590,42 +766,35 @@ impl Writer {
             .collect()
     }
 
-    /// Closes the segment if it reached `segment-size` and opens the next.
+    /// Closes the segment if it reached `segment-size` and opens the next:
+    /// SEGMENT_END and the next SEGMENT_START are encoded once, then
+    /// written by [`Writer::flush`], which retries what failed.
     pub fn maybe_roll(&mut self) -> io::Result<()> {
-        if self.seg_len < self.cfg.segment_size.0 {
-            return Ok(());
+        if self.roll.is_none() && self.seg_len + self.buf.len() as u64 >= self.cfg.segment_size.0 {
+            self.push(RecordType::SegmentEnd, 0, &[], &self.seg_no.to_be_bytes());
+            let split = self.buf.len();
+            let header = Header {
+                journal_id: self.journal_id,
+                segment_no: self.seg_no + 1,
+                first_seq: self.next_seq,
+                prev_chain: self.head,
+            };
+            self.roll = Some(Roll {
+                split,
+                header,
+                old_done: false,
+            });
+            self.start_segment_records(self.seg_no + 1);
         }
-        self.end_segment()?;
-        let (file, path) = create_segment(
-            &self.cfg.dir,
-            &self.journal_id,
-            self.seg_no + 1,
-            self.next_seq,
-            &self.head,
-        )
-        .map_err(|e| io::Error::other(e.to_string()))?;
-        self.file = file;
-        self.seg_path = path;
-        self.seg_no += 1;
-        self.seg_len = HEADER_LEN as u64;
-        self.metrics.segments.inc();
-        self.start_segment_records();
         self.flush()
     }
 
-    fn end_segment(&mut self) -> io::Result<()> {
-        self.push(RecordType::SegmentEnd, 0, &[], &self.seg_no.to_be_bytes());
-        self.flush()?;
-        self.dirty = true;
-        self.sync()?;
-        seal_file(&self.seg_path)
-    }
-
-    /// Clean stop: a final checkpoint, synced.
+    /// Clean stop: the final DELIVERY records and the FINAL checkpoint,
+    /// synced. Nothing follows it in its segment.
     pub fn close(&mut self) -> io::Result<()> {
         self.record_settled();
-        self.push_delivery(true);
-        self.checkpoint()?;
+        self.encode_checkpoint(true);
+        self.flush()?;
         // Everything handed to the sync thread is done before it stops.
         drop(self.syncer.take());
         self.dirty = true;
@@ -660,239 +829,51 @@ fn announce(w: &mut Writer, outputs: &[Output]) {
 }
 
 /// Makes a closed segment read-only.
-fn seal_file(path: &Path) -> io::Result<()> {
+pub(super) fn seal_file(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o440))
 }
 
-fn create_segment(
-    dir: &Path,
-    id: &[u8; 16],
-    no: u64,
-    first_seq: u64,
-    prev: &Hash,
-) -> Result<(File, PathBuf), JournalError> {
-    let path = dir.join(segment_name(first_seq));
-    let mut f = OpenOptions::new()
+/// Where alarms raised at start-up are kept until an operator clears them.
+pub fn alarm_path(dir: &Path) -> PathBuf {
+    dir.join("ALARM")
+}
+
+/// Creates the segment file `header` describes and writes the header. A
+/// file of that name left by an earlier attempt that failed before its
+/// header was whole is taken over; any other is never overwritten.
+fn create_segment(dir: &Path, header: &Header) -> Result<(File, PathBuf), JournalError> {
+    let path = dir.join(segment_name(header.first_seq));
+    let f = match OpenOptions::new()
         .append(true)
         .create_new(true)
         .mode(0o640)
         .open(&path)
-        .map_err(io_at(&path))?;
-    let header = Header {
-        journal_id: *id,
-        segment_no: no,
-        first_seq,
-        prev_chain: *prev,
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let f = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            let len = f.metadata().map_err(io_at(&path))?.len();
+            if len >= HEADER_LEN as u64 {
+                return Err(JournalError::Io { path, source: e });
+            }
+            f.set_len(0).map_err(io_at(&path))?;
+            f
+        }
+        Err(e) => return Err(io_at(&path)(e)),
     };
-    f.write_all(&header.encode()).map_err(io_at(&path))?;
+    let written = (&f).write_all(&header.encode());
+    if let Err(e) = written {
+        let _ = f.set_len(0);
+        return Err(io_at(&path)(e));
+    }
     // The directory entry must survive a crash too.
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
     Ok((f, path))
-}
-
-/// Whether the bad bytes from `at` to the end look like a write cut short by
-/// a crash, not an edit: an incomplete record, a zero-filled tail, or a bad
-/// last record, with no checkpoint behind them. A length field changed in
-/// the middle of a segment also reads as "incomplete", so the segment is
-/// walked backwards from its end (the trailing length fields) to see
-/// whether intact records, a checkpoint among them, follow the damage.
-fn looks_torn(bytes: &[u8], at: usize) -> bool {
-    let tail = &bytes[at..];
-    if tail.iter().all(|&b| b == 0) {
-        return true;
-    }
-    let incomplete_or_last = match super::format::parse_record(tail) {
-        Err(ParseError::Incomplete { .. }) => true,
-        Err(ParseError::Malformed(_)) => false,
-        Ok(r) => r.raw.len() == tail.len(),
-    };
-    incomplete_or_last && !checkpoint_after(bytes, at)
-}
-
-/// Walks whole records backwards from the end of `bytes` down to `from`;
-/// true if one of them is a checkpoint.
-fn checkpoint_after(bytes: &[u8], from: usize) -> bool {
-    let mut end = bytes.len();
-    while end >= from + super::format::RECORD_OVERHEAD {
-        let len = u32::from_be_bytes(bytes[end - 4..end].try_into().expect("4 bytes")) as usize;
-        if len < super::format::RECORD_OVERHEAD || len > end - from {
-            return false;
-        }
-        match super::format::parse_record(&bytes[end - len..end]) {
-            Ok(r) if r.raw.len() == len => {
-                if r.kind().is_some_and(RecordType::is_checkpoint) {
-                    return true;
-                }
-                end -= len;
-            }
-            _ => return false,
-        }
-    }
-    false
-}
-
-/// Looks at the last segment of an existing journal: cuts a torn tail
-/// (recording it), closes the segment, and says where to go on.
-fn recover(dir: &Path, metrics: &JournalMetrics) -> Result<Resume, JournalError> {
-    let segments = list_segments(dir).map_err(io_at(dir))?;
-    let Some(last) = segments.last() else {
-        let journal_id: [u8; 16] = random_bytes().map_err(io_at(Path::new("/dev/urandom")))?;
-        return Ok(Resume {
-            journal_id,
-            next_segment: 0,
-            prev_chain: genesis(&journal_id),
-            next_seq: 1,
-            last_epoch: None,
-        });
-    };
-    let path = &last.path;
-    let (bytes, header) = read_segment(path).map_err(io_at(path))?;
-    let header = header.map_err(|message| JournalError::Corrupt {
-        path: path.clone(),
-        message: format!("cannot read the segment header ({message}); refusing to guess where the journal goes on"),
-    })?;
-    let mut head = header.prev_chain;
-    let mut next_seq = header.first_seq;
-    let mut last_checkpoint_end = HEADER_LEN;
-    let mut last_epoch = None;
-    let mut ended = false;
-    let mut valid_until = HEADER_LEN;
-    let mut damage: Option<(usize, String)> = None;
-    for step in Records::new(&bytes) {
-        match step {
-            Ok((at, r)) => {
-                let expect =
-                    super::format::chain_step(&head, r.seq, &super::format::record_digest(r.raw));
-                if r.seq != next_seq || expect != r.chain {
-                    damage = Some((
-                        at,
-                        format!("record at offset {at} (seq {}) does not chain", r.seq),
-                    ));
-                    break;
-                }
-                head = r.chain;
-                next_seq = r.seq + 1;
-                valid_until = at + r.raw.len();
-                match r.kind() {
-                    Some(k) if k.is_checkpoint() => {
-                        last_checkpoint_end = valid_until;
-                        if let Some(cp) = CheckpointBody::decode(r.body) {
-                            last_epoch = Some(cp.epoch);
-                        }
-                    }
-                    Some(RecordType::SegmentEnd) => ended = true,
-                    _ => {}
-                }
-            }
-            Err((at, e)) => {
-                let what = match e {
-                    ParseError::Incomplete { have, need } => {
-                        format!("incomplete record at offset {at} ({have} of {need} bytes)")
-                    }
-                    ParseError::Malformed(m) => format!("unreadable record at offset {at}: {m}"),
-                };
-                damage = Some((at, what));
-                break;
-            }
-        }
-    }
-    if last_epoch.is_none() {
-        // This run died before its first checkpoint: epochs go on from the
-        // newest checkpoint in an earlier segment.
-        last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|seg| {
-            let bytes = std::fs::read(&seg.path).ok()?;
-            Records::new(&bytes)
-                .map_while(Result::ok)
-                .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
-                .filter_map(|(_, r)| CheckpointBody::decode(r.body).map(|c| c.epoch))
-                .last()
-        });
-    }
-    if let Some((at, what)) = damage {
-        if at >= last_checkpoint_end && looks_torn(&bytes, at) {
-            // A torn write after the last checkpoint: cut it and say so.
-            let dropped = &bytes[valid_until..];
-            let digest: Hash = Sha256::digest(dropped).into();
-            let old_len = bytes.len() as u64;
-            let f = OpenOptions::new()
-                .append(true)
-                .open(path)
-                .map_err(io_at(path))?;
-            f.set_len(valid_until as u64).map_err(io_at(path))?;
-            let mut body = Vec::with_capacity(48);
-            body.extend_from_slice(&old_len.to_be_bytes());
-            body.extend_from_slice(&(valid_until as u64).to_be_bytes());
-            body.extend_from_slice(&digest);
-            let mut buf = Vec::new();
-            head = encode_record(
-                &mut buf,
-                RecordType::Recovery,
-                0,
-                next_seq,
-                now_ns(),
-                &[(tag::REASON, what.as_bytes())],
-                &body,
-                &head,
-            );
-            next_seq += 1;
-            (&f).write_all(&buf).map_err(io_at(path))?;
-            f.sync_data().map_err(io_at(path))?;
-            metrics.recoveries.inc();
-            tracing::warn!(
-                segment = %path.display(),
-                cut_bytes = old_len - valid_until as u64,
-                at = valid_until,
-                reason = %what,
-                "journal torn tail cut and recorded"
-            );
-        } else {
-            // Damage before the last checkpoint is tampering: never repaired.
-            metrics.tampered.set(1);
-            tracing::error!(
-                segment = %path.display(),
-                offset = at,
-                reason = %what,
-                "journal damaged before its last checkpoint: not appending to this segment; run `auditlb verify`"
-            );
-            return Ok(Resume {
-                journal_id: header.journal_id,
-                next_segment: header.segment_no + 1,
-                prev_chain: head,
-                next_seq,
-                last_epoch,
-            });
-        }
-    }
-    if !ended {
-        let mut buf = Vec::new();
-        head = encode_record(
-            &mut buf,
-            RecordType::SegmentEnd,
-            0,
-            next_seq,
-            now_ns(),
-            &[],
-            &header.segment_no.to_be_bytes(),
-            &head,
-        );
-        next_seq += 1;
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(io_at(path))?;
-        f.write_all(&buf).map_err(io_at(path))?;
-        f.sync_data().map_err(io_at(path))?;
-    }
-    seal_file(path).map_err(io_at(path))?;
-    Ok(Resume {
-        journal_id: header.journal_id,
-        next_segment: header.segment_no + 1,
-        prev_chain: head,
-        next_seq,
-        last_epoch,
-    })
 }
 
 /// What the server learns once the journal is open.
