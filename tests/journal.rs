@@ -1143,3 +1143,119 @@ fn a_record_forged_after_a_clean_stop_is_caught_and_not_routed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&cat.stdout).contains("\"type\":\"ALARM\""));
 }
+
+/// A small tmpfs mounted for one test (root only: CI runs as root), so the
+/// journal meets a real full disk. Unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+            return None;
+        }
+        let d = scratch_dir("tmpfs");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&d)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs failed (as root)");
+        Some(Tmpfs(d))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The disk fills up again and again while the writer appends, checkpoints
+/// and rolls small segments: each failed write is retried (as the writer's
+/// ticks and commits do) once some space is freed. No SEGMENT_END is
+/// written twice, no epoch is sealed twice, nothing is lost: the journal
+/// verifies with its seals and anchors and holds every frame once.
+#[test]
+fn a_disk_that_keeps_filling_up_never_breaks_the_chain() {
+    use auditlb::journal::writer::Writer;
+    let Some(fs) = Tmpfs::mount("640k") else {
+        return;
+    };
+    let dir = scratch_dir("full-disk");
+    let k0 = keygen(&dir);
+    let journal = fs.0.join("journal");
+    let cfg = auditlb::config::JournalConfig {
+        dir: journal.clone(),
+        anchors: Some(dir.join("anchors.log")),
+        seal_key: Some(dir.join("keys/seal.key")),
+        segment_size: auditlb::units::ByteSize(64 * 1024),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let metrics = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    // Fill the rest of the file system with 16 KiB files.
+    let mut fillers = Vec::new();
+    for i in 0.. {
+        let p = fs.0.join(format!("filler{i}"));
+        if std::fs::write(&p, vec![1u8; 16 * 1024]).is_err() {
+            let _ = std::fs::remove_file(&p);
+            break;
+        }
+        fillers.push(p);
+    }
+    let meta = std::sync::Arc::new(auditlb::frame::ConnMeta::new(
+        1,
+        "in".into(),
+        "127.0.0.1:9".parse().unwrap(),
+    ));
+    let (mut sent, mut failures) = (0u64, 0u64);
+    for round in 0..400u64 {
+        let mut frames: Vec<auditlb::frame::Frame> = (0..10)
+            .map(|i| {
+                let body = format!("<13>1 - host app - - - {} id={}", "x".repeat(150), sent + i);
+                auditlb::frame::Frame::new(bytes::Bytes::from(body), meta.clone())
+            })
+            .collect();
+        sent += 10;
+        w.append_frames("p", &mut frames);
+        let r = w
+            .flush()
+            .and_then(|()| if round % 3 == 0 { w.checkpoint() } else { Ok(()) })
+            .and_then(|()| w.maybe_roll());
+        if r.is_err() {
+            failures += 1;
+            // Ticks while the disk is full: more checkpoints and rolls are
+            // tried, and fail too.
+            let _ = w.checkpoint();
+            let _ = w.maybe_roll();
+            let _ = w.checkpoint();
+            // An operator frees some space; the next commit retries.
+            for _ in 0..2 {
+                if let Some(p) = fillers.pop() {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+            // Space for the next 16 KiB of journal, eventually: the
+            // journal's own old segments are what fills the disk then.
+            if fillers.is_empty() {
+                break;
+            }
+        }
+    }
+    for p in fillers.drain(..) {
+        std::fs::remove_file(p).unwrap();
+    }
+    w.close().unwrap();
+    drop(w);
+    assert!(failures >= 5, "the disk filled up only {failures} times");
+    assert!(list_segments(&journal).unwrap().len() >= 3, "segments rolled");
+    let r = verify(&journal, Some(&dir.join("anchors.log")), Some(&k0)).unwrap();
+    assert_eq!(r.exit_code(), 0, "{}", r.text());
+    assert_eq!(r.frames, sent, "every frame journaled once");
+    eprintln!(
+        "{failures} full-disk failures, {} segments, {} checkpoints, {sent} frames",
+        r.segments, r.checkpoints
+    );
+}
