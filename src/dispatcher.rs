@@ -324,6 +324,14 @@ impl Dispatcher {
             if !input_open {
                 let caught_up = self.tail.next_seq() > self.readable_upto() || self.live;
                 if caught_up && self.all_settled() {
+                    // An upstream hands frames back before it gives up
+                    // their charge: what came back since the top of the
+                    // loop is routed, not dropped with the dispatcher.
+                    let back = self.handback.take();
+                    if !back.is_empty() {
+                        self.requeue(back);
+                        continue;
+                    }
                     self.collect_settled();
                     break;
                 }

@@ -1222,7 +1222,13 @@ fn a_disk_that_keeps_filling_up_never_breaks_the_chain() {
         w.append_frames("p", &mut frames);
         let r = w
             .flush()
-            .and_then(|()| if round % 3 == 0 { w.checkpoint() } else { Ok(()) })
+            .and_then(|()| {
+                if round % 3 == 0 {
+                    w.checkpoint()
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| w.maybe_roll());
         if r.is_err() {
             failures += 1;
@@ -1250,7 +1256,10 @@ fn a_disk_that_keeps_filling_up_never_breaks_the_chain() {
     w.close().unwrap();
     drop(w);
     assert!(failures >= 5, "the disk filled up only {failures} times");
-    assert!(list_segments(&journal).unwrap().len() >= 3, "segments rolled");
+    assert!(
+        list_segments(&journal).unwrap().len() >= 3,
+        "segments rolled"
+    );
     let r = verify(&journal, Some(&dir.join("anchors.log")), Some(&k0)).unwrap();
     assert_eq!(r.exit_code(), 0, "{}", r.text());
     assert_eq!(r.frames, sent, "every frame journaled once");
@@ -1258,4 +1267,181 @@ fn a_disk_that_keeps_filling_up_never_breaks_the_chain() {
         "{failures} full-disk failures, {} segments, {} checkpoints, {sent} frames",
         r.segments, r.checkpoints
     );
+}
+
+/// A journal whose last run died at awkward moments still starts: a
+/// segment file created without its header, one with only a header, and
+/// damage in the first record of the newest segment.
+#[test]
+fn awkward_newest_segments_never_stop_auditlb_from_starting() {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir("awkward");
+    let cfg = auditlb::config::JournalConfig {
+        dir: dir.clone(),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.checkpoint().unwrap();
+    w.close().unwrap();
+    drop(w);
+    let next = |dir: &Path| {
+        let r = verify(dir, None, None).unwrap();
+        r.last_seq.unwrap() + 1
+    };
+    // Created, then the crash: no header yet, or only part of it.
+    for bytes in [&b""[..], &b"AUDITLB"[..]] {
+        let seg = dir.join(format!("{:020}.seg", next(&dir)));
+        std::fs::write(&seg, bytes).unwrap();
+        let m = auditlb::metrics::Metrics::new();
+        let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+        w.close().unwrap();
+        drop(w);
+        assert_eq!(m.sum("auditlb_journal_tamper_alarm", &[]), 0.0);
+        let r = verify(&dir, None, None).unwrap();
+        assert!(r.failure.is_none(), "{}", r.text());
+        assert!(!r.recovered.is_empty(), "the removal is recorded");
+    }
+    // Damage in the first record of the newest segment: tampering, and
+    // auditlb still starts (it used to try to reuse the file's name).
+    let seg = list_segments(&dir).unwrap().pop().unwrap().path;
+    let mut p = std::fs::metadata(&seg).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    p.set_readonly(false);
+    std::fs::set_permissions(&seg, p).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[HEADER_LEN + 30] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+    assert_eq!(m.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "evidence kept");
+    let r = verify(&dir, None, None).unwrap();
+    assert_eq!(class(&r), Some(Class::Modified), "{}", r.text());
+}
+
+/// A checkpoint claiming a huge epoch (crafted: re-chained by hand) does
+/// not stall `verify --key` or the next start.
+#[test]
+fn a_crafted_huge_epoch_is_reported_at_once() {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir("huge-epoch");
+    let k0 = keygen(&dir);
+    let journal = dir.join("journal");
+    let cfg = auditlb::config::JournalConfig {
+        dir: journal.clone(),
+        seal_key: Some(dir.join("keys/seal.key")),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.checkpoint().unwrap();
+    drop(w);
+    let seg = list_segments(&journal).unwrap().pop().unwrap().path;
+    let (header, recs) = records(&seg);
+    let h = Header::decode(&header).unwrap();
+    let raws: Vec<Vec<u8>> = recs.into_iter().map(|(_, r)| r).collect();
+    let forged = rechain(h.prev_chain, h.first_seq, &raws, |_, r, body| {
+        if r.kind() == Some(RecordType::Checkpoint) || r.kind() == Some(RecordType::Heartbeat) {
+            let mut cp = CheckpointBody::decode(body).unwrap();
+            cp.epoch = u64::MAX - 5;
+            *body = cp.encode().to_vec();
+        }
+    });
+    let mut bytes = header.clone();
+    bytes.extend_from_slice(&forged);
+    std::fs::write(&seg, &bytes).unwrap();
+    let t0 = std::time::Instant::now();
+    let r = verify(&journal, None, Some(&k0)).unwrap();
+    assert_eq!(class(&r), Some(Class::EpochGap), "{}", r.text());
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+    assert_eq!(m.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Links, FIFOs and devices named like segments are reported by `verify`
+/// and never opened (a FIFO would hang it, /dev/zero exhaust its memory);
+/// journal text in the report cannot drive the terminal.
+#[test]
+fn odd_files_named_like_segments_and_escape_sequences() {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir("odd");
+    let cfg = auditlb::config::JournalConfig {
+        dir: dir.clone(),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.checkpoint().unwrap();
+    w.close().unwrap();
+    drop(w);
+    let link = dir.join(format!("{:020}.seg", 1_000_000));
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    let r = verify(&dir, None, None).unwrap();
+    let f = r.failure.expect("a link is reported");
+    assert_eq!(f.class, Class::Modified);
+    assert!(f.message.contains("not a regular file"), "{}", f.message);
+    std::fs::remove_file(&link).unwrap();
+    let fifo = dir.join(format!("{:020}.seg", 2_000_000));
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let r = verify(&dir, None, None).unwrap();
+    assert!(r.failure.unwrap().message.contains("not a regular file"));
+    // The writer skips it too, and starts.
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    // A RECOVERY reason with an escape sequence is shown escaped.
+    let seg = list_segments(&dir).unwrap().pop().unwrap().path;
+    let (header, recs) = records(&seg);
+    let h = Header::decode(&header).unwrap();
+    let raws: Vec<Vec<u8>> = recs.into_iter().map(|(_, r)| r).collect();
+    let mut extra = Vec::new();
+    let last = parse_record(raws.last().unwrap()).unwrap();
+    encode_record(
+        &mut extra,
+        RecordType::Recovery,
+        0,
+        last.seq + 1,
+        0,
+        &[(
+            auditlb::journal::format::tag::REASON,
+            b"\x1b]0;pwned\x07\x1b[2J",
+        )],
+        &[0; 48],
+        &last.chain,
+    );
+    let mut p = std::fs::metadata(&seg).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    p.set_readonly(false);
+    std::fs::set_permissions(&seg, p).unwrap();
+    let mut bytes = header;
+    for r in &raws[..raws.len() - 1] {
+        bytes.extend_from_slice(r);
+    }
+    // Keep the chain: re-chain everything after the header with the new
+    // record before the final checkpoint.
+    let mut all: Vec<Vec<u8>> = raws[..raws.len() - 1].to_vec();
+    all.push(extra);
+    let chained = rechain(h.prev_chain, h.first_seq, &all, |_, _, _| {});
+    let mut bytes2 = Header::decode(&bytes).unwrap().encode().to_vec();
+    bytes2.extend_from_slice(&chained);
+    std::fs::write(&seg, &bytes2).unwrap();
+    let out = bin()
+        .args(["verify", "--journal"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TORN_TAIL_RECOVERED"), "{text}");
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert!(text.contains("\\x1b"), "{text}");
 }

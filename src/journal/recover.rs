@@ -653,7 +653,7 @@ mod tests {
             } else if starts.contains(&cut) {
                 assert_eq!(p.action, Action::Close, "cut {cut}");
             } else {
-                let at = *starts.iter().filter(|&&b| b < cut).last().unwrap();
+                let at = *starts.iter().rev().find(|&&b| b < cut).unwrap();
                 assert!(
                     matches!(&p.action, Action::CutTorn { at: a, .. } if *a == at),
                     "cut {cut}: {p:?}"
@@ -917,7 +917,8 @@ pub fn recover_dir(
             });
         };
         let path = &seg.path;
-        let mut append: Vec<(RecordType, Vec<(u8, Vec<u8>)>, Vec<u8>)> = Vec::new();
+        // Records to append: (type, reason, body).
+        let mut append: Vec<(RecordType, Option<String>, Vec<u8>)> = Vec::new();
         match p.action {
             Action::RemoveHalfCreated { reason } => {
                 let digest: Hash = Sha256::digest(bytes).into();
@@ -935,7 +936,7 @@ pub fn recover_dir(
                 continue;
             }
             Action::Nothing | Action::LeaveDamaged => {}
-            Action::Close => append.push((RecordType::SegmentEnd, Vec::new(), Vec::new())),
+            Action::Close => append.push((RecordType::SegmentEnd, None, Vec::new())),
             Action::CutTorn { at, reason } => {
                 let digest: Hash = Sha256::digest(&bytes[at..]).into();
                 let old_len = bytes.len() as u64;
@@ -949,22 +950,23 @@ pub fn recover_dir(
                 tracing::warn!(segment = %path.display(), cut_bytes = old_len - at as u64, at, reason = %reason, "journal torn tail cut and recorded");
                 append.push((
                     RecordType::Recovery,
-                    vec![(tag::REASON, reason.into_bytes())],
+                    Some(reason),
                     recovery_body(old_len, at as u64, &digest),
                 ));
-                append.push((RecordType::SegmentEnd, Vec::new(), Vec::new()));
+                append.push((RecordType::SegmentEnd, None, Vec::new()));
             }
         }
         if !append.is_empty() {
             let mut head = r.prev_chain.expect("a segment's plan has its chain head");
             let mut buf = Vec::new();
-            for (t, meta, body) in append {
+            for (t, reason, body) in append {
                 let body = if t == RecordType::SegmentEnd {
                     (r.segment_no - 1).to_be_bytes().to_vec()
                 } else {
                     body
                 };
-                let meta: Vec<(u8, &[u8])> = meta.iter().map(|(t, v)| (*t, &v[..])).collect();
+                let meta: Vec<(u8, &[u8])> =
+                    reason.iter().map(|r| (tag::REASON, r.as_bytes())).collect();
                 head = super::format::encode_record(
                     &mut buf,
                     t,

@@ -851,10 +851,15 @@ fn create_segment(dir: &Path, header: &Header) -> Result<(File, PathBuf), Journa
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Never follow a link or wait on a FIFO put there.
             let f = OpenOptions::new()
                 .append(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&path)
                 .map_err(io_at(&path))?;
+            if !f.metadata().map_err(io_at(&path))?.is_file() {
+                return Err(JournalError::Io { path, source: e });
+            }
             let len = f.metadata().map_err(io_at(&path))?.len();
             if len >= HEADER_LEN as u64 {
                 return Err(JournalError::Io { path, source: e });
