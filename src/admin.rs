@@ -4,7 +4,9 @@
 //! server: one request per connection, bounded request size, a read
 //! deadline, and a cap on concurrent admin connections, so a bad or slow
 //! client gets a 4xx or is cut off and cannot stall it. Spawned by the
-//! server when `[admin]` is configured.
+//! server when `[admin]` is configured. Reading a request head and routing
+//! it are pure functions ([`find_head_end`], [`parse_request`]), fuzzed in
+//! `fuzz/`; the tasks around them only do the I/O.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,40 +97,135 @@ async fn serve(mut stream: TcpStream, status: &dyn Status) -> std::io::Result<()
     stream.shutdown().await
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
+/// Where the request head in `buf` ends (just past its blank line), once
+/// it has arrived.
+pub fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-fn respond(head: &[u8], status: &dyn Status) -> (u16, &'static str, String) {
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Healthz,
+    Readyz,
+}
+
+/// Why a request is refused; [`Refusal::status`] is its HTTP status and
+/// the message its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("bad request line")]
+    BadRequestLine,
+    #[error("HTTP/1.x only")]
+    NotHttp1,
+    #[error("only GET is served")]
+    NotGet,
+    #[error("not found; try /metrics /healthz /readyz")]
+    NotFound,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::BadRequestLine | Refusal::NotHttp1 => 400,
+            Refusal::NotGet => 405,
+            Refusal::NotFound => 404,
+        }
+    }
+}
+
+/// The routing decision for one request head (its bytes up to the blank
+/// line): pure, so it is unit-tested and fuzzed (`fuzz/`). Only the
+/// request line counts: `GET PATH[?QUERY] HTTP/1.x`; headers are ignored.
+pub fn parse_request(head: &[u8]) -> Result<Route, Refusal> {
     let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
+    let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return (400, "text/plain", "bad request line\n".into());
+        return Err(Refusal::BadRequestLine);
     };
-    if !version.starts_with("HTTP/1.") {
-        return (400, "text/plain", "HTTP/1.x only\n".into());
+    if !version.starts_with(b"HTTP/1.") {
+        return Err(Refusal::NotHttp1);
     }
-    if method != "GET" {
-        return (405, "text/plain", "only GET is served\n".into());
+    if method != b"GET" {
+        return Err(Refusal::NotGet);
     }
-    let path = target.split('?').next().unwrap_or("");
+    let path = target.split(|&b| b == b'?').next().unwrap_or(&[]);
     match path {
-        "/metrics" => (
+        b"/metrics" => Ok(Route::Metrics),
+        b"/healthz" => Ok(Route::Healthz),
+        b"/readyz" => Ok(Route::Readyz),
+        _ => Err(Refusal::NotFound),
+    }
+}
+
+fn respond(head: &[u8], status: &dyn Status) -> (u16, &'static str, String) {
+    match parse_request(head) {
+        Err(why) => (why.status(), "text/plain", format!("{why}\n")),
+        Ok(Route::Metrics) => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             status.metrics().render(),
         ),
-        "/healthz" => (200, "text/plain", "ok\n".into()),
-        "/readyz" => match status.ready() {
+        Ok(Route::Healthz) => (200, "text/plain", "ok\n".into()),
+        Ok(Route::Readyz) => match status.ready() {
             Ok(()) => (200, "text/plain", "ready\n".into()),
             Err(why) => (503, "text/plain", format!("not ready: {why}\n")),
         },
-        _ => (
-            404,
-            "text/plain",
-            "not found; try /metrics /healthz /readyz\n".into(),
-        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_refusals() {
+        for (head, want) in [
+            (
+                &b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+                Ok(Route::Metrics),
+            ),
+            (
+                b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n",
+                Ok(Route::Metrics),
+            ),
+            (b"GET /healthz HTTP/1.1\r\n\r\n", Ok(Route::Healthz)),
+            (b"GET /readyz HTTP/1.1\r\n\r\n", Ok(Route::Readyz)),
+            (b"GET / HTTP/1.1\r\n\r\n", Err(Refusal::NotFound)),
+            (b"GET /metrics/ HTTP/1.1\r\n\r\n", Err(Refusal::NotFound)),
+            (
+                b"GET /m\xc3\xa9trics HTTP/1.1\r\n\r\n",
+                Err(Refusal::NotFound),
+            ),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", Err(Refusal::NotGet)),
+            (b"get /metrics HTTP/1.1\r\n\r\n", Err(Refusal::NotGet)),
+            (b"GET /metrics HTTP/2\r\n\r\n", Err(Refusal::NotHttp1)),
+            (b"GET /metrics\r\n\r\n", Err(Refusal::BadRequestLine)),
+            (b"GET\r\n\r\n", Err(Refusal::BadRequestLine)),
+            (b"\r\n\r\n", Err(Refusal::BadRequestLine)),
+            (b"", Err(Refusal::BadRequestLine)),
+            (b"\xff\xfe \x00 \x80", Err(Refusal::NotHttp1)),
+        ] {
+            assert_eq!(
+                parse_request(head),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        assert_eq!(Refusal::NotGet.status(), 405);
+        assert_eq!(
+            Refusal::NotFound.to_string(),
+            "not found; try /metrics /healthz /readyz"
+        );
+    }
+
+    #[test]
+    fn head_ends_after_the_blank_line() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r"), None);
+        assert_eq!(find_head_end(b""), None);
     }
 }

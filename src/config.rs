@@ -18,6 +18,23 @@ use crate::units::{ByteSize, HumanDuration};
 /// in one octet count (RFC 6587 allows any length; we do not).
 pub const MAX_FRAME_CEILING: u64 = 64 << 20;
 
+/// Largest `max-connections` and `max-connections-per-source`: more than
+/// one process holds file descriptors for, and far below what tokio's
+/// semaphore counts (`Semaphore::MAX_PERMITS`, 2^61 - 1; it panics past
+/// that at start or reload).
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
+const _: () = assert!(MAX_CONNECTIONS_CEILING <= tokio::sync::Semaphore::MAX_PERMITS);
+
+/// Largest `queue-bytes`: a bound on memory per backend connection, so
+/// 1GiB is generous; the dispatcher multiplies it by a backend's open
+/// connections (at most 64), which must not overflow a u64.
+pub const QUEUE_BYTES_CEILING: u64 = 1 << 30;
+
+/// Longest listener or pool name, in bytes. Names go into logs, metric
+/// labels and the meta of every journal record, whose meta part holds at
+/// most 64KiB in all.
+pub const MAX_NAME_BYTES: usize = 128;
+
 /// Errors from loading a config file. `Invalid` lists every problem found,
 /// each starting with its key path.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +107,8 @@ pub struct JournalConfig {
     /// Group commit period with `sync = "interval"`. Default 50ms.
     #[serde(default = "default_sync_interval")]
     pub sync_interval: HumanDuration,
-    /// A segment is closed after this many bytes. Default 256MiB, at least
-    /// 64KiB.
+    /// A segment is closed after this many bytes. Default 256MiB, 64KiB to
+    /// 1GiB (readers hold one segment in memory).
     #[serde(default = "default_segment_size")]
     pub segment_size: ByteSize,
     /// A checkpoint after this many records. Default 10000.
@@ -233,11 +250,11 @@ pub struct ListenerConfig {
     /// Name of the `[[pool]]` frames go to.
     pub pool: String,
     /// Concurrent client connections; more wait in the kernel backlog.
-    /// Default 10000.
+    /// Default 10000, at most 1000000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Concurrent connections from one source IP. Default: no limit below
-    /// `max-connections`.
+    /// `max-connections`. At most 1000000.
     pub max_connections_per_source: Option<usize>,
     /// Listen backlog. Default 1024.
     #[serde(default = "default_backlog")]
@@ -308,7 +325,7 @@ pub struct PoolConfig {
     #[serde(default = "default_tcp_user_timeout")]
     pub tcp_user_timeout: HumanDuration,
     /// Bytes that may wait for one backend connection (queued plus written
-    /// but unacknowledged by its kernel). Default 4MiB.
+    /// but unacknowledged by its kernel). Default 4MiB, 4KiB to 1GiB.
     #[serde(default = "default_queue_bytes")]
     pub queue_bytes: ByteSize,
     /// After a backend connection is reset (not closed cleanly), frames its
@@ -543,8 +560,11 @@ impl Config {
         if j.sync_interval.0 < Duration::from_millis(1) {
             errs.push("journal.sync-interval: must be at least 1ms".into());
         }
-        if j.segment_size.0 < 64 * 1024 {
-            errs.push("journal.segment-size: must be at least 64KiB".into());
+        if j.segment_size.0 < 64 * 1024 || j.segment_size.0 > 1 << 30 {
+            errs.push(format!(
+                "journal.segment-size: {} is out of range (64KiB to 1GiB)",
+                j.segment_size
+            ));
         }
         if j.disk_budget.0 < 2 * j.segment_size.0.min(64 << 20) {
             errs.push(format!(
@@ -587,6 +607,11 @@ impl Config {
             let at = format!("listener[{i}]");
             if l.name.trim().is_empty() {
                 errs.push(format!("{at}.name: must not be empty"));
+            } else if l.name.len() > MAX_NAME_BYTES {
+                errs.push(format!(
+                    "{at}.name: {} bytes long, at most {MAX_NAME_BYTES}",
+                    l.name.len()
+                ));
             } else if !names.insert(l.name.as_str()) {
                 errs.push(format!("{at}.name: duplicate listener name {:?}", l.name));
             }
@@ -624,13 +649,18 @@ impl Config {
                     l.max_frame
                 ));
             }
-            if l.max_connections == 0 {
-                errs.push(format!("{at}.max-connections: must be at least 1"));
-            }
-            if l.max_connections_per_source == Some(0) {
+            if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS_CEILING {
                 errs.push(format!(
-                    "{at}.max-connections-per-source: must be at least 1"
+                    "{at}.max-connections: {} is out of range (1 to {MAX_CONNECTIONS_CEILING})",
+                    l.max_connections
                 ));
+            }
+            if let Some(n) = l.max_connections_per_source {
+                if n == 0 || n > MAX_CONNECTIONS_CEILING {
+                    errs.push(format!(
+                        "{at}.max-connections-per-source: {n} is out of range (1 to {MAX_CONNECTIONS_CEILING})"
+                    ));
+                }
             }
             if l.backlog == 0 {
                 errs.push(format!("{at}.backlog: must be at least 1"));
@@ -647,6 +677,11 @@ impl Config {
             let at = format!("pool[{i}]");
             if p.name.trim().is_empty() {
                 errs.push(format!("{at}.name: must not be empty"));
+            } else if p.name.len() > MAX_NAME_BYTES {
+                errs.push(format!(
+                    "{at}.name: {} bytes long, at most {MAX_NAME_BYTES}",
+                    p.name.len()
+                ));
             } else if !pnames.insert(p.name.as_str()) {
                 errs.push(format!("{at}.name: duplicate pool name {:?}", p.name));
             }
@@ -668,8 +703,11 @@ impl Config {
             if p.replay_window.0 > 256 << 20 {
                 errs.push(format!("{at}.replay-window: at most 256MiB"));
             }
-            if p.queue_bytes.0 < 4096 {
-                errs.push(format!("{at}.queue-bytes: must be at least 4KiB"));
+            if p.queue_bytes.0 < 4096 || p.queue_bytes.0 > QUEUE_BYTES_CEILING {
+                errs.push(format!(
+                    "{at}.queue-bytes: {} is out of range (4KiB to 1GiB)",
+                    p.queue_bytes
+                ));
             }
             let h = &p.health;
             if h.interval.0 < Duration::from_millis(10) {
@@ -846,6 +884,95 @@ name = "empty"
             "pool[1].backend: pool \"empty\" has no backends",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+    }
+
+    /// Values serde accepts but the running server cannot hold: tokio's
+    /// `Semaphore::new` panics past `MAX_PERMITS` (2^61 - 1), and the
+    /// dispatcher's `connections * queue-bytes` overflows a u64. `check`
+    /// must refuse them, naming the key.
+    #[test]
+    fn limits_the_server_cannot_hold_are_refused_by_key() {
+        let text = GOOD.replace(
+            "pool = \"siem\"",
+            "pool = \"siem\"\nmax-connections = 2305843009213693952\nmax-connections-per-source = 9223372036854775807",
+        );
+        let mut c = Config::parse(&text).unwrap();
+        assert!(c.listeners[0].max_connections > tokio::sync::Semaphore::MAX_PERMITS);
+        c.pools[0].queue_bytes = ByteSize(u64::MAX / 2);
+        let errs = c.validate().unwrap_err().join("\n");
+        for want in [
+            "listener[0].max-connections: 2305843009213693952 is out of range (1 to 1000000)",
+            "listener[0].max-connections-per-source: 9223372036854775807 is out of range (1 to 1000000)",
+            "pool[0].queue-bytes: 9223372036854775807 bytes is out of range (4KiB to 1GiB)",
+        ] {
+            assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
+        }
+
+        // The ceilings themselves are fine, and fit what they feed.
+        let mut c = Config::parse(GOOD).unwrap();
+        c.listeners[0].max_connections = MAX_CONNECTIONS_CEILING;
+        c.listeners[0].max_connections_per_source = Some(MAX_CONNECTIONS_CEILING);
+        c.pools[0].queue_bytes = ByteSize(QUEUE_BYTES_CEILING);
+        c.validate().unwrap();
+        let _ = tokio::sync::Semaphore::new(MAX_CONNECTIONS_CEILING);
+        assert!(QUEUE_BYTES_CEILING.checked_mul(64).is_some());
+        c.listeners[0].max_connections = MAX_CONNECTIONS_CEILING + 1;
+        c.listeners[0].max_connections_per_source = Some(0);
+        let errs = c.validate().unwrap_err().join("\n");
+        assert!(
+            errs.contains("listener[0].max-connections: 1000001 is out of range"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("listener[0].max-connections-per-source: 0 is out of range"),
+            "{errs}"
+        );
+    }
+
+    /// A name lands in the meta of every journal record (64KiB at most for
+    /// all of it), so a huge one is refused, not written.
+    #[test]
+    fn names_are_bounded() {
+        let mut c = Config::parse(GOOD).unwrap();
+        c.listeners[0].name = "l".repeat(MAX_NAME_BYTES);
+        c.validate().unwrap();
+        c.listeners[0].name = "l".repeat(40_000);
+        c.pools[0].name = "p".repeat(40_000);
+        c.listeners[0].pool = c.pools[0].name.clone();
+        let errs = c.validate().unwrap_err().join("\n");
+        assert!(
+            errs.contains("listener[0].name: 40000 bytes long, at most 128"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("pool[0].name: 40000 bytes long, at most 128"),
+            "{errs}"
+        );
+    }
+
+    /// Huge numbers in durations and sizes are parse errors naming the key,
+    /// never an overflow.
+    #[test]
+    fn huge_durations_and_sizes_are_parse_errors() {
+        for (key, value) in [
+            ("idle-timeout", "\"99999999999999999999d\""),
+            ("idle-timeout", "\"3651d\""),
+            ("frame-timeout", &format!("\"{}s\"", "9".repeat(400))),
+            ("max-frame", "\"99999999999999999999TiB\""),
+            ("max-frame", "\"18446744073709551616\""),
+            ("max-frame", &format!("\"{}\"", "9".repeat(400))),
+            ("max-frame", "-1"),
+            ("max-connections", "-1"),
+            ("max-connections", "99999999999999999999"),
+            ("backlog", "4294967296"),
+        ] {
+            let text = GOOD.replace(
+                "pool = \"siem\"",
+                &format!("pool = \"siem\"\n{key} = {value}"),
+            );
+            let e = Config::parse(&text).unwrap_err();
+            assert!(e.contains(key), "{key} = {value}: {e}");
         }
     }
 

@@ -1,13 +1,15 @@
 //! The unit of work: a [`Frame`] is one message cut from a client stream, a
 //! `Bytes` slice of that client's read buffer plus who sent it. Sessions make
 //! them, the dispatcher numbers and routes them, upstreams write them and may
-//! hand them back; later the journal records them.
+//! hand them back; later the journal records them. Also the one rule for
+//! writing a frame as one line ([`escape_lf`]), shared by LF-framed
+//! upstreams and `auditlb cat --format raw`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// No backend chosen yet for a `connection`-balanced client.
 pub const NO_BACKEND: usize = usize::MAX;
@@ -78,5 +80,43 @@ impl Frame {
 
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+}
+
+/// What an LF inside a frame becomes where each frame must be one line: an
+/// LF-framed backend (`framing = "lf"`) and `auditlb cat --format raw`.
+/// `#012` is the octal escape rsyslog writes for a control character.
+pub const LF_ESCAPE: &[u8] = b"#012";
+
+/// A frame as one line: every LF replaced by [`LF_ESCAPE`]. Nothing else is
+/// touched, `#` and `\` included, as rsyslog does it: a frame that already
+/// holds the text `#012` reads the same as one that held an LF, so the
+/// escape keeps one frame per line but is not reversible (`cat --format
+/// jsonl` shows frames byte for byte). It copies: callers look for an LF
+/// first and pass LF-free frames on as they are.
+pub fn escape_lf(data: &[u8]) -> Bytes {
+    let lfs = memchr::memchr_iter(b'\n', data).count();
+    let mut out = BytesMut::with_capacity(data.len() + lfs * (LF_ESCAPE.len() - 1));
+    let mut last = 0;
+    for i in memchr::memchr_iter(b'\n', data) {
+        out.put_slice(&data[last..i]);
+        out.put_slice(LF_ESCAPE);
+        last = i + 1;
+    }
+    out.put_slice(&data[last..]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_every_lf_and_nothing_else() {
+        assert_eq!(&escape_lf(b"a\nb\n")[..], b"a#012b#012");
+        assert_eq!(&escape_lf(b"\n")[..], b"#012");
+        assert_eq!(&escape_lf(b"")[..], b"");
+        // `#`, `\` and CR pass as they are, as rsyslog leaves them.
+        assert_eq!(&escape_lf(b"#012 \\n #\r")[..], b"#012 \\n #\r");
     }
 }

@@ -184,6 +184,36 @@ mod tests {
         assert!(parse_duration("1e400s").is_err());
     }
 
+    /// Numbers too big for a `Duration` or a u64 are errors, not overflows
+    /// (durations stop at ten years).
+    #[test]
+    fn huge_numbers_are_errors() {
+        let ten_years = 10 * 365 * 86_400;
+        assert_eq!(
+            parse_duration(&format!("{ten_years}s")).unwrap(),
+            Duration::from_secs(ten_years)
+        );
+        for s in [
+            format!("{}s", ten_years + 1),
+            "99999999999999999999d".into(),
+            format!("{}us", "9".repeat(400)),
+            "9999999999.5d".into(),
+        ] {
+            let e = parse_duration(&s).unwrap_err();
+            assert!(e.contains("too large"), "{s}: {e}");
+        }
+        for s in [
+            "18446744073709551615".to_owned(),
+            "99999999999999999999TiB".into(),
+            "16777216TiB".into(),
+            format!("{}B", "9".repeat(400)),
+        ] {
+            let e = parse_size(&s).unwrap_err();
+            assert!(e.contains("too large"), "{s}: {e}");
+        }
+        assert_eq!(parse_size("16777215TiB").unwrap(), 16_777_215 << 40);
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("64KiB").unwrap(), 65536);

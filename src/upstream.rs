@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::OutFraming;
-use crate::frame::Frame;
+use crate::frame::{escape_lf, Frame};
 use crate::metrics::PoolMetrics;
 use crate::pool::Backend;
 
@@ -563,20 +563,6 @@ impl Upstream {
     }
 }
 
-/// rsyslog's escape for a control character: LF becomes `#012`.
-fn escape_lf(data: &[u8]) -> Bytes {
-    let extra = memchr::memchr_iter(b'\n', data).count() * 3;
-    let mut out = BytesMut::with_capacity(data.len() + extra);
-    let mut last = 0;
-    for i in memchr::memchr_iter(b'\n', data) {
-        out.put_slice(&data[last..i]);
-        out.put_slice(b"#012");
-        last = i + 1;
-    }
-    out.put_slice(&data[last..]);
-    out.freeze()
-}
-
 /// Bytes in the socket's send queue not yet acknowledged by the peer
 /// (`SIOCOUTQ`).
 fn unacked_bytes(fd: RawFd) -> Option<u64> {
@@ -636,12 +622,6 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_every_lf() {
-        assert_eq!(&escape_lf(b"a\nb\n")[..], b"a#012b#012");
-        assert_eq!(&escape_lf(b"\n")[..], b"#012");
-    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {

@@ -1,11 +1,23 @@
-//! `auditlb cat`: frames back out of a journal, raw (each frame followed by
-//! LF, as an LF-framed client sent it) or as JSON lines (every record, with
-//! its seq, time, type, listener, client and frame). Reads; verifies
-//! nothing (that is `verify`'s job) but stops at unreadable bytes and says
-//! so.
+//! `auditlb cat`: frames back out of a journal, raw or as JSON lines. Reads;
+//! verifies nothing (that is `verify`'s job) but stops at unreadable bytes
+//! and says so. Called by `main` for `auditlb cat`.
+//!
+//! - `raw`: one line per frame, as an LF-framed backend receives it: the
+//!   frame, an LF inside it written as `#012` (rsyslog's escape, the rule of
+//!   [`crate::frame::escape_lf`]), then LF. Lines and frames match one to
+//!   one; `#` and `\` are not escaped, so a frame holding the text `#012`
+//!   looks like one that held an LF.
+//! - `jsonl`: every record, with its seq, time, type, listener, client,
+//!   backend and the frame byte for byte (JSON string, or base64 when not
+//!   UTF-8).
+//!
+//! `--from`/`--to` take a seq or an RFC 3339 time; any other text is an
+//! error, never a panic.
 
 use std::io::{self, Write};
 use std::path::Path;
+
+use crate::frame::escape_lf;
 
 use super::format::{decode_ranges, flags, tag, CheckpointBody, Record, RecordType};
 use super::reader::{list_segments, Mapped, Records};
@@ -86,8 +98,7 @@ pub fn cat(
             match format {
                 Format::Raw => {
                     if r.kind() == Some(RecordType::Frame) {
-                        out.write_all(r.body)?;
-                        out.write_all(b"\n")?;
+                        write_raw_line(out, r.body)?;
                         n += 1;
                     }
                 }
@@ -100,6 +111,16 @@ pub fn cat(
     }
     out.flush()?;
     Ok(n)
+}
+
+/// One frame as one line of `--format raw`.
+fn write_raw_line(out: &mut dyn Write, frame: &[u8]) -> io::Result<()> {
+    if memchr::memchr(b'\n', frame).is_some() {
+        out.write_all(&escape_lf(frame))?;
+    } else {
+        out.write_all(frame)?;
+    }
+    out.write_all(b"\n")
 }
 
 /// Every (start, end, backend) range of DELIVERY records, sorted.
@@ -235,50 +256,78 @@ pub fn format_rfc3339(ns: i64) -> String {
     )
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` to Unix nanoseconds.
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` to Unix nanoseconds. Works
+/// on bytes and reads every field through `get`, so no input (non-ASCII,
+/// short, long) can index out of bounds or split a character: anything but
+/// that shape, with ASCII digits where digits go and real dates and
+/// offsets, is `None`.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
+    let digits = |at: usize, n: usize| -> Option<i64> {
+        b.get(at..at.checked_add(n)?)?
+            .iter()
+            .try_fold(0i64, |v, &c| {
+                c.is_ascii_digit().then(|| v * 10 + i64::from(c - b'0'))
+            })
+    };
+    let is = |at: usize, ok: &[u8]| b.get(at).is_some_and(|c| ok.contains(c));
+    if !(is(4, b"-") && is(7, b"-") && is(10, b"Tt ") && is(13, b":") && is(16, b":")) {
+        return None;
+    }
+    let (y, mo, d) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (h, mi, se) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 60
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
+    let mut zone = 19;
     let mut nanos: i64 = 0;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let frac = s.get(start..i)?;
-        if frac.is_empty() {
+    if b.get(19) == Some(&b'.') {
+        let n = b
+            .get(20..)?
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if n == 0 {
             return None;
         }
-        let digits: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
-        nanos = digits.parse().ok()?;
+        // Nanosecond precision: digits past the ninth are dropped.
+        for k in 0..9 {
+            nanos = nanos * 10 + if k < n { digits(20 + k, 1)? } else { 0 };
+        }
+        zone = 20 + n;
     }
-    let offset = match s.get(i..)? {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (tz[1..3].parse::<i64>().ok()? * 3600 + tz[4..6].parse::<i64>().ok()? * 60)
+    let offset = match b.get(zone..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (digits(zone + 1, 2)?, digits(zone + 4, 2)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
+            if *sign == b'-' {
+                -off
+            } else {
+                off
+            }
         }
         _ => return None,
     };
-    let days = days_from_civil(y, mo as u32, d as u32);
+    let mo = u32::try_from(mo).ok()?;
+    let d = u32::try_from(d).ok()?;
+    let days = days_from_civil(y, mo, d);
     let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset;
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// Days in month `mo` (1-12) of year `y` (proleptic Gregorian).
+fn days_in_month(y: i64, mo: i64) -> i64 {
+    match mo {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 #[cfg(test)]
@@ -298,6 +347,142 @@ mod tests {
         assert!(parse_rfc3339("yesterday").is_none());
         assert_eq!(Bound::parse("42"), Ok(Bound::Seq(42)));
         assert!(Bound::parse("42x").is_err());
+    }
+
+    /// A journal directory with one segment holding `frames` as FRAME
+    /// records, seq 1, 2, ...
+    fn journal_of(frames: &[&[u8]]) -> tempfile::TempDir {
+        use super::super::format::{encode_record, genesis, segment_name, Header};
+        let dir = tempfile::tempdir().unwrap();
+        let id = [7u8; 16];
+        let mut prev = genesis(&id);
+        let mut seg = Header {
+            journal_id: id,
+            segment_no: 0,
+            first_seq: 1,
+            prev_chain: prev,
+        }
+        .encode()
+        .to_vec();
+        for (i, body) in frames.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let meta: &[(u8, &[u8])] = &[(tag::LISTENER, b"l"), (tag::CLIENT, b"127.0.0.1:9")];
+            prev = encode_record(&mut seg, RecordType::Frame, 0, seq, 0, meta, body, &prev);
+        }
+        std::fs::write(dir.path().join(segment_name(1)), seg).unwrap();
+        dir
+    }
+
+    #[test]
+    fn raw_output_is_one_line_per_frame() {
+        let frames: [&[u8]; 5] = [
+            b"<13>plain",
+            b"<13>two\nlines\n",
+            b"\n",
+            b"<13>literal #012 and \\ stay",
+            b"<13>cr\r",
+        ];
+        let dir = journal_of(&frames);
+        let mut out = Vec::new();
+        assert_eq!(
+            cat(dir.path(), None, None, Format::Raw, &mut out).unwrap(),
+            5
+        );
+        assert_eq!(
+            out,
+            b"<13>plain\n<13>two#012lines#012\n#012\n<13>literal #012 and \\ stay\n<13>cr\r\n"
+        );
+        assert_eq!(out.iter().filter(|&&c| c == b'\n').count(), frames.len());
+        // The same bytes an LF-framed backend gets for each frame.
+        for (line, frame) in out.split(|&c| c == b'\n').zip(frames) {
+            let sent = if frame.contains(&b'\n') {
+                escape_lf(frame).to_vec()
+            } else {
+                frame.to_vec()
+            };
+            assert_eq!(line, &sent[..]);
+        }
+        // jsonl still has them byte for byte.
+        let mut json = Vec::new();
+        cat(
+            dir.path(),
+            Some(Bound::Seq(2)),
+            Some(Bound::Seq(2)),
+            Format::Jsonl,
+            &mut json,
+        )
+        .unwrap();
+        let json = String::from_utf8(json).unwrap();
+        assert!(json.contains(r#""frame":"<13>two\nlines\n""#), "{json}");
+    }
+
+    #[test]
+    fn rfc3339_rejects_what_is_not_a_real_time() {
+        for bad in [
+            "2026-02-29T00:00:00Z",      // not a leap year
+            "2026-04-31T00:00:00Z",      // April has 30 days
+            "+026-01-01T00:00:00Z",      // sign where a digit goes
+            "2026-01-01T-1:00:00Z",      // negative hour
+            "2026-01-01T00:00:00+24:00", // offset out of range
+            "2026-01-01T00:00:00+01:60",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00+0100",
+            "2026-01-01T00:00:00Zjunk",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+            assert!(Bound::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_rfc3339("2024-02-29T23:59:60.123456789123-00:30"),
+            Some(1_709_253_000_000_000_000 + 123_456_789)
+        );
+    }
+
+    /// Odd `--from`/`--to` text is an error, never a panic: non-ASCII at and
+    /// between every position of a good time, every truncation, very long
+    /// and empty strings.
+    #[test]
+    fn bound_parse_never_panics() {
+        let good = "2026-11-26T10:20:30.123+01:30";
+        assert!(Bound::parse(good).is_ok());
+        let mut inputs: Vec<String> = vec![
+            String::new(),
+            " ".into(),
+            "é".into(),
+            "é2026-01-01".into(),
+            "é2026-01-01T00:00:00Z".into(),
+            "２０２６-01-01T00:00:00Z".into(),
+            "2026-01-01T00:00:00+0é00".into(),
+            "2026-01-01T00:00:00-é:00".into(),
+            "2026-01-01T00:00:00+01:é".into(),
+            "2026-01-01T00:00:00.é".into(),
+            "2026-01-01T00:00:00.1é".into(),
+            "2026-01-01T00:00:00\u{1F600}".into(),
+            "99999999999999999999999999".into(),
+            "-1".into(),
+            "9".repeat(100_000),
+            format!("2026-01-01T00:00:00.{}Z", "9".repeat(100_000)),
+            "\0".repeat(40),
+        ];
+        for (i, _) in good.char_indices().chain([(good.len(), ' ')]) {
+            if i > 4 && i < good.len() {
+                assert!(Bound::parse(&good[..i]).is_err(), "{}", &good[..i]);
+            }
+            inputs.push(good[..i].to_owned());
+            for odd in ["é", "€", "\u{1F600}", "\u{0}", "\u{FEFF}"] {
+                inputs.push(format!("{}{odd}{}", &good[..i], &good[i..]));
+                let next = good[i..].chars().next().map_or(0, char::len_utf8);
+                inputs.push(format!("{}{odd}{}", &good[..i], &good[i + next..]));
+            }
+        }
+        for s in &inputs {
+            let r = std::panic::catch_unwind(|| Bound::parse(s));
+            let r = r.unwrap_or_else(|_| panic!("Bound::parse panicked on {s:?}"));
+            if !s.is_ascii() {
+                assert!(r.is_err(), "{s:?} parsed as {r:?}");
+            }
+        }
     }
 
     #[test]

@@ -214,11 +214,18 @@ pub fn encode_unchained(
     meta: &[(u8, &[u8])],
     body: &[u8],
 ) -> usize {
-    let meta_len: usize = meta
-        .iter()
-        .map(|(_, v)| 3 + v.len().min(u16::MAX as usize))
-        .sum();
-    let meta_len = meta_len.min(u16::MAX as usize);
+    // The meta entries that fit in the u16 meta length, whole, in order:
+    // exactly what is declared is written.
+    let mut meta_len = 0usize;
+    let mut fit = 0;
+    for (_, v) in meta {
+        let add = 3 + v.len().min(u16::MAX as usize);
+        if meta_len + add > u16::MAX as usize {
+            break;
+        }
+        meta_len += add;
+        fit += 1;
+    }
     let len = RECORD_OVERHEAD + meta_len + body.len();
     let len32 = u32::try_from(len).expect("records are bounded by max-frame");
     let start = out.len();
@@ -229,12 +236,8 @@ pub fn encode_unchained(
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&time_ns.to_be_bytes());
     out.extend_from_slice(&(meta_len as u16).to_be_bytes());
-    let meta_start = out.len();
-    for (t, v) in meta {
+    for (t, v) in &meta[..fit] {
         let v = &v[..v.len().min(u16::MAX as usize)];
-        if out.len() - meta_start + 3 + v.len() > meta_len {
-            break;
-        }
         out.push(*t);
         out.extend_from_slice(&(v.len() as u16).to_be_bytes());
         out.extend_from_slice(v);
@@ -565,6 +568,35 @@ mod tests {
                 b[i] ^= 1 << bit;
                 let _ = parse_record(&b);
             }
+        }
+    }
+
+    #[test]
+    fn meta_over_64k_is_cut_to_whole_entries_and_the_record_parses() {
+        let long = vec![b'l'; 65520];
+        for meta in [
+            vec![
+                (tag::LISTENER, &long[..]),
+                (tag::CLIENT, &b"127.0.0.1:12345"[..]),
+                (tag::POOL, &b"siem"[..]),
+            ],
+            vec![(tag::LISTENER, &[b'x'; 70000][..]), (tag::POOL, &b"p"[..])],
+        ] {
+            let mut buf = Vec::new();
+            encode_record(
+                &mut buf,
+                RecordType::Frame,
+                0,
+                1,
+                0,
+                &meta,
+                b"body",
+                &[0; 32],
+            );
+            let r = parse_record(&buf).unwrap();
+            assert_eq!(r.raw.len(), buf.len());
+            assert_eq!(r.body, b"body");
+            assert!(r.meta_value(meta[0].0).map_or(0, <[u8]>::len) <= 65532);
         }
     }
 
