@@ -99,7 +99,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     journal_id: Some(h.journal_id),
                     segment_no: 1,
                     prev_chain: Some(h.chain),
-                    next_seq: h.seq + 1,
+                    next_seq: h.seq.saturating_add(1),
                     last_epoch: Some(h.epoch),
                 },
                 alarms: vec![Alarm {
@@ -145,7 +145,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
     let w = walk(&header, bytes);
     let mut resume = Resume {
         journal_id: Some(header.journal_id),
-        segment_no: header.segment_no + 1,
+        segment_no: header.segment_no.saturating_add(1),
         prev_chain: Some(w.head),
         next_seq: w.next_seq,
         last_epoch: w.last_epoch,
@@ -184,7 +184,10 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     });
                     // Past every seq in the damaged file, so no two
                     // segments claim one seq and no name is reused.
-                    resume.next_seq = resume.next_seq.max(w.max_seq_seen + 1).max(name_seq + 1);
+                    resume.next_seq = resume
+                        .next_seq
+                        .max(w.max_seq_seen.saturating_add(1))
+                        .max(name_seq.saturating_add(1));
                     Action::LeaveDamaged
                 }
             }
@@ -200,7 +203,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     head.map_or(0, |h| h.seq)
                 ),
             });
-            resume.next_seq = resume.next_seq.max(name_seq + 1);
+            resume.next_seq = resume.next_seq.max(name_seq.saturating_add(1));
             return Plan {
                 action: Action::LeaveDamaged,
                 resume,
@@ -273,7 +276,7 @@ fn half_created(
                 journal_id: Some(h.journal_id),
                 segment_no: 1,
                 prev_chain: Some(h.chain),
-                next_seq: (name_seq + 1).max(h.seq + 1),
+                next_seq: name_seq.saturating_add(1).max(h.seq.saturating_add(1)),
                 last_epoch: Some(h.epoch),
             },
             alarms: vec![Alarm {
@@ -312,9 +315,9 @@ fn damaged_header(
             last_chain = Some(r.chain);
         }
     }
-    let mut next_seq = max_seq + 1;
+    let mut next_seq = max_seq.saturating_add(1);
     if let Some(h) = head {
-        next_seq = next_seq.max(h.seq + 1);
+        next_seq = next_seq.max(h.seq.saturating_add(1));
     }
     let id: Option<[u8; 16]> = head
         .map(|h| h.journal_id)
@@ -402,7 +405,7 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
                     break;
                 }
                 let chain = chain_step(&w.head, r.seq, &record_digest(r.raw));
-                if r.seq != w.next_seq || chain != r.chain {
+                if r.seq != w.next_seq || chain != r.chain || r.seq == u64::MAX {
                     w.damage = Some(Damage {
                         at,
                         what: format!(
@@ -428,7 +431,7 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
                     break;
                 }
                 w.head = chain;
-                w.next_seq = r.seq + 1;
+                w.next_seq = r.seq.saturating_add(1);
                 w.records += 1;
                 if let Some(k) = r.kind() {
                     if k.is_checkpoint() {
@@ -451,10 +454,8 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
                         (format!("unreadable record at offset {at}: {m}"), false)
                     }
                 };
-                let torn = !w.ended
-                    && at >= last_checkpoint_end
-                    && looks_torn(&bytes[at..], incomplete)
-                    && !whole_record_at_end(bytes, at);
+                let torn =
+                    !w.ended && at >= last_checkpoint_end && is_torn_tail(bytes, at, incomplete);
                 w.damage = Some(Damage {
                     at,
                     what: if w.ended {
@@ -478,6 +479,13 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
         }
     }
     w
+}
+
+/// Whether the bytes of a segment from offset `at` (where a record does
+/// not parse: `incomplete`, or malformed) to its end are a write cut short
+/// by a crash, as recovery and `verify` both judge it.
+pub fn is_torn_tail(bytes: &[u8], at: usize, incomplete: bool) -> bool {
+    looks_torn(&bytes[at..], incomplete) && !whole_record_at_end(bytes, at)
 }
 
 /// Whether the bytes from a bad record to the end look like a write cut
@@ -514,6 +522,198 @@ pub fn recovery_body(old_len: u64, new_len: u64, dropped: &Hash) -> Vec<u8> {
     body.extend_from_slice(&new_len.to_be_bytes());
     body.extend_from_slice(dropped);
     body
+}
+
+// ---- Applying the plan (I/O) ----
+
+/// What start-up recovery leaves for the writer.
+#[derive(Debug)]
+pub struct Recovered {
+    pub journal_id: [u8; 16],
+    /// Number of the segment to create.
+    pub segment_no: u64,
+    pub prev_chain: Hash,
+    pub next_seq: u64,
+    /// Epoch of the newest checkpoint (in the journal or the anchors).
+    pub last_epoch: Option<u64>,
+    /// Tampering found now.
+    pub alarms: Vec<Alarm>,
+    /// RECOVERY records for the new segment: (reason, body) of each
+    /// half-created segment removed.
+    pub notes: Vec<(String, Vec<u8>)>,
+    /// No journal and nothing anchored: a journal starts here.
+    pub new_journal: bool,
+}
+
+/// Plans recovery for the journal in `dir` and carries the plan out: cuts
+/// a torn tail (recording it), closes the last segment, removes a
+/// half-created one, leaves a damaged one as it is. `anchors` is the
+/// anchors file, when configured.
+pub fn recover_dir(
+    dir: &std::path::Path,
+    anchors: Option<&std::path::Path>,
+    metrics: &super::JournalMetrics,
+) -> Result<Recovered, super::writer::JournalError> {
+    use super::writer::{io_at, now_ns, seal_file};
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+
+    let anchors = match anchors {
+        Some(p) => Some((p, Anchors::read(p).map_err(io_at(p))?)),
+        None => None,
+    };
+    let mut alarms = Vec::new();
+    if let Some((p, a)) = &anchors {
+        if !a.bad_lines.is_empty() {
+            alarms.push(Alarm {
+                class: "MODIFIED",
+                message: format!(
+                    "anchors file {}: line(s) {:?} are not anchor lines",
+                    p.display(),
+                    a.bad_lines
+                ),
+            });
+        }
+    }
+    let mut notes = Vec::new();
+    loop {
+        let segments = super::reader::list_segments(dir).map_err(io_at(dir))?;
+        let last = segments.last();
+        let mapped = match last {
+            Some(s) => Some(super::reader::Mapped::open(&s.path).map_err(io_at(&s.path))?),
+            None => None,
+        };
+        let bytes = mapped.as_ref().map(|m| m.bytes());
+        let p = plan(
+            last.zip(bytes).map(|(s, b)| (s.name_seq, b)),
+            anchors.as_ref().map(|a| &a.1),
+        );
+        alarms.extend(p.alarms);
+        let mut r = p.resume;
+        let (Some(seg), Some(bytes)) = (last, bytes) else {
+            let new_journal = r.journal_id.is_none();
+            let journal_id = match r.journal_id {
+                Some(id) => id,
+                None => super::seal::random_bytes()
+                    .map_err(io_at(std::path::Path::new("/dev/urandom")))?,
+            };
+            return Ok(Recovered {
+                journal_id,
+                segment_no: r.segment_no,
+                prev_chain: r
+                    .prev_chain
+                    .unwrap_or_else(|| super::format::genesis(&journal_id)),
+                next_seq: r.next_seq,
+                last_epoch: r.last_epoch,
+                alarms,
+                notes,
+                new_journal,
+            });
+        };
+        let path = &seg.path;
+        // Records to append: (type, reason, body).
+        let mut append: Vec<(RecordType, Option<String>, Vec<u8>)> = Vec::new();
+        match p.action {
+            Action::RemoveHalfCreated { reason } => {
+                let digest: Hash = Sha256::digest(bytes).into();
+                notes.push((
+                    reason.clone(),
+                    recovery_body(bytes.len() as u64, 0, &digest),
+                ));
+                drop(mapped);
+                std::fs::remove_file(path).map_err(io_at(path))?;
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                metrics.recoveries.inc();
+                tracing::warn!(segment = %path.display(), reason = %reason, "journal: half-created segment removed");
+                continue;
+            }
+            Action::Nothing | Action::LeaveDamaged => {}
+            Action::Close => append.push((RecordType::SegmentEnd, None, Vec::new())),
+            Action::CutTorn { at, reason } => {
+                let digest: Hash = Sha256::digest(&bytes[at..]).into();
+                let old_len = bytes.len() as u64;
+                drop(mapped);
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_at(path))?;
+                f.set_len(at as u64).map_err(io_at(path))?;
+                metrics.recoveries.inc();
+                tracing::warn!(segment = %path.display(), cut_bytes = old_len - at as u64, at, reason = %reason, "journal torn tail cut and recorded");
+                append.push((
+                    RecordType::Recovery,
+                    Some(reason),
+                    recovery_body(old_len, at as u64, &digest),
+                ));
+                append.push((RecordType::SegmentEnd, None, Vec::new()));
+            }
+        }
+        if !append.is_empty() {
+            let mut head = r.prev_chain.expect("a segment's plan has its chain head");
+            let mut buf = Vec::new();
+            for (t, reason, body) in append {
+                let body = if t == RecordType::SegmentEnd {
+                    (r.segment_no - 1).to_be_bytes().to_vec()
+                } else {
+                    body
+                };
+                let meta: Vec<(u8, &[u8])> =
+                    reason.iter().map(|r| (tag::REASON, r.as_bytes())).collect();
+                head = super::format::encode_record(
+                    &mut buf,
+                    t,
+                    0,
+                    r.next_seq,
+                    now_ns(),
+                    &meta,
+                    &body,
+                    &head,
+                );
+                r.next_seq += 1;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map_err(io_at(path))?;
+            f.write_all(&buf).map_err(io_at(path))?;
+            f.sync_data().map_err(io_at(path))?;
+            r.prev_chain = Some(head);
+        }
+        seal_file(path).map_err(io_at(path))?;
+        let journal_id = match r.journal_id {
+            Some(id) => id,
+            None => {
+                super::seal::random_bytes().map_err(io_at(std::path::Path::new("/dev/urandom")))?
+            }
+        };
+        let mut last_epoch = r.last_epoch;
+        if last_epoch.is_none() {
+            // The newest segment has no checkpoint (a run that died before
+            // its first): epochs go on from an earlier segment.
+            last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|s| {
+                let m = super::reader::Mapped::open(&s.path).ok()?;
+                Records::new(m.bytes())
+                    .map_while(Result::ok)
+                    .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
+                    .filter_map(|(_, r)| CheckpointBody::decode(r.body).map(|c| c.epoch))
+                    .last()
+            });
+        }
+        return Ok(Recovered {
+            journal_id,
+            segment_no: r.segment_no,
+            prev_chain: r
+                .prev_chain
+                .unwrap_or_else(|| super::format::genesis(&journal_id)),
+            next_seq: r.next_seq,
+            last_epoch,
+            alarms,
+            notes,
+            new_journal: false,
+        });
+    }
 }
 
 #[cfg(test)]
@@ -827,197 +1027,5 @@ mod tests {
         let p = plan(None, Some(&Anchors::default()));
         assert_eq!(p.resume.journal_id, None);
         assert!(p.alarms.is_empty());
-    }
-}
-
-// ---- Applying the plan (I/O) ----
-
-/// What start-up recovery leaves for the writer.
-#[derive(Debug)]
-pub struct Recovered {
-    pub journal_id: [u8; 16],
-    /// Number of the segment to create.
-    pub segment_no: u64,
-    pub prev_chain: Hash,
-    pub next_seq: u64,
-    /// Epoch of the newest checkpoint (in the journal or the anchors).
-    pub last_epoch: Option<u64>,
-    /// Tampering found now.
-    pub alarms: Vec<Alarm>,
-    /// RECOVERY records for the new segment: (reason, body) of each
-    /// half-created segment removed.
-    pub notes: Vec<(String, Vec<u8>)>,
-    /// No journal and nothing anchored: a journal starts here.
-    pub new_journal: bool,
-}
-
-/// Plans recovery for the journal in `dir` and carries the plan out: cuts
-/// a torn tail (recording it), closes the last segment, removes a
-/// half-created one, leaves a damaged one as it is. `anchors` is the
-/// anchors file, when configured.
-pub fn recover_dir(
-    dir: &std::path::Path,
-    anchors: Option<&std::path::Path>,
-    metrics: &super::JournalMetrics,
-) -> Result<Recovered, super::writer::JournalError> {
-    use super::writer::{io_at, now_ns, seal_file};
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
-
-    let anchors = match anchors {
-        Some(p) => Some((p, Anchors::read(p).map_err(io_at(p))?)),
-        None => None,
-    };
-    let mut alarms = Vec::new();
-    if let Some((p, a)) = &anchors {
-        if !a.bad_lines.is_empty() {
-            alarms.push(Alarm {
-                class: "MODIFIED",
-                message: format!(
-                    "anchors file {}: line(s) {:?} are not anchor lines",
-                    p.display(),
-                    a.bad_lines
-                ),
-            });
-        }
-    }
-    let mut notes = Vec::new();
-    loop {
-        let segments = super::reader::list_segments(dir).map_err(io_at(dir))?;
-        let last = segments.last();
-        let mapped = match last {
-            Some(s) => Some(super::reader::Mapped::open(&s.path).map_err(io_at(&s.path))?),
-            None => None,
-        };
-        let bytes = mapped.as_ref().map(|m| m.bytes());
-        let p = plan(
-            last.zip(bytes).map(|(s, b)| (s.name_seq, b)),
-            anchors.as_ref().map(|a| &a.1),
-        );
-        alarms.extend(p.alarms);
-        let mut r = p.resume;
-        let (Some(seg), Some(bytes)) = (last, bytes) else {
-            let new_journal = r.journal_id.is_none();
-            let journal_id = match r.journal_id {
-                Some(id) => id,
-                None => super::seal::random_bytes()
-                    .map_err(io_at(std::path::Path::new("/dev/urandom")))?,
-            };
-            return Ok(Recovered {
-                journal_id,
-                segment_no: r.segment_no,
-                prev_chain: r
-                    .prev_chain
-                    .unwrap_or_else(|| super::format::genesis(&journal_id)),
-                next_seq: r.next_seq,
-                last_epoch: r.last_epoch,
-                alarms,
-                notes,
-                new_journal,
-            });
-        };
-        let path = &seg.path;
-        // Records to append: (type, reason, body).
-        let mut append: Vec<(RecordType, Option<String>, Vec<u8>)> = Vec::new();
-        match p.action {
-            Action::RemoveHalfCreated { reason } => {
-                let digest: Hash = Sha256::digest(bytes).into();
-                notes.push((
-                    reason.clone(),
-                    recovery_body(bytes.len() as u64, 0, &digest),
-                ));
-                drop(mapped);
-                std::fs::remove_file(path).map_err(io_at(path))?;
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-                metrics.recoveries.inc();
-                tracing::warn!(segment = %path.display(), reason = %reason, "journal: half-created segment removed");
-                continue;
-            }
-            Action::Nothing | Action::LeaveDamaged => {}
-            Action::Close => append.push((RecordType::SegmentEnd, None, Vec::new())),
-            Action::CutTorn { at, reason } => {
-                let digest: Hash = Sha256::digest(&bytes[at..]).into();
-                let old_len = bytes.len() as u64;
-                drop(mapped);
-                let f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(io_at(path))?;
-                f.set_len(at as u64).map_err(io_at(path))?;
-                metrics.recoveries.inc();
-                tracing::warn!(segment = %path.display(), cut_bytes = old_len - at as u64, at, reason = %reason, "journal torn tail cut and recorded");
-                append.push((
-                    RecordType::Recovery,
-                    Some(reason),
-                    recovery_body(old_len, at as u64, &digest),
-                ));
-                append.push((RecordType::SegmentEnd, None, Vec::new()));
-            }
-        }
-        if !append.is_empty() {
-            let mut head = r.prev_chain.expect("a segment's plan has its chain head");
-            let mut buf = Vec::new();
-            for (t, reason, body) in append {
-                let body = if t == RecordType::SegmentEnd {
-                    (r.segment_no - 1).to_be_bytes().to_vec()
-                } else {
-                    body
-                };
-                let meta: Vec<(u8, &[u8])> =
-                    reason.iter().map(|r| (tag::REASON, r.as_bytes())).collect();
-                head = super::format::encode_record(
-                    &mut buf,
-                    t,
-                    0,
-                    r.next_seq,
-                    now_ns(),
-                    &meta,
-                    &body,
-                    &head,
-                );
-                r.next_seq += 1;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .map_err(io_at(path))?;
-            f.write_all(&buf).map_err(io_at(path))?;
-            f.sync_data().map_err(io_at(path))?;
-            r.prev_chain = Some(head);
-        }
-        seal_file(path).map_err(io_at(path))?;
-        let journal_id = match r.journal_id {
-            Some(id) => id,
-            None => {
-                super::seal::random_bytes().map_err(io_at(std::path::Path::new("/dev/urandom")))?
-            }
-        };
-        let mut last_epoch = r.last_epoch;
-        if last_epoch.is_none() {
-            // The newest segment has no checkpoint (a run that died before
-            // its first): epochs go on from an earlier segment.
-            last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|s| {
-                let m = super::reader::Mapped::open(&s.path).ok()?;
-                Records::new(m.bytes())
-                    .map_while(Result::ok)
-                    .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
-                    .filter_map(|(_, r)| CheckpointBody::decode(r.body).map(|c| c.epoch))
-                    .last()
-            });
-        }
-        return Ok(Recovered {
-            journal_id,
-            segment_no: r.segment_no,
-            prev_chain: r
-                .prev_chain
-                .unwrap_or_else(|| super::format::genesis(&journal_id)),
-            next_seq: r.next_seq,
-            last_epoch,
-            alarms,
-            notes,
-            new_journal: false,
-        });
     }
 }

@@ -211,7 +211,7 @@ impl PoolTail {
             pos += r.raw.len();
             status = Chunk::Progress;
             if r.seq >= self.next_seq {
-                self.next_seq = r.seq + 1;
+                self.next_seq = r.seq.saturating_add(1);
                 self.take(&chunk, &r, out, metas);
             }
             if ends_segment(&r) {

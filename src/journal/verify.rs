@@ -424,7 +424,7 @@ pub fn verify(
                 ));
                 return Ok(rep);
             }
-            if header.segment_no > prev_no + 1 {
+            if header.segment_no > prev_no.saturating_add(1) {
                 rep.failure = Some(fail(
                     Class::SegmentMissing,
                     Some(expected_seq),
@@ -512,6 +512,14 @@ pub fn verify(
                             Some(r.seq),
                             at,
                             "record after the segment's end (SEGMENT_END, or the final checkpoint of a clean stop)".into(),
+                        ));
+                    }
+                    if r.seq == u64::MAX {
+                        return Some(fail(
+                            Class::Modified,
+                            Some(r.seq),
+                            at,
+                            "seq out of range".into(),
                         ));
                     }
                     if r.seq != expected_seq {
@@ -616,6 +624,13 @@ pub fn verify(
             let after_checkpoint = last_checkpoint_at
                 .as_ref()
                 .is_none_or(|(p, off)| *p != path || *off <= at as u64);
+            let incomplete = matches!(e, ParseError::Incomplete { .. });
+            // The rule recovery cuts by: a torn tail is verified as not
+            // anchored; anything else there is damage.
+            let torn = is_last
+                && after_checkpoint
+                && !ended
+                && super::recover::is_torn_tail(bytes, at, incomplete);
             match e {
                 _ if ended => {
                     rep.failure = Some(fail(
@@ -626,10 +641,16 @@ pub fn verify(
                     ));
                     return Ok(rep);
                 }
-                ParseError::Incomplete { have, need } if is_last && after_checkpoint => {
+                _ if torn => {
                     rep.tail_uncovered = Some(format!(
-                        "torn record at the end of {} (offset {at}, {have} of {need} bytes); auditlb cuts it at its next start",
-                        path.display()
+                        "torn record at the end of {} (offset {at}: {}); auditlb cuts it at its next start",
+                        path.display(),
+                        match e {
+                            ParseError::Incomplete { have, need } => {
+                                format!("{have} of {need} bytes")
+                            }
+                            ParseError::Malformed(m) => m,
+                        }
                     ));
                 }
                 ParseError::Incomplete { have, need } => {
@@ -772,7 +793,7 @@ impl Walk {
             ));
         }
         if let Some(last) = self.last_epoch {
-            if cp.epoch > last + 1 {
+            if cp.epoch > last.saturating_add(1) {
                 return Err((
                     Class::EpochGap,
                     format!(
@@ -789,7 +810,7 @@ impl Walk {
             }
         }
         self.last_epoch = Some(cp.epoch);
-        if cp.covered_seq + 1 != r.seq || &cp.covered_chain != prev {
+        if cp.covered_seq.checked_add(1) != Some(r.seq) || &cp.covered_chain != prev {
             return Err((
                 Class::Modified,
                 "checkpoint does not cover the record before it".into(),
