@@ -96,6 +96,8 @@ struct PoolCtx {
     /// Seq of the last record written to the journal.
     committed: Arc<AtomicU64>,
     journal_dir: PathBuf,
+    /// A damaged segment found at start: pools never read past the damage.
+    untrusted: Option<(u64, u64)>,
 }
 
 /// One backend as the server keeps it, so a reload can keep it.
@@ -262,6 +264,7 @@ impl Server {
             background_stop,
             committed: opened.committed.clone(),
             journal_dir: config.journal.dir.clone(),
+            untrusted: opened.untrusted,
         };
 
         let mut pools = Vec::new();
@@ -755,7 +758,8 @@ impl PoolCtx {
                 p.queue_bytes.0,
                 pool_metrics.clone(),
                 DispatcherJournal {
-                    tail: PoolTail::new(self.journal_dir.clone(), p.name.clone(), cursor),
+                    tail: PoolTail::new(self.journal_dir.clone(), p.name.clone(), cursor)
+                        .untrusted(self.untrusted),
                     cursor,
                     committed: self.committed.clone(),
                     closed_at: ends.closed_at.clone(),

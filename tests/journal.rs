@@ -1445,3 +1445,58 @@ fn odd_files_named_like_segments_and_escape_sequences() {
     assert!(!text.contains('\x1b'), "{text:?}");
     assert!(text.contains("\\x1b"), "{text}");
 }
+
+/// An intruder edits a journaled frame that was never delivered (auditlb
+/// was killed while its backend was down). At the next start the alarm is
+/// raised, the frames before the damage are delivered, the edited one and
+/// those after it in that segment are not routed, and new traffic flows.
+#[test]
+fn an_edited_undelivered_frame_is_not_routed() {
+    let dir = scratch_dir("edited");
+    let log = dir.join("sink.log");
+    let (mut sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    sink.kill9();
+    let cfg = binary_config(&dir, &[addr], "");
+    let journal = dir.join("journal");
+    let (mut p, listen) = spawn_auditlb(&cfg);
+    let out = gen_ids(listen, 1, 1000, &[]);
+    assert!(out.contains("sent=1000"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while journaled_ids(&journal).len() < 1000 {
+        assert!(std::time::Instant::now() < deadline, "not journaled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A checkpoint after the frames, then the crash.
+    std::thread::sleep(Duration::from_millis(600));
+    p.kill9();
+    let seg = list_segments(&journal).unwrap().pop().unwrap().path;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = bytes.windows(7).position(|w| w == b" id=500").unwrap() - 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (_sink, _) = spawn_sink(&addr.to_string(), "octet", &log, &[]);
+    let (mut p, listen) = spawn_auditlb(&cfg);
+    let out = gen_ids(listen, 1, 100, &["--id-base", "5000"]);
+    assert!(out.contains("sent=100"), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: std::collections::HashSet<u64> = ids_in_log(&log, true).into_iter().collect();
+        if (0..500).chain(5000..5100).all(|i| got.contains(&i)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "frames before the damage or new ones missing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.child.wait().unwrap().success());
+    let got = ids_in_log(&log, true);
+    assert!(
+        !got.iter().any(|i| (500..1000).contains(i)),
+        "frames at or after the damage were routed"
+    );
+    let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
+    assert!(alarm.contains("MODIFIED"), "{alarm}");
+}

@@ -71,6 +71,9 @@ pub struct Plan {
     pub action: Action,
     pub resume: Resume,
     pub alarms: Vec<Alarm>,
+    /// With [`Action::LeaveDamaged`]: the offset in the segment from which
+    /// its bytes are not the journal's. Frames there are never routed.
+    pub untrusted_from: Option<usize>,
 }
 
 /// Plans recovery for the newest segment (`None`: the directory has none),
@@ -89,6 +92,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     last_epoch: None,
                 },
                 alarms: Vec::new(),
+                untrusted_from: None,
             },
             // Wiped: go on from the anchored head, so `verify` sees the
             // journal start past segment 0 (SEGMENT_MISSING), not a new,
@@ -110,6 +114,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                         h.seq
                     ),
                 }],
+                untrusted_from: None,
             },
         };
     };
@@ -208,6 +213,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                 action: Action::LeaveDamaged,
                 resume,
                 alarms,
+                untrusted_from: None,
             };
         }
     }
@@ -257,10 +263,15 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
             resume.last_epoch = resume.last_epoch.max(Some(h.epoch));
         }
     }
+    let untrusted_from = match (&action, &w.damage) {
+        (Action::LeaveDamaged, Some(d)) => Some(d.at),
+        _ => None,
+    };
     Plan {
         action,
         resume,
         alarms,
+        untrusted_from,
     }
 }
 
@@ -283,6 +294,7 @@ fn half_created(
                 class: "TAIL_TRUNCATED",
                 message: format!("{reason}, but the anchors file records seqs in it"),
             }],
+            untrusted_from: Some(0),
         };
     }
     Plan {
@@ -296,6 +308,7 @@ fn half_created(
             last_epoch: None,
         },
         alarms: Vec::new(),
+        untrusted_from: None,
     }
 }
 
@@ -339,6 +352,7 @@ fn damaged_header(
             class: "MODIFIED",
             message: format!("segment {}: {what}", super::format::segment_name(name_seq)),
         }],
+        untrusted_from: Some(0),
     }
 }
 
@@ -543,6 +557,9 @@ pub struct Recovered {
     pub notes: Vec<(String, Vec<u8>)>,
     /// No journal and nothing anchored: a journal starts here.
     pub new_journal: bool,
+    /// A damaged segment left as evidence: (its first seq, the offset from
+    /// which its bytes are not the journal's). Readers stop there.
+    pub untrusted: Option<(u64, u64)>,
 }
 
 /// Plans recovery for the journal in `dir` and carries the plan out: cuts
@@ -588,8 +605,8 @@ pub fn recover_dir(
             last.zip(bytes).map(|(s, b)| (s.name_seq, b)),
             anchors.as_ref().map(|a| &a.1),
         );
-        alarms.extend(p.alarms);
-        let mut r = p.resume;
+        alarms.extend(p.alarms.iter().cloned());
+        let mut r = p.resume.clone();
         let (Some(seg), Some(bytes)) = (last, bytes) else {
             let new_journal = r.journal_id.is_none();
             let journal_id = match r.journal_id {
@@ -608,6 +625,7 @@ pub fn recover_dir(
                 alarms,
                 notes,
                 new_journal,
+                untrusted: None,
             });
         };
         let path = &seg.path;
@@ -712,6 +730,7 @@ pub fn recover_dir(
             alarms,
             notes,
             new_journal: false,
+            untrusted: p.untrusted_from.map(|at| (seg.name_seq, at as u64)),
         });
     }
 }

@@ -36,6 +36,8 @@ struct OpenSegment {
     /// Its bytes ran out once while a newer segment existed: if they still
     /// do, it is left for the newer one.
     ran_out: bool,
+    /// Bytes from here on are not the journal's (damage found at start).
+    stop_at: u64,
 }
 
 /// A cursor over one pool's frames in a journal directory.
@@ -50,6 +52,8 @@ pub struct PoolTail {
     past: Option<u64>,
     /// The last record's (listener, client) and its connection.
     last_meta: Option<(Vec<u8>, Vec<u8>, Arc<ConnMeta>)>,
+    /// A damaged segment (first seq, offset) not to be read past.
+    untrusted: Option<(u64, u64)>,
 }
 
 /// What reading the open segment once gave.
@@ -73,7 +77,16 @@ impl PoolTail {
             next_seq: from_seq,
             past: None,
             last_meta: None,
+            untrusted: None,
         }
+    }
+
+    /// Never reads the segment whose first seq is `u.0` past offset `u.1`
+    /// (where start-up recovery found it damaged): its frames from there
+    /// on are not routed.
+    pub fn untrusted(mut self, u: Option<(u64, u64)>) -> Self {
+        self.untrusted = u;
+        self
     }
 
     /// The seq of the next record this tail will look at.
@@ -111,11 +124,16 @@ impl PoolTail {
                 None => return Ok(false),
             },
         };
+        let stop_at = match self.untrusted {
+            Some((first, at)) if first == seg.name_seq => at,
+            _ => u64::MAX,
+        };
         self.segment = Some(OpenSegment {
             file: File::open(&seg.path)?,
             first_seq: seg.name_seq,
             offset: HEADER_LEN as u64,
             ran_out: false,
+            stop_at,
         });
         Ok(true)
     }
@@ -176,10 +194,12 @@ impl PoolTail {
         out: &mut Vec<Frame>,
         metas: &mut HashMap<(Bytes, Bytes), Arc<ConnMeta>>,
     ) -> io::Result<Chunk> {
-        let offset = self.segment.as_ref().expect("open").offset;
-        let mut chunk = self.read_at(offset, CHUNK)?;
+        let seg = self.segment.as_ref().expect("open");
+        let offset = seg.offset;
+        let room = usize::try_from(seg.stop_at.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let mut chunk = self.read_at(offset, CHUNK.min(room))?;
         if let Err(ParseError::Incomplete { need, .. }) = parse_record(&chunk) {
-            if need > chunk.len() && chunk.len() == CHUNK {
+            if need > chunk.len() && chunk.len() == CHUNK && need <= room {
                 // A record larger than a chunk: read it whole.
                 chunk = self.read_at(offset, need)?;
             }
