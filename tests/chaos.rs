@@ -219,27 +219,13 @@ fn chaos() {
     }
     auditlb.proc.signal(libc::SIGTERM);
     assert!(auditlb.proc.child.wait().unwrap().success());
-    let (code, text) = verify_exit(&journal, &anchors);
+    let (code, text) = verify_cli(&journal, &anchors);
     assert_eq!(code, 0, "seed {seed}: after a clean stop\n{text}");
     assert!(
         peak_rss < 256 * 1024,
         "seed {seed}: peak RSS {peak_rss} KiB"
     );
     eprintln!("chaos: {rounds} rounds passed, peak RSS {peak_rss} KiB (seed {seed})");
-}
-
-fn verify_exit(journal: &Path, anchors: &Path) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
-        .args(["verify", "--journal"])
-        .arg(journal)
-        .arg("--anchors")
-        .arg(anchors)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 /// Every journaled id reaches a backend; the journal is never TAMPERED;
@@ -272,7 +258,7 @@ fn check_round(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (code, text) = verify_exit(journal, anchors);
+    let (code, text) = verify_cli(journal, anchors);
     assert_ne!(code, 1, "seed {seed} round {round}: verify\n{text}");
     assert_ne!(code, 3, "seed {seed} round {round}: verify\n{text}");
     let logged = std::fs::read_to_string(log).unwrap_or_default();

@@ -860,16 +860,8 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
 #[test]
 fn epochs_continue_across_a_run_that_died_before_its_first_checkpoint() {
     use auditlb::journal::writer::Writer;
-    let dir = scratch_dir("epochs");
-    let cfg = auditlb::config::JournalConfig {
-        dir: dir.clone(),
-        ..auditlb::config::JournalConfig::default()
-    };
+    let (dir, cfg) = one_clean_run("epochs");
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
-    w.checkpoint().unwrap();
-    w.close().unwrap();
-    drop(w);
     // A run killed before any checkpoint.
     drop(Writer::open(&cfg, m.journal(), &[0; 32]).unwrap());
     let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
@@ -1009,20 +1001,20 @@ async fn disk_budget_block_slows_clients_and_loses_nothing_silently() {
     );
 }
 
-/// `auditlb verify --journal J --anchors A` as an auditor runs it: exit
-/// code and report.
-fn verify_cli(journal: &Path, anchors: &Path) -> (i32, String) {
-    let out = bin()
-        .args(["verify", "--journal"])
-        .arg(journal)
-        .arg("--anchors")
-        .arg(anchors)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+/// A journal in a fresh directory written by one run of the writer that
+/// checkpointed and stopped cleanly; its directory and config.
+fn one_clean_run(name: &str) -> (PathBuf, auditlb::config::JournalConfig) {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir(name);
+    let cfg = auditlb::config::JournalConfig {
+        dir: dir.clone(),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.checkpoint().unwrap();
+    w.close().unwrap();
+    (dir, cfg)
 }
 
 /// Runs the auditlb binary on `cfg`, sends `n` ids from `base`, waits until
@@ -1275,16 +1267,7 @@ fn a_disk_that_keeps_filling_up_never_breaks_the_chain() {
 #[test]
 fn awkward_newest_segments_never_stop_auditlb_from_starting() {
     use auditlb::journal::writer::Writer;
-    let dir = scratch_dir("awkward");
-    let cfg = auditlb::config::JournalConfig {
-        dir: dir.clone(),
-        ..auditlb::config::JournalConfig::default()
-    };
-    let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
-    w.checkpoint().unwrap();
-    w.close().unwrap();
-    drop(w);
+    let (dir, cfg) = one_clean_run("awkward");
     let next = |dir: &Path| {
         let r = verify(dir, None, None).unwrap();
         r.last_seq.unwrap() + 1
@@ -1372,16 +1355,7 @@ fn a_crafted_huge_epoch_is_reported_at_once() {
 #[test]
 fn odd_files_named_like_segments_and_escape_sequences() {
     use auditlb::journal::writer::Writer;
-    let dir = scratch_dir("odd");
-    let cfg = auditlb::config::JournalConfig {
-        dir: dir.clone(),
-        ..auditlb::config::JournalConfig::default()
-    };
-    let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
-    w.checkpoint().unwrap();
-    w.close().unwrap();
-    drop(w);
+    let (dir, cfg) = one_clean_run("odd");
     let link = dir.join(format!("{:020}.seg", 1_000_000));
     std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
     let r = verify(&dir, None, None).unwrap();

@@ -609,24 +609,7 @@ pub fn recover_dir(
         let mut r = p.resume.clone();
         let (Some(seg), Some(bytes)) = (last, bytes) else {
             let new_journal = r.journal_id.is_none();
-            let journal_id = match r.journal_id {
-                Some(id) => id,
-                None => super::seal::random_bytes()
-                    .map_err(io_at(std::path::Path::new("/dev/urandom")))?,
-            };
-            return Ok(Recovered {
-                journal_id,
-                segment_no: r.segment_no,
-                prev_chain: r
-                    .prev_chain
-                    .unwrap_or_else(|| super::format::genesis(&journal_id)),
-                next_seq: r.next_seq,
-                last_epoch: r.last_epoch,
-                alarms,
-                notes,
-                new_journal,
-                untrusted: None,
-            });
+            return recovered(r, alarms, notes, new_journal, None);
         };
         let path = &seg.path;
         // Records to append: (type, reason, body).
@@ -700,17 +683,10 @@ pub fn recover_dir(
             r.prev_chain = Some(head);
         }
         seal_file(path).map_err(io_at(path))?;
-        let journal_id = match r.journal_id {
-            Some(id) => id,
-            None => {
-                super::seal::random_bytes().map_err(io_at(std::path::Path::new("/dev/urandom")))?
-            }
-        };
-        let mut last_epoch = r.last_epoch;
-        if last_epoch.is_none() {
+        if r.last_epoch.is_none() {
             // The newest segment has no checkpoint (a run that died before
             // its first): epochs go on from an earlier segment.
-            last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|s| {
+            r.last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|s| {
                 let m = super::reader::Mapped::open(&s.path).ok()?;
                 Records::new(m.bytes())
                     .map_while(Result::ok)
@@ -719,20 +695,38 @@ pub fn recover_dir(
                     .last()
             });
         }
-        return Ok(Recovered {
-            journal_id,
-            segment_no: r.segment_no,
-            prev_chain: r
-                .prev_chain
-                .unwrap_or_else(|| super::format::genesis(&journal_id)),
-            next_seq: r.next_seq,
-            last_epoch,
-            alarms,
-            notes,
-            new_journal: false,
-            untrusted: p.untrusted_from.map(|at| (seg.name_seq, at as u64)),
-        });
+        let untrusted = p.untrusted_from.map(|at| (seg.name_seq, at as u64));
+        return recovered(r, alarms, notes, false, untrusted);
     }
+}
+
+/// What recovery hands the writer: a journal id (fresh when the plan names
+/// none) and its genesis as the chain head when the plan has none.
+fn recovered(
+    r: Resume,
+    alarms: Vec<Alarm>,
+    notes: Vec<(String, Vec<u8>)>,
+    new_journal: bool,
+    untrusted: Option<(u64, u64)>,
+) -> Result<Recovered, super::writer::JournalError> {
+    let journal_id = match r.journal_id {
+        Some(id) => id,
+        None => super::seal::random_bytes()
+            .map_err(super::writer::io_at(std::path::Path::new("/dev/urandom")))?,
+    };
+    Ok(Recovered {
+        journal_id,
+        segment_no: r.segment_no,
+        prev_chain: r
+            .prev_chain
+            .unwrap_or_else(|| super::format::genesis(&journal_id)),
+        next_seq: r.next_seq,
+        last_epoch: r.last_epoch,
+        alarms,
+        notes,
+        new_journal,
+        untrusted,
+    })
 }
 
 #[cfg(test)]

@@ -619,3 +619,19 @@ pub fn journaled_ids(journal: &std::path::Path) -> Vec<u64> {
         })
         .collect()
 }
+
+/// `auditlb verify --journal J --anchors A` as an auditor runs it: exit
+/// code and report.
+pub fn verify_cli(journal: &std::path::Path, anchors: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
+        .args(["verify", "--journal"])
+        .arg(journal)
+        .arg("--anchors")
+        .arg(anchors)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
