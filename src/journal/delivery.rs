@@ -61,3 +61,78 @@ pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> 
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::format::{
+        encode_ranges, encode_record, flags, genesis, segment_name, Header,
+    };
+
+    /// Writes a segment of (type, flags, name, body) records from `first`.
+    fn segment(dir: &Path, first: u64, recs: &[(RecordType, u8, &str, Vec<u8>)]) {
+        let mut head = genesis(&[1; 16]);
+        let mut b = Header {
+            journal_id: [1; 16],
+            segment_no: first,
+            first_seq: first,
+            prev_chain: head,
+        }
+        .encode()
+        .to_vec();
+        for (i, (t, fl, name, body)) in recs.iter().enumerate() {
+            let seq = first + i as u64;
+            head = encode_record(
+                &mut b,
+                *t,
+                *fl,
+                seq,
+                0,
+                &[(tag::POOL, name.as_bytes())],
+                body,
+                &head,
+            );
+        }
+        std::fs::write(dir.join(segment_name(first)), b).unwrap();
+    }
+
+    #[test]
+    fn the_newest_cursor_of_each_name_wins_and_ranges_are_never_cursors() {
+        let d = tempfile::tempdir().unwrap();
+        let ranges = |seqs: &[u64]| {
+            let mut b = Vec::new();
+            encode_ranges(&mut seqs.to_vec(), &mut b);
+            b
+        };
+        segment(
+            d.path(),
+            1,
+            &[
+                (RecordType::Cursor, 0, "a", encode(3).to_vec()),
+                (RecordType::Cursor, 0, "b", encode(2).to_vec()),
+                (RecordType::Cursor, 0, "a", encode(5).to_vec()),
+            ],
+        );
+        segment(
+            d.path(),
+            10,
+            &[
+                (RecordType::Cursor, 0, "a", encode(9).to_vec()),
+                // Settled ranges after the cursor, as a crash leaves them.
+                (
+                    RecordType::Delivery,
+                    flags::RANGES,
+                    "a",
+                    ranges(&[100, 101, 102]),
+                ),
+                (RecordType::Delivery, flags::RANGES, "b", ranges(&[7])),
+            ],
+        );
+        let names = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        assert_eq!(resume(d.path(), &names, 20), vec![Some(9), Some(2), None]);
+        // Never past this run's first seq.
+        assert_eq!(resume(d.path(), &names[..1], 4), vec![Some(4)]);
+        // Records of this run (seq >= start) are not where it resumes from.
+        assert_eq!(resume(d.path(), &names[..1], 11), vec![Some(5)]);
+    }
+}

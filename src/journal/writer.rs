@@ -89,9 +89,8 @@ pub struct Writer {
     committed: Arc<AtomicU64>,
     /// First seq written by this run.
     start_seq: u64,
-    /// Per delivery name: published cursor, and the cursor last recorded in
-    /// a DELIVERY record.
-    delivery: Vec<(String, Arc<AtomicU64>, u64)>,
+    /// Per delivery name, its cursor as published and as last recorded.
+    delivery: Vec<CursorSlot>,
     /// Pool names by slot, for FRAME records.
     pool_names: Vec<Arc<str>>,
     /// Per pool: where its dispatchers log which backend settled what.
@@ -116,6 +115,18 @@ pub struct Writer {
     /// A segment roll begun and not finished (its SEGMENT_END and the next
     /// SEGMENT_START are in `buf`): finished by the next flush.
     roll: Option<Roll>,
+}
+
+/// One delivery name's cursor (a pool, or a mirror pool's backend).
+struct CursorSlot {
+    name: String,
+    /// Published by the dispatcher: every frame below it is settled.
+    published: Arc<AtomicU64>,
+    /// The value last written in a DELIVERY_CURSOR record.
+    recorded: u64,
+    /// The segment that record is in: each segment with a checkpoint holds
+    /// every cursor, so a restart finds them all in the newest ones.
+    recorded_in: u64,
 }
 
 /// A checkpoint's anchor line and the seal key's next image, waiting for
@@ -735,17 +746,21 @@ impl Writer {
         }
     }
 
-    /// A DELIVERY record per pool whose cursor moved (or every pool when
-    /// `all`): body = the seq below which every frame of the pool settled.
-    /// A type of its own (DELIVERY_CURSOR), never a DELIVERY range list.
+    /// A DELIVERY_CURSOR record per delivery name whose cursor moved or is
+    /// not yet in this segment (every one when `all`): body = the seq below
+    /// which every frame of the pool settled. A type of its own, never a
+    /// DELIVERY range list.
     fn push_delivery(&mut self, all: bool) {
         for i in 0..self.delivery.len() {
-            let cursor = self.delivery[i].1.load(Ordering::Acquire);
-            if cursor == 0 || (!all && cursor == self.delivery[i].2) {
+            let c = &self.delivery[i];
+            let cursor = c.published.load(Ordering::Acquire);
+            let moved = cursor != c.recorded || c.recorded_in != self.seg_no;
+            if cursor == 0 || !(all || moved) {
                 continue;
             }
-            self.delivery[i].2 = cursor;
-            let name = self.delivery[i].0.clone();
+            let name = c.name.clone();
+            self.delivery[i].recorded = cursor;
+            self.delivery[i].recorded_in = self.seg_no;
             self.push_cursor(&name, cursor);
         }
     }
@@ -1013,7 +1028,12 @@ impl Writer {
             let start = starts.get(i).copied().unwrap_or(link.start).max(1);
             cursor.store(start, Ordering::Release);
             self.push_cursor(&name, start);
-            self.delivery.push((name, cursor, start));
+            self.delivery.push(CursorSlot {
+                name,
+                published: cursor,
+                recorded: start,
+                recorded_in: self.seg_no,
+            });
         }
         Output {
             tx: Some(link.tx),
