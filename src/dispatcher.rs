@@ -465,9 +465,7 @@ impl Dispatcher {
             .chain(self.retired.iter().map(|c| c.oldest_ns()))
             .filter(|&t| t > 0)
             .min();
-        let age = oldest.map_or(0.0, |t| {
-            (crate::journal::writer::now_ns() - t).max(0) as f64 / 1e9
-        });
+        let age = oldest.map_or(0.0, |t| (crate::time::now_ns() - t).max(0) as f64 / 1e9);
         self.metrics.oldest.set(age);
     }
 

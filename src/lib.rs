@@ -38,5 +38,6 @@ pub mod pool;
 pub mod ratelimit;
 pub mod server;
 pub mod syslog;
+pub mod time;
 pub mod units;
 pub mod upstream;

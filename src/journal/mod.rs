@@ -3,8 +3,14 @@
 //!
 //! - [`format`]: record and segment layout, chain rule (pure).
 //! - [`seal`]: forward-secure checkpoint keys (`keygen`, ratchet, HMAC).
-//! - [`writer`]: the writer thread on the data path, and recovery.
-//! - [`reader`]: walking segments back.
+//! - [`anchors`]: the anchors file that binds a journal (parse, lines).
+//! - [`writer`]: the writer thread on the data path (see its own index).
+//! - [`hasher`]: record digests on a second core; [`syncer`]: fsyncs,
+//!   anchor lines and key ratchets off the frame path.
+//! - [`recover`]: start-up recovery, a pure plan and its application.
+//! - [`delivery`]: delivery cursor records and where delivery resumes.
+//! - [`reader`]: listing and reading segment files back; [`tail`]: one
+//!   pool's frames read back from the files.
 //! - [`verify`]: `auditlb verify`; [`cat`]: `auditlb cat`.
 
 pub mod anchors;

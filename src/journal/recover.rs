@@ -571,7 +571,8 @@ pub fn recover_dir(
     anchors: Option<&std::path::Path>,
     metrics: &super::JournalMetrics,
 ) -> Result<Recovered, super::writer::JournalError> {
-    use super::writer::{io_at, now_ns, seal_file};
+    use super::writer::{io_at, seal_file};
+    use crate::time::now_ns;
     use sha2::{Digest, Sha256};
     use std::io::Write;
 

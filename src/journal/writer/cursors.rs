@@ -1,0 +1,95 @@
+//! Delivery bookkeeping in the journal: DELIVERY records of what each
+//! backend settled, DELIVERY_CURSOR records of each pool's cursor, and
+//! where delivery resumes at start.
+
+use super::*;
+
+/// One delivery name's cursor (a pool, or a mirror pool's backend).
+pub(super) struct CursorSlot {
+    pub(super) name: String,
+    /// Published by the dispatcher: every frame below it is settled.
+    pub(super) published: Arc<AtomicU64>,
+    /// The value last written in a DELIVERY_CURSOR record.
+    pub(super) recorded: u64,
+    /// The segment that record is in: each segment with a checkpoint holds
+    /// every cursor, so a restart finds them all in the newest ones.
+    pub(super) recorded_in: u64,
+}
+
+impl Writer {
+    /// DELIVERY records of the seq ranges each backend settled since the
+    /// last call (what `cat` shows as a frame's backend).
+    pub fn record_settled(&mut self) {
+        for i in 0..self.settled_logs.len() {
+            let entries = std::mem::take(
+                &mut *self.settled_logs[i]
+                    .1
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if entries.is_empty() {
+                continue;
+            }
+            let pool = self.settled_logs[i].0.clone();
+            let mut by_backend: Vec<(std::sync::Arc<str>, Vec<u64>)> = Vec::new();
+            for (b, seqs) in entries {
+                match by_backend.iter_mut().find(|(n, _)| *n == b) {
+                    Some((_, v)) => v.extend(seqs),
+                    None => by_backend.push((b, seqs)),
+                }
+            }
+            for (backend, mut seqs) in by_backend {
+                let mut body = Vec::with_capacity(seqs.len().min(4096) * 2 + 8);
+                crate::journal::format::encode_ranges(&mut seqs, &mut body);
+                self.push(
+                    RecordType::Delivery,
+                    flags::RANGES,
+                    &[
+                        (tag::POOL, pool.as_bytes()),
+                        (tag::BACKEND, backend.as_bytes()),
+                    ],
+                    &body,
+                );
+            }
+        }
+    }
+
+    /// A DELIVERY_CURSOR record per delivery name whose cursor moved or is
+    /// not yet in this segment (every one when `all`): body = the seq below
+    /// which every frame of the pool settled. A type of its own, never a
+    /// DELIVERY range list.
+    pub(super) fn push_delivery(&mut self, all: bool) {
+        for i in 0..self.delivery.len() {
+            let c = &self.delivery[i];
+            let cursor = c.published.load(Ordering::Acquire);
+            let moved = cursor != c.recorded || c.recorded_in != self.seg_no;
+            if cursor == 0 || !(all || moved) {
+                continue;
+            }
+            let name = c.name.clone();
+            self.delivery[i].recorded = cursor;
+            self.delivery[i].recorded_in = self.seg_no;
+            self.push_cursor(&name, cursor);
+        }
+    }
+
+    pub(super) fn push_cursor(&mut self, name: &str, below: u64) {
+        self.push(
+            RecordType::Cursor,
+            0,
+            &[(tag::POOL, name.as_bytes())],
+            &crate::journal::delivery::encode(below),
+        );
+    }
+
+    /// Where each pool's delivery resumes: the cursor of its newest
+    /// DELIVERY_CURSOR record in the journal, or this run's first seq for a
+    /// pool the journal has none for (it never ran: every run records each
+    /// pool's cursor as it starts).
+    pub fn resume_cursors(&self, pools: &[String]) -> Vec<u64> {
+        crate::journal::delivery::resume(&self.cfg.dir, pools, self.start_seq)
+            .into_iter()
+            .map(|c| c.unwrap_or(self.start_seq))
+            .collect()
+    }
+}
