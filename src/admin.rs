@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `GET /metrics` (Prometheus text), `/healthz`
 //! (process alive) and `/readyz` (200 only when every pool has an available
-//! backend; the body says what is missing). A deliberately small HTTP/1.x
+//! backend and the journal takes writes under its disk budget; the body
+//! says what is missing). A deliberately small HTTP/1.x
 //! server: one request per connection, bounded request size, a read
 //! deadline, and a cap on concurrent admin connections, so a bad or slow
 //! client gets a 4xx or is cut off and cannot stall it. Spawned by the

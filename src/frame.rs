@@ -1,7 +1,7 @@
 //! The unit of work: a [`Frame`] is one message cut from a client stream, a
 //! `Bytes` slice of that client's read buffer plus who sent it. Sessions make
-//! them, the dispatcher numbers and routes them, upstreams write them and may
-//! hand them back; later the journal records them. Also the one rule for
+//! them, the journal writer numbers and records them, a pool's dispatcher
+//! routes them, upstreams write them and may hand them back. Also the one rule for
 //! writing a frame as one line ([`escape_lf`]), shared by LF-framed
 //! upstreams and `auditlb cat --format raw`.
 
@@ -53,9 +53,8 @@ impl ConnMeta {
 /// One frame. Cloning is cheap (reference counts only).
 #[derive(Debug, Clone)]
 pub struct Frame {
-    /// Sequence number, assigned in arrival order by the pool's dispatcher
-    /// (by the journal writer once the journal sits in front of it). Frames
-    /// handed back by a failed upstream keep theirs.
+    /// Sequence number: the seq of its FRAME record, assigned by the
+    /// journal writer. Frames handed back by a failed upstream keep theirs.
     pub seq: u64,
     /// The message, without framing.
     pub data: Bytes,

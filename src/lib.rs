@@ -41,3 +41,10 @@ pub mod syslog;
 pub mod time;
 pub mod units;
 pub mod upstream;
+
+/// Locks a mutex, taking the data even when a thread panicked while holding
+/// it: every structure shared this way is consistent between statements,
+/// and the proxy must keep serving.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -2,8 +2,8 @@
 //! backlog, keepalive), takes a connection permit *before* accepting, backs
 //! off on accept errors, and spawns one session task per client. A session
 //! reads into a buffer, cuts frames with its [`Decoder`], and sends each
-//! read's frames as one batch to the pool's dispatcher (backpressure: a full
-//! dispatcher stops the read). Idle and partial-frame timeouts close stuck
+//! read's frames as one batch to the journal writer, which routes them to the
+//! listener's pool (backpressure: a full writer queue stops the read). Idle and partial-frame timeouts close stuck
 //! clients; every close has a counted reason.
 
 use std::collections::HashMap;
@@ -32,8 +32,8 @@ use crate::ratelimit::LogLimiter;
 /// Most bytes read in one go; also the most a session buffers beyond one
 /// frame.
 const READ_CHUNK: usize = 64 * 1024;
-/// A batch is sent to the dispatcher at the latest when it holds this many
-/// frames.
+/// A batch is sent to the journal writer at the latest when it holds this
+/// many frames.
 const BATCH_FRAMES: usize = 1024;
 
 /// Process-wide connection numbering, for logs.
@@ -96,7 +96,7 @@ struct SourceSlot {
 
 impl SourceLimit {
     fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::lock(&self.counts);
         let max = self.max.load(Ordering::Relaxed);
         let c = m.entry(ip).or_insert(0);
         if max > 0 && *c >= max {
@@ -112,7 +112,7 @@ impl SourceLimit {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut m = self.limit.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = crate::lock(&self.limit.counts);
         if let Some(c) = m.get_mut(&self.ip) {
             *c -= 1;
             if *c == 0 {
@@ -143,7 +143,7 @@ pub struct ListenerShared {
 impl ListenerShared {
     /// Applies a reloaded listener config (same name and address).
     pub fn update(&self, cfg: &ListenerConfig) {
-        let mut max = self.max.lock().unwrap_or_else(|p| p.into_inner());
+        let mut max = crate::lock(&self.max);
         if cfg.max_connections > *max {
             self.limit.add_permits(cfg.max_connections - *max);
         } else if cfg.max_connections < *max {
@@ -308,7 +308,7 @@ enum Close {
     Oversize(String),
     Error(io::Error),
     Shutdown,
-    /// The dispatcher is gone (process stopping).
+    /// The journal writer is gone (process stopping).
     Downstream,
 }
 

@@ -290,7 +290,7 @@ impl Metrics {
     }
 
     /// Sum of a metric family's samples whose labels include all of
-    /// `labels`. For tests and readiness checks.
+    /// `labels`. For tests (readiness reads its gauges directly).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let mut total = 0.0;
         for fam in self.registry.gather() {

@@ -95,15 +95,12 @@ impl Backend {
 
     /// Reloaded `rise`/`fall`.
     pub fn set_thresholds(&self, rise: u32, fall: u32) {
-        self.health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_thresholds(rise, fall);
+        crate::lock(&self.health).set_thresholds(rise, fall);
     }
 
     /// Result of one active check.
     pub fn active_result(&self, result: Result<(), String>) {
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = crate::lock(&self.health);
         if let Some(now_up) = h.observe(result.is_ok()) {
             self.set_state(
                 now_up,
@@ -115,7 +112,7 @@ impl Backend {
     /// A write error, reset, EOF or refused connect on an upstream: down at
     /// once; active checks must then pass `rise` times.
     pub fn passive_failure(&self, reason: &str) {
-        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = crate::lock(&self.health);
         if h.force_down() {
             self.set_state(false, reason);
         }

@@ -1,5 +1,6 @@
 //! A tiny rate limiter for per-frame and per-connection warnings, so a flood
-//! of garbage cannot flood the log. Each listener and upstream owns one.
+//! of garbage cannot flood the log. Each listener owns one, shared by its
+//! sessions.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,7 +36,7 @@ impl LogLimiter {
 
     /// `Some(suppressed_since_last)` when this event may be logged.
     pub fn allow(&self) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::lock(&self.state);
         let now = Instant::now();
         if now.duration_since(s.window_start) >= self.period {
             s.window_start = now;

@@ -22,12 +22,12 @@ use crate::admin;
 use crate::balance::{Member as SelectorMember, Selector};
 use crate::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
 use crate::dispatcher::{
-    ConnHandle, Dispatcher, DispatcherJournal, PoolUpdate, UpdateSlot, INGRESS_BATCHES,
-    UPSTREAM_BATCHES,
+    ConnHandle, Dispatcher, DispatcherJournal, PoolUpdate, UpdateSlot, UPSTREAM_BATCHES,
 };
 use crate::health;
+use crate::journal::handoff::{self, PoolEnds};
 use crate::journal::tail::PoolTail;
-use crate::journal::{self, Ingress, Reconfigure, Routed, INGRESS_ITEMS};
+use crate::journal::{self, Ingress, Reconfigure, INGRESS_ITEMS};
 use crate::listener::{self, Listener, ListenerShared};
 use crate::metrics::Metrics;
 use crate::pool::Backend;
@@ -55,10 +55,7 @@ impl admin::Status for AdminStatus {
     }
 
     fn ready(&self) -> Result<(), String> {
-        readiness(
-            &self.pools.lock().unwrap_or_else(|p| p.into_inner()),
-            &self.metrics,
-        )
+        readiness(&crate::lock(&self.pools), &self.metrics)
     }
 }
 
@@ -223,13 +220,12 @@ impl Server {
         // Sessions -> journal writer -> pool dispatchers. The journal opens
         // first: it says where each pool's delivery resumes.
         let mut links = Vec::new();
-        let mut pool_rx = Vec::new();
+        let mut ends = Vec::new();
         for p in &config.pools {
-            let (link, rx) = pool_link(p, 0);
+            let (link, pool_end) = handoff::link(&p.name, delivery_names(p), 0);
             links.push(link);
-            pool_rx.push(rx);
+            ends.push(pool_end);
         }
-        let ends: Vec<PoolEnds> = links.iter().map(PoolEnds::of).collect();
         let routes: Vec<Option<usize>> = config
             .listeners
             .iter()
@@ -269,7 +265,7 @@ impl Server {
 
         let mut pools = Vec::new();
         let mut resume = opened.cursors.into_iter();
-        for (slot, ((p, rx), ends)) in config.pools.iter().zip(pool_rx).zip(ends).enumerate() {
+        for (slot, (p, ends)) in config.pools.iter().zip(ends).enumerate() {
             let starts: Vec<u64> = delivery_names(p)
                 .iter()
                 .map(|name| {
@@ -280,7 +276,7 @@ impl Server {
                     cursor
                 })
                 .collect();
-            pools.push(ctx.start_pool(p, slot, rx, ends, &starts));
+            pools.push(ctx.start_pool(p, slot, ends, &starts));
         }
         let view: PoolView = Arc::new(Mutex::new(pools.iter().map(PoolState::runtime).collect()));
 
@@ -370,7 +366,7 @@ impl Server {
 
     /// The pools and their backends as configured now.
     pub fn pools(&self) -> Vec<PoolRuntime> {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::lock(&self.view).clone()
     }
 
     /// Whether backend `index` of `pool` is up (health verdict).
@@ -438,12 +434,10 @@ impl Server {
             }
             let slot = self.next_pool_slot;
             self.next_pool_slot += 1;
-            let (link, rx) = pool_link(p, start);
-            let ends = PoolEnds::of(&link);
+            let (link, ends) = handoff::link(&p.name, delivery_names(p), start);
             add_pools.push(link);
             let starts = vec![start; delivery_names(p).len()];
-            self.pools
-                .push(self.ctx.start_pool(p, slot, rx, ends, &starts));
+            self.pools.push(self.ctx.start_pool(p, slot, ends, &starts));
             report.pools_added += 1;
         }
         let slot_of = |name: &str, pools: &[PoolState]| {
@@ -541,8 +535,7 @@ impl Server {
                 report.pools_removed += 1;
             }
         }
-        *self.view.lock().unwrap_or_else(|p| p.into_inner()) =
-            self.pools.iter().map(PoolState::runtime).collect();
+        *crate::lock(&self.view) = self.pools.iter().map(PoolState::runtime).collect();
         self.grace = new.shutdown.grace.0;
         self.config = new;
         Ok(report)
@@ -552,7 +545,7 @@ impl Server {
     /// written. `None` if the writer is gone.
     async fn reconfigure(
         &self,
-        add_pools: Vec<journal::PoolLink>,
+        add_pools: Vec<handoff::PoolLink>,
         close_pools: Vec<usize>,
         routes: Vec<Option<usize>>,
         config_hash: Option<journal::format::Hash>,
@@ -642,44 +635,6 @@ pub fn delivery_names(p: &PoolConfig) -> Vec<String> {
     }
 }
 
-/// The journal writer's link to a pool, and the pool's receiving end.
-fn pool_link(p: &PoolConfig, start: u64) -> (journal::PoolLink, mpsc::Receiver<Routed>) {
-    let (tx, rx) = mpsc::channel(INGRESS_BATCHES);
-    let link = journal::PoolLink {
-        name: p.name.clone(),
-        tx,
-        start,
-        closed_at: Arc::new(AtomicU64::new(u64::MAX)),
-        missed: Arc::new(AtomicU64::new(0)),
-        settled: journal::SettledLog::default(),
-        cursors: delivery_names(p)
-            .into_iter()
-            .map(|n| (n, Arc::new(AtomicU64::new(0))))
-            .collect(),
-    };
-    (link, rx)
-}
-
-/// The pool's side of a [`journal::PoolLink`].
-struct PoolEnds {
-    missed: Arc<AtomicU64>,
-    closed_at: Arc<AtomicU64>,
-    settled: journal::SettledLog,
-    /// Per delivery name, where its dispatcher publishes its cursor.
-    cursors: Vec<Arc<AtomicU64>>,
-}
-
-impl PoolEnds {
-    fn of(link: &journal::PoolLink) -> Self {
-        Self {
-            missed: link.missed.clone(),
-            closed_at: link.closed_at.clone(),
-            settled: link.settled.clone(),
-            cursors: link.cursors.iter().map(|c| c.1.clone()).collect(),
-        }
-    }
-}
-
 impl PoolState {
     fn runtime(&self) -> PoolRuntime {
         PoolRuntime {
@@ -697,14 +652,7 @@ impl PoolCtx {
     /// Starts one pool: its dispatcher, or for `mirror` one dispatcher per
     /// backend (each with its own journal cursor, `starts` in order) fed by
     /// a fan-out of the journal's batches.
-    fn start_pool(
-        &self,
-        p: &PoolConfig,
-        slot: usize,
-        rx: mpsc::Receiver<Routed>,
-        ends: PoolEnds,
-        starts: &[u64],
-    ) -> PoolState {
+    fn start_pool(&self, p: &PoolConfig, slot: usize, ends: PoolEnds, starts: &[u64]) -> PoolState {
         let name: Arc<str> = p.name.as_str().into();
         let pool_metrics = self.metrics.pool(&p.name);
         let mut state = PoolState {
@@ -728,7 +676,7 @@ impl PoolCtx {
             vec![p.backends.iter().collect()]
         };
         let mut inputs = Vec::new();
-        let mut rx = Some(rx);
+        let mut rx = Some(ends.rx);
         for ((group, &cursor), delivered) in members.into_iter().zip(starts).zip(&ends.cursors) {
             let wake = Arc::new(Notify::new());
             let handback = Arc::new(Handback::new(wake.clone()));
@@ -738,8 +686,8 @@ impl PoolCtx {
                 .collect();
             let mut missed_by = vec![ends.missed.clone()];
             let input = if mirror {
-                let (t, r) = mpsc::channel(INGRESS_BATCHES);
-                let own = Arc::new(AtomicU64::new(0));
+                let (t, r) = mpsc::channel(handoff::POOL_BATCHES);
+                let own = handoff::Missed::default();
                 missed_by.push(own.clone());
                 inputs.push((t, own));
                 r
@@ -779,7 +727,7 @@ impl PoolCtx {
             });
         }
         if let Some(rx) = rx {
-            self.pool_tasks.spawn(fan_out(rx, inputs));
+            self.pool_tasks.spawn(handoff::fan_out(rx, inputs));
         }
         state
     }
@@ -956,28 +904,4 @@ fn selector(p: &PoolConfig, members: &[Member]) -> Selector {
             })
             .collect(),
     )
-}
-
-/// `mirror`: every batch from the journal goes to every backend's
-/// dispatcher. One that is behind gets none (its channel is full) and reads
-/// from the journal instead, so it never holds up the others.
-async fn fan_out(
-    mut rx: mpsc::Receiver<Routed>,
-    outs: Vec<(mpsc::Sender<Routed>, Arc<AtomicU64>)>,
-) {
-    while let Some(b) = rx.recv().await {
-        for (out, missed) in &outs {
-            let batch = Routed {
-                from: b.from,
-                to: b.to,
-                ticket: None,
-                frames: b.frames.clone(),
-            };
-            if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {
-                if b.from > 0 {
-                    missed.fetch_max(b.to, std::sync::atomic::Ordering::AcqRel);
-                }
-            }
-        }
-    }
 }

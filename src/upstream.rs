@@ -106,7 +106,7 @@ impl Handback {
     }
 
     pub fn push(&self, frames: impl IntoIterator<Item = Frame>) {
-        let mut v = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = crate::lock(&self.frames);
         let before = v.len();
         v.extend(frames);
         if v.len() > before {
@@ -116,25 +116,19 @@ impl Handback {
     }
 
     pub fn take(&self) -> Vec<Frame> {
-        std::mem::take(&mut *self.frames.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *crate::lock(&self.frames))
     }
 
     /// Reports frames settled by backend `backend` (its index in the
     /// dispatcher's list), by seq.
     pub fn settled(&self, backend: u32, seqs: &[u64]) {
-        self.settled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(seqs.iter().map(|&s| (backend, s)));
+        crate::lock(&self.settled).extend(seqs.iter().map(|&s| (backend, s)));
     }
 
     /// Seqs settled since the last call, swapped into `into` (cleared).
     pub fn take_settled(&self, into: &mut Vec<(u32, u64)>) {
         into.clear();
-        std::mem::swap(
-            into,
-            &mut *self.settled.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        std::mem::swap(into, &mut *crate::lock(&self.settled));
     }
 }
 

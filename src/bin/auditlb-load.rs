@@ -33,7 +33,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: auditlb-load gen --to ADDR [--connections N] [--frames N] [--size B] [--framing lf|octet] [--rate F] [--id-base N]\n       auditlb-load sink --listen ADDR [--framing lf|octet] [--log FILE] [--close-after N] [--stall-after N] [--seconds S] [--expect N]");
+    eprintln!("usage: auditlb-load gen --to ADDR [--connections N] [--frames N] [--size B] [--framing lf|octet] [--rate F] [--id-base N]\n       auditlb-load sink --listen ADDR [--framing lf|octet] [--log FILE] [--close-after N] [--stall-after N] [--rcvbuf BYTES] [--seconds S] [--expect N]");
     std::process::exit(2);
 }
 
@@ -255,10 +255,7 @@ fn sink(a: &Args) {
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };
-                        first
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_with(Instant::now);
+                        auditlb::lock(&first).get_or_insert_with(Instant::now);
                         pending.extend_from_slice(&buf[..n]);
                         count(&mut dec, &mut pending, &tally);
                         let total = tally.frames.load(Ordering::Relaxed);
@@ -281,15 +278,13 @@ fn sink(a: &Args) {
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
-        if expect > 0
-            && tally.ids.lock().unwrap_or_else(|p| p.into_inner()).0.len() as u64 >= expect
-        {
+        if expect > 0 && auditlb::lock(&tally.ids).0.len() as u64 >= expect {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     done.store(true, Ordering::Relaxed);
-    let (ids, dups) = &*tally.ids.lock().unwrap_or_else(|p| p.into_inner());
+    let (ids, dups) = &*auditlb::lock(&tally.ids);
     let frames = tally.frames.load(Ordering::Relaxed);
     let missing = if expect > 0 {
         (0..expect).filter(|i| !ids.contains(i)).count()
@@ -300,17 +295,13 @@ fn sink(a: &Args) {
         "frames={frames} unique={} duplicates={dups} missing={missing} (of {expect})",
         ids.len()
     );
-    let first_at = *first.lock().unwrap_or_else(|p| p.into_inner());
-    let last_at = *tally.last.lock().unwrap_or_else(|p| p.into_inner());
+    let first_at = *auditlb::lock(&first);
+    let last_at = *auditlb::lock(&tally.last);
     if let (Some(t), Some(l)) = (first_at, last_at) {
         let secs = l.duration_since(t).as_secs_f64().max(1e-6);
         println!("rate={:.0} frames/s over {secs:.3}s", frames as f64 / secs);
     }
-    let mut lat = tally
-        .latencies
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut lat = auditlb::lock(&tally.latencies).clone();
     if !lat.is_empty() {
         lat.sort_unstable();
         let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
@@ -348,7 +339,7 @@ fn count(dec: &mut Decoder, buf: &mut BytesMut, tally: &Tally) {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
-                let mut l = tally.latencies.lock().unwrap_or_else(|p| p.into_inner());
+                let mut l = auditlb::lock(&tally.latencies);
                 if l.len() < 2_000_000 {
                     l.push(u32::try_from(now.saturating_sub(ts) / 1000).unwrap_or(u32::MAX));
                 }
@@ -357,8 +348,8 @@ fn count(dec: &mut Decoder, buf: &mut BytesMut, tally: &Tally) {
     }
     tally.frames.fetch_add(frames, Ordering::Relaxed);
     if !got.is_empty() {
-        *tally.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let mut g = tally.ids.lock().unwrap_or_else(|p| p.into_inner());
+        *auditlb::lock(&tally.last) = Some(Instant::now());
+        let mut g = auditlb::lock(&tally.ids);
         for id in got {
             if !g.0.insert(id) {
                 g.1 += 1;

@@ -5,6 +5,7 @@
 //! - [`seal`]: forward-secure checkpoint keys (`keygen`, ratchet, HMAC).
 //! - [`anchors`]: the anchors file that binds a journal (parse, lines).
 //! - [`writer`]: the writer thread on the data path (see its own index).
+//! - [`handoff`]: the contract between the writer and the pools.
 //! - [`hasher`]: record digests on a second core; [`syncer`]: fsyncs,
 //!   anchor lines and key ratchets off the frame path.
 //! - [`recover`]: start-up recovery, a pure plan and its application.
@@ -17,6 +18,7 @@ pub mod anchors;
 pub mod cat;
 pub mod delivery;
 pub mod format;
+pub mod handoff;
 pub mod hasher;
 pub mod reader;
 pub mod recover;
@@ -60,7 +62,7 @@ pub enum Ingress {
 #[derive(Debug)]
 pub struct Reconfigure {
     /// New pools, given the next slots in order.
-    pub add_pools: Vec<PoolLink>,
+    pub add_pools: Vec<handoff::PoolLink>,
     /// Pools whose dispatchers get no more frames: their channel closes
     /// and they finish what they have.
     pub close_pools: Vec<usize>,
@@ -72,87 +74,6 @@ pub struct Reconfigure {
     /// once the change is written.
     pub done: tokio::sync::oneshot::Sender<u64>,
 }
-/// What the journal hands a pool's dispatcher: the pool's frames among the
-/// records `from..=to`, already written. Batches follow each other without
-/// gaps in `from..=to`; when the dispatcher's channel is full the batch is
-/// not kept in memory and the dispatcher reads those frames back from the
-/// journal. `from == 0` marks frames outside the record sequence (in-band
-/// checkpoint messages).
-#[derive(Debug)]
-pub struct Routed {
-    pub from: u64,
-    pub to: u64,
-    pub frames: Vec<Frame>,
-    /// Counts the frames against the pool's in-memory bound until the
-    /// batch is taken in (dropped).
-    pub ticket: Option<Ticket>,
-}
-
-/// Most frames of one pool waiting in memory between the writer and its
-/// dispatcher; past it the writer offers none and the dispatcher reads
-/// them from the files. Batches vary in size, so the bound is in frames
-/// (at 32k the dispatcher of a full-speed run spilled often, which costs
-/// more CPU than the memory it saves).
-pub const QUEUED_FRAMES: u64 = 128 * 1024;
-
-/// A batch's share of a pool's queued frames, given back on drop.
-#[derive(Debug)]
-pub struct Ticket {
-    queued: Arc<std::sync::atomic::AtomicU64>,
-    n: u64,
-}
-
-impl Ticket {
-    /// Takes `n` frames of the bound, or `None` when they do not fit.
-    pub fn take(queued: &Arc<std::sync::atomic::AtomicU64>, n: u64) -> Option<Ticket> {
-        use std::sync::atomic::Ordering;
-        let now = queued.load(Ordering::Acquire);
-        if now > 0 && now + n > QUEUED_FRAMES {
-            return None;
-        }
-        queued.fetch_add(n, Ordering::AcqRel);
-        Some(Ticket {
-            queued: queued.clone(),
-            n,
-        })
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.queued
-            .fetch_sub(self.n, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-/// Frames settled per backend (address, seqs), from a pool's dispatchers
-/// to the journal writer, which records them as DELIVERY ranges. Bounded by
-/// the writer draining it every tick.
-pub type SettledLog = Arc<std::sync::Mutex<Vec<(Arc<str>, Vec<u64>)>>>;
-
-/// The writer's link to one pool.
-#[derive(Debug)]
-pub struct PoolLink {
-    pub name: String,
-    pub tx: tokio::sync::mpsc::Sender<Routed>,
-    /// The first seq whose frames go to `tx` (0: this run's first). A pool
-    /// added by a reload starts with the live stream.
-    pub start: u64,
-    /// Set by the writer when it closes the pool: the last seq that may
-    /// hold one of its frames (`u64::MAX` while open). The dispatcher reads
-    /// the files no further.
-    pub closed_at: Arc<std::sync::atomic::AtomicU64>,
-    /// Highest `to` of a batch dropped because `tx` was full: the
-    /// dispatcher must read up to there from the files.
-    pub missed: Arc<std::sync::atomic::AtomicU64>,
-    /// Which backend settled which frames.
-    pub settled: SettledLog,
-    /// Delivery cursors published by the pool's dispatchers (one, or one
-    /// per backend of a `mirror` pool), by delivery name: every frame of the
-    /// pool below a cursor is settled there. Recorded in DELIVERY records.
-    pub cursors: Vec<(String, Arc<std::sync::atomic::AtomicU64>)>,
-}
-
 /// Resolved metric handles for the writer.
 #[derive(Clone)]
 pub struct JournalMetrics {

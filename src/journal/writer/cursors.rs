@@ -6,9 +6,8 @@ use super::*;
 
 /// One delivery name's cursor (a pool, or a mirror pool's backend).
 pub(super) struct CursorSlot {
-    pub(super) name: String,
     /// Published by the dispatcher: every frame below it is settled.
-    pub(super) published: Arc<AtomicU64>,
+    pub(super) cursor: crate::journal::handoff::Cursor,
     /// The value last written in a DELIVERY_CURSOR record.
     pub(super) recorded: u64,
     /// The segment that record is in: each segment with a checkpoint holds
@@ -21,32 +20,17 @@ impl Writer {
     /// last call (what `cat` shows as a frame's backend).
     pub fn record_settled(&mut self) {
         for i in 0..self.settled_logs.len() {
-            let entries = std::mem::take(
-                &mut *self.settled_logs[i]
-                    .1
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            if entries.is_empty() {
-                continue;
-            }
+            let settled = self.settled_logs[i].1.drain();
             let pool = self.settled_logs[i].0.clone();
-            let mut by_backend: Vec<(std::sync::Arc<str>, Vec<u64>)> = Vec::new();
-            for (b, seqs) in entries {
-                match by_backend.iter_mut().find(|(n, _)| *n == b) {
-                    Some((_, v)) => v.extend(seqs),
-                    None => by_backend.push((b, seqs)),
-                }
-            }
-            for (backend, mut seqs) in by_backend {
-                let mut body = Vec::with_capacity(seqs.len().min(4096) * 2 + 8);
-                crate::journal::format::encode_ranges(&mut seqs, &mut body);
+            for mut s in settled {
+                let mut body = Vec::with_capacity(s.seqs.len().min(4096) * 2 + 8);
+                crate::journal::format::encode_ranges(&mut s.seqs, &mut body);
                 self.push(
                     RecordType::Delivery,
                     flags::RANGES,
                     &[
                         (tag::POOL, pool.as_bytes()),
-                        (tag::BACKEND, backend.as_bytes()),
+                        (tag::BACKEND, s.backend.as_bytes()),
                     ],
                     &body,
                 );
@@ -61,12 +45,12 @@ impl Writer {
     pub(super) fn push_delivery(&mut self, all: bool) {
         for i in 0..self.delivery.len() {
             let c = &self.delivery[i];
-            let cursor = c.published.load(Ordering::Acquire);
+            let cursor = c.cursor.get();
             let moved = cursor != c.recorded || c.recorded_in != self.seg_no;
             if cursor == 0 || !(all || moved) {
                 continue;
             }
-            let name = c.name.clone();
+            let name = c.cursor.name.clone();
             self.delivery[i].recorded = cursor;
             self.delivery[i].recorded_in = self.seg_no;
             self.push_cursor(&name, cursor);

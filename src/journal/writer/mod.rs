@@ -35,9 +35,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::handoff::PoolLink;
 use super::hasher::{Hasher, Job};
 use super::reader::list_segments;
-use super::{Ingress, JournalMetrics, PoolLink, Routed, Ticket};
+use super::{Ingress, JournalMetrics};
 use crate::config::{JournalConfig, OnFull, SyncPolicy};
 use crate::frame::Frame;
 use crate::journal::format::{
@@ -108,7 +109,7 @@ pub struct Writer {
     /// Pool names by slot, for FRAME records.
     pool_names: Vec<Arc<str>>,
     /// Per pool: where its dispatchers log which backend settled what.
-    settled_logs: Vec<(String, crate::journal::SettledLog)>,
+    settled_logs: Vec<(String, crate::journal::handoff::SettledLog)>,
     /// Bytes in the journal's segment files (against `disk-budget`).
     journal_bytes: u64,
     /// Over budget now (logged once per episode).
@@ -419,7 +420,7 @@ pub fn spawn(
             let (done_tx, done_rx) = oneshot::channel();
             let names: Vec<String> = pools
                 .iter()
-                .flat_map(|p| p.cursors.iter().map(|c| c.0.clone()))
+                .flat_map(|p| p.cursors.iter().map(|c| c.name.clone()))
                 .collect();
             let mut w = match Writer::open(&cfg, metrics, &config_hash) {
                 Ok(w) => w,

@@ -3,48 +3,28 @@
 //! each pool its frames; applies reloads between two batches.
 
 use super::*;
-
-/// The writer's end of one pool slot.
-pub(super) struct Output {
-    /// `None` once the pool is closed (removed by a reload).
-    tx: Option<mpsc::Sender<Routed>>,
-    missed: Arc<AtomicU64>,
-    closed_at: Arc<AtomicU64>,
-    /// The last seq whose frames were offered to the pool.
-    covered: u64,
-    /// Frames offered and not yet taken in by the dispatcher.
-    queued: Arc<AtomicU64>,
-    /// Written and not yet offered.
-    frames: Vec<Frame>,
-}
+use crate::journal::handoff::{Offer, PoolLink};
 
 impl Writer {
     /// Takes on a pool: its FRAME records name it, its delivery cursors and
     /// settled ranges are recorded. `starts` are where its cursors start
     /// (per delivery name), recorded at once: a crash before the pool's
     /// first checkpoint still resumes from there.
-    pub(super) fn add_pool(&mut self, link: PoolLink, starts: &[u64]) -> Output {
+    pub(super) fn add_pool(&mut self, link: PoolLink, starts: &[u64]) -> Offer {
+        let offer = Offer::new(&link, link.start.max(self.start_seq));
         self.pool_names.push(link.name.as_str().into());
         self.settled_logs.push((link.name, link.settled));
-        for (i, (name, cursor)) in link.cursors.into_iter().enumerate() {
+        for (i, cursor) in link.cursors.into_iter().enumerate() {
             let start = starts.get(i).copied().unwrap_or(link.start).max(1);
-            cursor.store(start, Ordering::Release);
-            self.push_cursor(&name, start);
+            cursor.publish(start);
+            self.push_cursor(&cursor.name, start);
             self.delivery.push(CursorSlot {
-                name,
-                published: cursor,
+                cursor,
                 recorded: start,
                 recorded_in: self.seg_no,
             });
         }
-        Output {
-            tx: Some(link.tx),
-            missed: link.missed,
-            closed_at: link.closed_at,
-            covered: link.start.max(self.start_seq) - 1,
-            queued: Arc::new(AtomicU64::new(0)),
-            frames: Vec::new(),
-        }
+        offer
     }
 }
 
@@ -64,7 +44,7 @@ pub(super) struct Staged {
 
 impl Staged {
     /// Journals the staged batches in order and hands each pool its frames.
-    pub(super) fn append(&mut self, w: &mut Writer, outputs: &mut [Output]) {
+    pub(super) fn append(&mut self, w: &mut Writer, outputs: &mut [Offer]) {
         if self.batches.is_empty() {
             return;
         }
@@ -81,7 +61,7 @@ impl Staged {
         w.append_batches(&mut batches);
         for (pool, mut frames) in self.batches.drain(..) {
             if let Some(p) = pool {
-                outputs[p].frames.append(&mut frames);
+                outputs[p].stage(&mut frames);
             }
         }
         self.frames = 0;
@@ -91,54 +71,21 @@ impl Staged {
 
 /// Offers waiting checkpoint messages to every pool (outside the record
 /// sequence; dropped for a pool whose dispatcher is behind).
-pub(super) fn announce(w: &mut Writer, outputs: &[Output]) {
+pub(super) fn announce(w: &mut Writer, outputs: &[Offer]) {
     if w.announce.is_empty() {
         return;
     }
     let frames = std::mem::take(&mut w.announce);
-    for out in outputs.iter().filter_map(|o| o.tx.as_ref()) {
-        let _ = out.try_send(Routed {
-            from: 0,
-            to: 0,
-            ticket: None,
-            frames: frames.clone(),
-        });
+    for out in outputs {
+        out.announce(&frames);
     }
 }
 
-/// Offers each pool the frames written for it since the last offer, as the
-/// seq range `covered+1..=to`. Never waits for a dispatcher: one that is
-/// behind (its channel full) reads these frames back from the journal.
-pub(super) fn offer(w: &Writer, outputs: &mut [Output]) {
-    let to = w.next_seq - 1;
+/// Offers each pool the frames written for it since the last offer, up to
+/// the last record written.
+pub(super) fn offer(w: &Writer, outputs: &mut [Offer]) {
     for out in outputs.iter_mut() {
-        if out.frames.is_empty() {
-            continue;
-        }
-        let frames = std::mem::take(&mut out.frames);
-        let n = frames.len() as u64;
-        let from = out.covered + 1;
-        out.covered = to;
-        let Some(tx) = &out.tx else { continue };
-        // Never wait for a dispatcher: one that is behind (its channel or
-        // its share of memory full) reads these frames back from the
-        // journal.
-        let spilled = match Ticket::take(&out.queued, n) {
-            None => true,
-            Some(ticket) => matches!(
-                tx.try_send(Routed {
-                    from,
-                    to,
-                    frames,
-                    ticket: Some(ticket),
-                }),
-                Err(mpsc::error::TrySendError::Full(_))
-            ),
-        };
-        if spilled {
-            out.missed.fetch_max(to, Ordering::AcqRel);
-            w.metrics.spilled.inc_by(n);
-        }
+        out.offer(w.next_seq - 1, &w.metrics.spilled);
     }
 }
 
@@ -146,7 +93,7 @@ pub(super) fn offer(w: &Writer, outputs: &mut [Output]) {
 /// written and offered.
 pub(super) fn reconfigure(
     w: &mut Writer,
-    outputs: &mut Vec<Output>,
+    outputs: &mut Vec<Offer>,
     routes: &mut Vec<Option<usize>>,
     rc: crate::journal::Reconfigure,
 ) -> oneshot::Sender<u64> {
@@ -157,9 +104,7 @@ pub(super) fn reconfigure(
     }
     for i in rc.close_pools {
         if let Some(out) = outputs.get_mut(i) {
-            // Before the channel closes, so the dispatcher sees it then.
-            out.closed_at.store(w.next_seq - 1, Ordering::Release);
-            out.tx = None;
+            out.close(w.next_seq - 1);
         }
     }
     *routes = rc.routes;
@@ -213,7 +158,7 @@ pub(super) const MAX_ITEMS_PER_WRITE: usize = 256;
 pub(super) async fn run(
     w: &mut Writer,
     rx: &mut mpsc::Receiver<Ingress>,
-    outputs: &mut Vec<Output>,
+    outputs: &mut Vec<Offer>,
     routes: &mut Vec<Option<usize>>,
     abort: &CancellationToken,
 ) {

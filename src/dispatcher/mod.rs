@@ -12,8 +12,12 @@
 //!
 //! It also keeps the pool's delivery cursor: the seq below which every frame
 //! of the pool is settled (acknowledged by a backend's TCP stack), which the
-//! journal records in DELIVERY records and delivery resumes from after a
-//! restart (at-least-once).
+//! journal records in DELIVERY_CURSOR records and delivery resumes from
+//! after a restart (at-least-once).
+//!
+//! - [`intake`]: live batches or the files, and back (pure);
+//! - [`window`]: the routed, unsettled seqs that bound the cursor;
+//! - this file: the task, routing rounds, settlement and the cursor.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,17 +28,20 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod intake;
+mod window;
+
 use crate::balance::{Selector, View};
 use crate::frame::Frame;
+
+use crate::journal::handoff::{Batch, ClosedAt, Cursor, Missed, SettledLog};
 use crate::journal::tail::PoolTail;
-use crate::journal::{Routed, SettledLog};
 use crate::metrics::PoolMetrics;
 use crate::pool::Backend;
 use crate::upstream::{ConnShared, Handback};
+use intake::Intake;
+use window::SeqWindow;
 
-/// Batches the journal keeps in memory for one pool's dispatcher; beyond
-/// that the dispatcher reads from the journal files.
-pub const INGRESS_BATCHES: usize = 256;
 /// Batches that may wait in one upstream connection's channel; the real
 /// bound is the pool's `queue-bytes`.
 pub const UPSTREAM_BATCHES: usize = 64;
@@ -69,7 +76,7 @@ pub struct UpdateSlot {
 
 impl UpdateSlot {
     pub fn put(&self, update: PoolUpdate) {
-        *self.update.lock().unwrap_or_else(|p| p.into_inner()) = Some(update);
+        *crate::lock(&self.update) = Some(update);
         self.waiting.store(true, Ordering::Release);
     }
 
@@ -77,7 +84,7 @@ impl UpdateSlot {
         if !self.waiting.swap(false, Ordering::AcqRel) {
             return None;
         }
-        self.update.lock().unwrap_or_else(|p| p.into_inner()).take()
+        crate::lock(&self.update).take()
     }
 }
 
@@ -98,10 +105,10 @@ pub struct DispatcherJournal {
     pub cursor: u64,
     /// Last seq written to the files.
     pub committed: Arc<AtomicU64>,
-    /// See [`crate::journal::PoolLink::closed_at`].
-    pub closed_at: Arc<AtomicU64>,
+    /// Where a removed pool's frames end.
+    pub closed_at: ClosedAt,
     /// Where the dispatcher publishes its delivery cursor.
-    pub delivered_below: Arc<AtomicU64>,
+    pub delivered_below: Cursor,
 }
 
 pub struct Dispatcher {
@@ -114,29 +121,23 @@ pub struct Dispatcher {
     retired: Vec<Arc<ConnShared>>,
     update: Arc<UpdateSlot>,
     selector: Selector,
-    rx: mpsc::Receiver<Routed>,
+    rx: mpsc::Receiver<Batch>,
     handback: Arc<Handback>,
-    /// Next seq to take in: every frame of the pool below it is pending,
-    /// in flight or settled.
-    cursor: u64,
-    /// Taking frames from the writer's live batches (else from the files).
-    live: bool,
-    /// A live batch beyond the cursor, taken while reading from the files:
-    /// rejoins the live stream once the files reach it.
-    ahead: Option<Routed>,
+    /// Live batches or the files: its cursor is the next seq to take in
+    /// (every frame of the pool below it is pending, in flight or settled).
+    intake: Intake,
     tail: PoolTail,
     /// Last seq written to the journal files.
     committed: Arc<AtomicU64>,
-    /// Last seq that may hold a frame of this pool once a reload removed
-    /// it (`u64::MAX` while it is configured).
-    closed_at: Arc<AtomicU64>,
+    /// Where this pool's frames end once a reload removed it.
+    closed_at: ClosedAt,
     /// Routed and not yet settled.
     unsettled: SeqWindow,
     /// Published delivery cursor.
-    delivered_below: Arc<AtomicU64>,
+    delivered_below: Cursor,
     /// Where senders record the highest seq of batches they dropped for
     /// this dispatcher (it reads those from the files).
-    missed: Vec<Arc<AtomicU64>>,
+    missed: Vec<Missed>,
     settled_scratch: Vec<(u32, u64)>,
     /// Which backend settled which frames, for the journal's DELIVERY
     /// records (drained by the writer).
@@ -159,13 +160,13 @@ impl Dispatcher {
         backends: Vec<Arc<Backend>>,
         conns: Vec<Vec<ConnHandle>>,
         selector: Selector,
-        rx: mpsc::Receiver<Routed>,
+        rx: mpsc::Receiver<Batch>,
         handback: Arc<Handback>,
         wake: Arc<Notify>,
         queue_bytes: u64,
         metrics: PoolMetrics,
         journal: DispatcherJournal,
-        missed: Vec<Arc<AtomicU64>>,
+        missed: Vec<Missed>,
         settled_log: SettledLog,
         update: Arc<UpdateSlot>,
     ) -> Self {
@@ -176,7 +177,7 @@ impl Dispatcher {
             closed_at,
             delivered_below,
         } = journal;
-        delivered_below.store(cursor, Ordering::Release);
+        delivered_below.publish(cursor);
         let mut d = Self {
             pool,
             backends: Vec::new(),
@@ -188,9 +189,7 @@ impl Dispatcher {
             handback,
             wake,
             queue_bytes,
-            cursor,
-            live: false,
-            ahead: None,
+            intake: Intake::new(cursor),
             tail,
             committed,
             closed_at,
@@ -247,7 +246,7 @@ impl Dispatcher {
     fn readable_upto(&self) -> u64 {
         self.committed
             .load(Ordering::Acquire)
-            .min(self.closed_at.load(Ordering::Acquire))
+            .min(self.closed_at.bound())
     }
 
     /// Routes frames until the journal writer is gone, the files are read
@@ -283,29 +282,24 @@ impl Dispatcher {
                 }
             }
             // A dropped batch not yet read from the files: not live.
-            if self.live
-                && self
-                    .missed
-                    .iter()
-                    .any(|m| m.load(Ordering::Acquire) >= self.cursor)
-            {
-                tracing::debug!(pool = %self.pool, cursor = self.cursor, "behind: reading from the journal");
-                self.live = false;
+            let cursor = self.intake.cursor();
+            if self.intake.is_live() && self.missed.iter().any(|m| m.reaches(cursor)) {
+                tracing::debug!(pool = %self.pool, cursor, "behind: reading from the journal");
+                self.intake.fell_behind();
             }
-            if !self.live {
-                self.rejoin();
+            if !self.intake.is_live() {
+                let rx = &mut self.rx;
+                self.intake.rejoin(|| rx.try_recv().ok(), &mut self.pending);
+                self.tail.skip_to(self.intake.cursor());
             }
             // Behind the live stream: read the next frames from the files,
             // up to the batch waiting to rejoin it.
-            let upto = match &self.ahead {
-                Some(b) => self.readable_upto().min(b.from - 1),
-                None => self.readable_upto(),
-            };
-            if !self.live && self.tail.next_seq() <= upto {
+            let upto = self.intake.read_upto(self.readable_upto());
+            if let Some(upto) = upto.filter(|&u| self.tail.next_seq() <= u) {
                 match self.tail.read(upto, ROUND_FRAMES) {
                     Ok(frames) => {
                         tracing::trace!(pool = %self.pool, frames = frames.len(), next = self.tail.next_seq(), upto, "read from the journal");
-                        self.cursor = self.cursor.max(self.tail.next_seq());
+                        self.intake.read_to(self.tail.next_seq());
                         if !frames.is_empty() {
                             self.pending.extend(frames);
                             continue;
@@ -322,7 +316,8 @@ impl Dispatcher {
                 }
             }
             if !input_open {
-                let caught_up = self.tail.next_seq() > self.readable_upto() || self.live;
+                let caught_up =
+                    self.tail.next_seq() > self.readable_upto() || self.intake.is_live();
                 if caught_up && self.all_settled() {
                     // An upstream hands frames back before it gives up
                     // their charge: what came back since the top of the
@@ -356,7 +351,7 @@ impl Dispatcher {
         self.publish_cursor();
         let mut left = self.pending.len()
             + self.handback.take().len()
-            + self.ahead.take().map_or(0, |b| b.frames.len());
+            + self.intake.take_parked().map_or(0, |b| b.frames.len());
         self.rx.close();
         while let Ok(b) = self.rx.try_recv() {
             left += b.frames.len();
@@ -366,56 +361,17 @@ impl Dispatcher {
             tracing::warn!(
                 pool = %self.pool,
                 frames = left,
-                delivered_below = self.delivered_below.load(Ordering::Acquire),
+                delivered_below = self.delivered_below.get(),
                 "stopping with frames not yet delivered; they are in the journal and go out after the next start"
             );
         }
         self.metrics.pending.set(0);
     }
 
-    /// While reading from the files: drops the writer's batches the files
-    /// already gave, rejoins the live stream with one that starts at the
-    /// cursor, and keeps the first one beyond it (`ahead`) until the files
-    /// reach it. Draining the channel lets the writer keep offering
-    /// batches, so the dispatcher is back on the live stream sooner.
-    fn rejoin(&mut self) {
-        while !self.live {
-            match self.ahead.take() {
-                Some(b) if b.from > self.cursor => {
-                    self.ahead = Some(b);
-                    return;
-                }
-                Some(b) => self.take_in(b),
-                None => match self.rx.try_recv() {
-                    Ok(b) => self.take_in(b),
-                    Err(_) => return,
-                },
-            }
-        }
-    }
-
     /// A batch from the journal writer.
-    fn take_in(&mut self, batch: Routed) {
-        if batch.from == 0 {
-            // In-band checkpoint messages: outside the record sequence.
-            self.pending.extend(batch.frames);
-        } else if batch.to < self.cursor {
-            // Already read from the files.
-        } else if batch.from <= self.cursor {
-            let cursor = self.cursor;
-            self.pending
-                .extend(batch.frames.into_iter().filter(|f| f.seq >= cursor));
-            self.cursor = batch.to + 1;
-            self.tail.skip_to(self.cursor);
-            self.live = true;
-        } else {
-            // A gap: the frames before this batch are read from the files,
-            // then this one rejoins the live stream.
-            self.live = false;
-            if self.ahead.is_none() {
-                self.ahead = Some(batch);
-            }
-        }
+    fn take_in(&mut self, batch: Batch) {
+        self.intake.take_in(batch, &mut self.pending);
+        self.tail.skip_to(self.intake.cursor());
     }
 
     /// Clears the seqs upstreams report settled.
@@ -430,10 +386,9 @@ impl Dispatcher {
                     v.push(s);
                 }
             }
-            let mut log = self.settled_log.lock().unwrap_or_else(|p| p.into_inner());
             for (b, seqs) in per_backend.into_iter().enumerate() {
                 if !seqs.is_empty() {
-                    log.push((self.backend_names[b].clone(), seqs));
+                    self.settled_log.record(self.backend_names[b].clone(), seqs);
                 }
             }
         }
@@ -444,14 +399,14 @@ impl Dispatcher {
     /// settled (pending, in flight, or not taken in yet).
     fn publish_cursor(&mut self) {
         self.collect_settled();
-        let mut low = self.cursor;
+        let mut low = self.intake.cursor();
         if let Some(s) = self.unsettled.first() {
             low = low.min(s);
         }
         if let Some(s) = self.pending.iter().map(|f| f.seq).filter(|&s| s > 0).min() {
             low = low.min(s);
         }
-        self.delivered_below.store(low, Ordering::Release);
+        self.delivered_below.publish(low);
         self.retired.retain(|c| c.unsettled() > 0);
         let committed = self.readable_upto();
         self.metrics
@@ -609,78 +564,5 @@ impl Dispatcher {
             return Err(Some(e.0));
         }
         Ok(())
-    }
-}
-
-/// A set of seqs (routed, not yet settled) as a bitmap over a sliding
-/// window; its size follows the span between the oldest unsettled frame and
-/// the newest routed one.
-#[derive(Debug, Default)]
-struct SeqWindow {
-    /// Seq of bit 0 of `words[0]`; a multiple of 64.
-    base: u64,
-    words: VecDeque<u64>,
-}
-
-impl SeqWindow {
-    fn mark(&mut self, seq: u64) {
-        if self.words.is_empty() {
-            self.base = seq & !63;
-        }
-        while seq < self.base {
-            self.words.push_front(0);
-            self.base -= 64;
-        }
-        let idx = ((seq - self.base) / 64) as usize;
-        if idx >= self.words.len() {
-            self.words.resize(idx + 1, 0);
-        }
-        self.words[idx] |= 1 << ((seq - self.base) % 64);
-    }
-
-    fn clear(&mut self, seq: u64) {
-        if seq < self.base {
-            return;
-        }
-        let idx = ((seq - self.base) / 64) as usize;
-        if let Some(w) = self.words.get_mut(idx) {
-            *w &= !(1 << ((seq - self.base) % 64));
-        }
-        while self.words.front() == Some(&0) {
-            self.words.pop_front();
-            self.base += 64;
-        }
-    }
-
-    fn first(&self) -> Option<u64> {
-        let (i, w) = self.words.iter().enumerate().find(|(_, w)| **w != 0)?;
-        Some(self.base + 64 * i as u64 + u64::from(w.trailing_zeros()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seq_window_tracks_the_lowest_unsettled() {
-        let mut w = SeqWindow::default();
-        assert_eq!(w.first(), None);
-        for s in [100, 101, 300, 70, 5000] {
-            w.mark(s);
-        }
-        assert_eq!(w.first(), Some(70));
-        w.clear(70);
-        assert_eq!(w.first(), Some(100));
-        w.clear(100);
-        w.clear(101);
-        w.clear(999);
-        assert_eq!(w.first(), Some(300));
-        w.clear(300);
-        w.clear(5000);
-        assert_eq!(w.first(), None);
-        assert!(w.words.is_empty());
-        w.mark(3);
-        assert_eq!(w.first(), Some(3));
     }
 }
