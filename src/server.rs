@@ -22,7 +22,8 @@ use crate::admin;
 use crate::balance::{Member as SelectorMember, Selector};
 use crate::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
 use crate::dispatcher::{
-    ConnHandle, Dispatcher, DispatcherJournal, PoolUpdate, UpdateSlot, UPSTREAM_BATCHES,
+    ConnHandle, Dispatcher, DispatcherJournal, DispatcherParts, PoolUpdate, UpdateSlot,
+    UPSTREAM_BATCHES,
 };
 use crate::health;
 use crate::journal::handoff::{self, PoolEnds};
@@ -233,16 +234,16 @@ impl Server {
             .collect();
         let (ingress, journal_rx) = mpsc::channel(INGRESS_ITEMS);
         let journal_drained = CancellationToken::new();
-        let journal_ready = journal::writer::spawn(
-            config.journal.clone(),
-            metrics.journal(),
-            config.source_hash,
-            journal_rx,
-            links,
-            routes.clone(),
-            abort.clone(),
-            journal_drained.clone(),
-        );
+        let journal_ready = journal::writer::spawn(journal::writer::Start {
+            cfg: config.journal.clone(),
+            metrics: metrics.journal(),
+            config_hash: config.source_hash,
+            rx: journal_rx,
+            pools: links,
+            routes: routes.clone(),
+            abort: abort.clone(),
+            drained: journal_drained.clone(),
+        });
         let opened = match journal_ready.await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
@@ -695,28 +696,30 @@ impl PoolCtx {
                 rx.take().expect("one dispatcher for a balanced pool")
             };
             let update = Arc::new(UpdateSlot::default());
-            let dispatcher = Dispatcher::new(
-                name.clone(),
-                group_members.iter().map(|m| m.backend.clone()).collect(),
-                group_members.iter().map(|m| m.conns.clone()).collect(),
-                selector(p, &group_members),
-                input,
-                handback.clone(),
-                wake.clone(),
-                p.queue_bytes.0,
-                pool_metrics.clone(),
-                DispatcherJournal {
+            let dispatcher = Dispatcher::new(DispatcherParts {
+                pool: name.clone(),
+                set: PoolUpdate {
+                    backends: group_members.iter().map(|m| m.backend.clone()).collect(),
+                    conns: group_members.iter().map(|m| m.conns.clone()).collect(),
+                    selector: selector(p, &group_members),
+                    queue_bytes: p.queue_bytes.0,
+                },
+                rx: input,
+                missed: missed_by,
+                handback: handback.clone(),
+                wake: wake.clone(),
+                metrics: pool_metrics.clone(),
+                journal: DispatcherJournal {
                     tail: PoolTail::new(self.journal_dir.clone(), p.name.clone(), cursor)
                         .untrusted(self.untrusted),
                     cursor,
                     committed: self.committed.clone(),
                     closed_at: ends.closed_at.clone(),
                     delivered_below: delivered.clone(),
+                    settled_log: ends.settled.clone(),
                 },
-                missed_by,
-                ends.settled.clone(),
-                update.clone(),
-            );
+                update: update.clone(),
+            });
             let dispatcher = self.pool_tasks.spawn(dispatcher.run(self.abort.clone()));
             state.groups.push(Group {
                 update,

@@ -55,10 +55,11 @@ pub struct ConnHandle {
     pub shared: Arc<ConnShared>,
 }
 
-/// A reload's new backend set for a running dispatcher. Backends kept from
-/// before come with their existing connections; connections missing from
-/// the new set are retired: their channel closes, they send what they were
-/// given, and what they cannot deliver comes back here to be routed again.
+/// A dispatcher's backend set: at start, or a reload's new one for a
+/// running dispatcher. Backends kept from before come with their existing
+/// connections; connections missing from the new set are retired: their
+/// channel closes, they send what they were given, and what they cannot
+/// deliver comes back here to be routed again.
 pub struct PoolUpdate {
     pub backends: Vec<Arc<Backend>>,
     pub conns: Vec<Vec<ConnHandle>>,
@@ -109,6 +110,28 @@ pub struct DispatcherJournal {
     pub closed_at: ClosedAt,
     /// Where the dispatcher publishes its delivery cursor.
     pub delivered_below: Cursor,
+    /// Where it logs which backend settled which frames, for the journal's
+    /// DELIVERY records.
+    pub settled_log: SettledLog,
+}
+
+/// Everything a dispatcher is made of.
+pub struct DispatcherParts {
+    pub pool: Arc<str>,
+    /// Its backends, their connections, the selector and `queue-bytes`.
+    pub set: PoolUpdate,
+    /// The writer's batches for it.
+    pub rx: mpsc::Receiver<Batch>,
+    /// Where senders record the highest seq of batches they dropped for it.
+    pub missed: Vec<Missed>,
+    /// Frames and settlements its upstreams hand back.
+    pub handback: Arc<Handback>,
+    /// Woken by upstreams and health changes.
+    pub wake: Arc<Notify>,
+    pub metrics: PoolMetrics,
+    pub journal: DispatcherJournal,
+    /// Where a reload leaves a new backend set.
+    pub update: Arc<UpdateSlot>,
 }
 
 pub struct Dispatcher {
@@ -154,28 +177,25 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        pool: Arc<str>,
-        backends: Vec<Arc<Backend>>,
-        conns: Vec<Vec<ConnHandle>>,
-        selector: Selector,
-        rx: mpsc::Receiver<Batch>,
-        handback: Arc<Handback>,
-        wake: Arc<Notify>,
-        queue_bytes: u64,
-        metrics: PoolMetrics,
-        journal: DispatcherJournal,
-        missed: Vec<Missed>,
-        settled_log: SettledLog,
-        update: Arc<UpdateSlot>,
-    ) -> Self {
+    pub fn new(parts: DispatcherParts) -> Self {
+        let DispatcherParts {
+            pool,
+            set,
+            rx,
+            missed,
+            handback,
+            wake,
+            metrics,
+            journal,
+            update,
+        } = parts;
         let DispatcherJournal {
             tail,
             cursor,
             committed,
             closed_at,
             delivered_below,
+            settled_log,
         } = journal;
         delivered_below.publish(cursor);
         let mut d = Self {
@@ -184,11 +204,11 @@ impl Dispatcher {
             conns: Vec::new(),
             retired: Vec::new(),
             update,
-            selector,
+            selector: set.selector,
             rx,
             handback,
             wake,
-            queue_bytes,
+            queue_bytes: set.queue_bytes,
             intake: Intake::new(cursor),
             tail,
             committed,
@@ -202,7 +222,7 @@ impl Dispatcher {
             pending: VecDeque::new(),
             metrics,
         };
-        d.set_backends(backends, conns);
+        d.set_backends(set.backends, set.conns);
         d
     }
 

@@ -396,23 +396,40 @@ pub struct Opened {
     pub untrusted: Option<(u64, u64)>,
 }
 
-/// Runs the writer on its own thread. Frames go on to their pool's `tx`
-/// after they are written (and synced under `sync = "always"`); `routes`
-/// maps each listener slot to its pool slot (`pools` in order). When the
-/// ingress closes, the writer drops the pool channels, waits for `drained`
-/// (the dispatchers finished) and writes the final DELIVERY records and
-/// checkpoint. `abort` ends it at once.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    cfg: JournalConfig,
-    metrics: JournalMetrics,
-    config_hash: Hash,
-    mut rx: mpsc::Receiver<Ingress>,
-    pools: Vec<PoolLink>,
-    mut routes: Vec<Option<usize>>,
-    abort: CancellationToken,
-    drained: CancellationToken,
-) -> oneshot::Receiver<Result<Opened, JournalError>> {
+/// What the writer thread starts with.
+pub struct Start {
+    pub cfg: JournalConfig,
+    pub metrics: JournalMetrics,
+    /// SHA-256 of the config text, for the first CONFIG record.
+    pub config_hash: Hash,
+    /// The sessions' batches (and reloads).
+    pub rx: mpsc::Receiver<Ingress>,
+    /// One link per configured pool, in slot order.
+    pub pools: Vec<PoolLink>,
+    /// Pool slot of each listener slot.
+    pub routes: Vec<Option<usize>>,
+    /// Ends the writer at once.
+    pub abort: CancellationToken,
+    /// Fired when the dispatchers finished: the final records follow.
+    pub drained: CancellationToken,
+}
+
+/// Runs the writer on its own thread. Frames go on to their pool after
+/// they are written (and synced under `sync = "always"`). When the ingress
+/// closes, the writer drops the pool channels, waits for `drained` (the
+/// dispatchers finished) and writes the final DELIVERY records and the
+/// FINAL checkpoint. `abort` ends it at once.
+pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
+    let Start {
+        cfg,
+        metrics,
+        config_hash,
+        mut rx,
+        pools,
+        mut routes,
+        abort,
+        drained,
+    } = start;
     let (ready_tx, ready_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("journal".into())

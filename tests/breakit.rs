@@ -1,5 +1,0 @@
-//! Throwaway adversarial experiments (to be deleted).
-#![allow(dead_code, unused_imports)]
-mod common;
-#[test]
-fn smoke() {}
