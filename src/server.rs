@@ -94,8 +94,9 @@ struct PoolCtx {
     /// Seq of the last record written to the journal.
     committed: Arc<AtomicU64>,
     journal_dir: PathBuf,
-    /// A damaged segment found at start: pools never read past the damage.
-    untrusted: Option<(u64, u64)>,
+    /// First seq of this run: pools check every record of earlier runs'
+    /// segments they read back before routing it.
+    start_seq: u64,
 }
 
 /// One backend as the server keeps it, so a reload can keep it.
@@ -261,7 +262,7 @@ impl Server {
             background_stop,
             committed: opened.committed.clone(),
             journal_dir: config.journal.dir.clone(),
-            untrusted: opened.untrusted,
+            start_seq: opened.start_seq,
         };
 
         let mut pools = Vec::new();
@@ -711,7 +712,7 @@ impl PoolCtx {
                 metrics: pool_metrics.clone(),
                 journal: DispatcherJournal {
                     tail: PoolTail::new(self.journal_dir.clone(), p.name.clone(), cursor)
-                        .untrusted(self.untrusted),
+                        .checked_before(self.start_seq, self.metrics.journal().tampered),
                     cursor,
                     committed: self.committed.clone(),
                     closed_at: ends.closed_at.clone(),

@@ -1448,6 +1448,12 @@ fn an_edited_undelivered_frame_is_not_routed() {
     let at = bytes.windows(7).position(|w| w == b" id=500").unwrap() - 3;
     bytes[at] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
+    // A first start with the backend still down finds the damage in the
+    // newest segment; at the second start that segment is an older one,
+    // and its edited frame must still not be routed.
+    let (mut p, _) = spawn_auditlb(&cfg);
+    p.signal(libc::SIGTERM);
+    assert!(p.child.wait().unwrap().success());
     let (_sink, _) = spawn_sink(&addr.to_string(), "octet", &log, &[]);
     let (mut p, listen) = spawn_auditlb(&cfg);
     let out = gen_ids(listen, 1, 100, &["--id-base", "5000"]);

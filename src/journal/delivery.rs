@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use super::format::{tag, Record, RecordType};
-use super::reader::{list_segments, Mapped, Records};
+use super::reader::{chained, list_segments, Mapped};
 
 /// A cursor record's body: the seq below which every frame is settled.
 pub fn encode(below: u64) -> [u8; 8] {
@@ -29,7 +29,8 @@ pub fn decode<'a>(r: &Record<'a>) -> Option<(&'a [u8], u64)> {
 /// first seq: a cursor past it is not a cursor this journal wrote), or
 /// `None` when the journal has none for it. Segments are read newest first
 /// and the walk stops once every name is found (each run records every
-/// cursor when it starts, so that is the newest segment or two).
+/// cursor when it starts, so that is the newest segment or two). Only
+/// records that chain from their segment's header count.
 pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> {
     let mut found: Vec<Option<u64>> = vec![None; names.len()];
     let Ok(segs) = list_segments(dir) else {
@@ -40,7 +41,15 @@ pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> 
             continue;
         };
         let mut last: Vec<Option<u64>> = vec![None; names.len()];
-        for (_, r) in Records::new(mapped.bytes()).map_while(Result::ok) {
+        // Only records that chain: a cursor forged after damage would skip
+        // every frame before it.
+        let walk = chained(mapped.bytes());
+        if let Some((at, why)) = walk.broken {
+            if at < mapped.bytes().len() {
+                tracing::warn!(segment = %seg.path.display(), offset = at, reason = %why, "delivery cursors after damage are not trusted");
+            }
+        }
+        for (_, r) in walk.records {
             if r.seq >= start_seq {
                 break;
             }
@@ -80,8 +89,19 @@ mod tests {
         }
         .encode()
         .to_vec();
+        let start = crate::journal::format::segment_start_body(first, &[1; 16]);
+        head = encode_record(
+            &mut b,
+            RecordType::SegmentStart,
+            0,
+            first,
+            0,
+            &[],
+            &start,
+            &head,
+        );
         for (i, (t, fl, name, body)) in recs.iter().enumerate() {
-            let seq = first + i as u64;
+            let seq = first + 1 + i as u64;
             head = encode_record(
                 &mut b,
                 *t,
@@ -131,8 +151,23 @@ mod tests {
         let names = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
         assert_eq!(resume(d.path(), &names, 20), vec![Some(9), Some(2), None]);
         // Never past this run's first seq.
-        assert_eq!(resume(d.path(), &names[..1], 4), vec![Some(4)]);
+        assert_eq!(resume(d.path(), &names[..1], 4), vec![Some(3)]);
         // Records of this run (seq >= start) are not where it resumes from.
         assert_eq!(resume(d.path(), &names[..1], 10), vec![Some(5)]);
+        // A cursor appended after the chain breaks is not trusted.
+        let path = d.path().join(segment_name(10));
+        let mut bytes = std::fs::read(&path).unwrap();
+        encode_record(
+            &mut bytes,
+            RecordType::Cursor,
+            0,
+            14,
+            0,
+            &[(tag::POOL, b"a")],
+            &encode(u64::MAX),
+            &[0; 32],
+        );
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(resume(d.path(), &names[..1], 20), vec![Some(9)]);
     }
 }

@@ -134,3 +134,102 @@ impl Mapped {
         &self.bytes
     }
 }
+
+/// Highest seq a record may carry: far beyond what a journal reaches
+/// (2^62 records), so seq arithmetic never overflows on crafted input.
+pub const MAX_SEQ: u64 = 1 << 62;
+
+/// The rules each record of a segment keeps, checked one record at a time
+/// in order: it has the next seq, it chains onto the record before (the
+/// first onto the header's previous chain hash), and SEGMENT_START opens
+/// the segment repeating the header. What reads earlier runs' records back
+/// (a pool's tail, the cursor scan) trusts nothing it has not checked.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
+    header: super::format::Header,
+    head: super::format::Hash,
+    next_seq: u64,
+    records: u64,
+}
+
+impl ChainCheck {
+    pub fn new(header: super::format::Header) -> ChainCheck {
+        ChainCheck {
+            head: header.prev_chain,
+            next_seq: header.first_seq,
+            header,
+            records: 0,
+        }
+    }
+
+    /// Checks the next record; `Err` says why it breaks the chain.
+    pub fn check(&mut self, r: &Record<'_>) -> Result<(), String> {
+        use super::format::{chain_step, record_digest, segment_start_mismatch};
+        if r.seq != self.next_seq || r.seq >= MAX_SEQ {
+            return Err(format!("seq {} where {} was next", r.seq, self.next_seq));
+        }
+        let chain = chain_step(&self.head, r.seq, &record_digest(r.raw));
+        if chain != r.chain {
+            return Err(format!("the record of seq {} does not chain", r.seq));
+        }
+        if let Some(why) = segment_start_mismatch(&self.header, self.records, r) {
+            return Err(format!("seq {}: {why}", r.seq));
+        }
+        self.head = chain;
+        self.next_seq += 1;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Chain hash of the last record checked (the header's before any).
+    pub fn head(&self) -> &super::format::Hash {
+        &self.head
+    }
+}
+
+/// The records of a segment that parse and chain, from its header on.
+pub struct Chained<'a> {
+    /// Each with its byte offset.
+    pub records: Vec<(usize, Record<'a>)>,
+    /// Where and why the walk stopped early (`None`: it reached the end).
+    /// Records after a break are not returned: nothing checks them.
+    pub broken: Option<(usize, String)>,
+}
+
+/// The records of a segment's bytes that parse and chain.
+pub fn chained(bytes: &[u8]) -> Chained<'_> {
+    let header = match super::format::Header::decode(bytes) {
+        Ok(h) => h,
+        Err(m) => {
+            return Chained {
+                records: Vec::new(),
+                broken: Some((0, format!("segment header: {m}"))),
+            }
+        }
+    };
+    let mut check = ChainCheck::new(header);
+    let mut out = Vec::new();
+    for step in Records::new(bytes) {
+        match step {
+            Ok((at, r)) => {
+                if let Err(why) = check.check(&r) {
+                    return Chained {
+                        records: out,
+                        broken: Some((at, why)),
+                    };
+                }
+                out.push((at, r));
+            }
+            Err((at, e)) => {
+                return Chained {
+                    records: out,
+                    broken: Some((at, format!("{e:?}"))),
+                }
+            }
+        }
+    }
+    Chained {
+        records: out,
+        broken: None,
+    }
+}

@@ -71,9 +71,6 @@ pub struct Plan {
     pub action: Action,
     pub resume: Resume,
     pub alarms: Vec<Alarm>,
-    /// With [`Action::LeaveDamaged`]: the offset in the segment from which
-    /// its bytes are not the journal's. Frames there are never routed.
-    pub untrusted_from: Option<usize>,
 }
 
 /// Plans recovery for the newest segment (`None`: the directory has none),
@@ -92,7 +89,6 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     last_epoch: None,
                 },
                 alarms: Vec::new(),
-                untrusted_from: None,
             },
             // Wiped: go on from the anchored head, so `verify` sees the
             // journal start past segment 0 (SEGMENT_MISSING), not a new,
@@ -114,7 +110,6 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                         h.seq
                     ),
                 }],
-                untrusted_from: None,
             },
         };
     };
@@ -174,6 +169,27 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                         d.what
                     ),
                 },
+                (true, _)
+                    if head.is_some_and(|h| {
+                        h.journal_id == header.journal_id && h.seq >= w.next_seq
+                    }) =>
+                {
+                    // The anchors say records were in what would be cut.
+                    alarms.push(Alarm {
+                        class: "TAIL_TRUNCATED",
+                        message: format!(
+                            "segment {}: {}, and the anchors file records seq {} past it",
+                            super::format::segment_name(name_seq),
+                            d.what,
+                            head.map_or(0, |h| h.seq)
+                        ),
+                    });
+                    resume.next_seq = resume
+                        .next_seq
+                        .max(w.max_seq_seen.saturating_add(1))
+                        .max(name_seq.saturating_add(1));
+                    Action::LeaveDamaged
+                }
                 (true, _) => Action::CutTorn {
                     at: d.at,
                     reason: d.what.clone(),
@@ -213,7 +229,6 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                 action: Action::LeaveDamaged,
                 resume,
                 alarms,
-                untrusted_from: None,
             };
         }
     }
@@ -228,7 +243,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                 ),
             });
         } else {
-            let kept_to = w.next_seq - 1;
+            let kept_to = w.next_seq.saturating_sub(1);
             if h.seq > kept_to {
                 if action != Action::LeaveDamaged {
                     alarms.push(Alarm {
@@ -263,15 +278,10 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
             resume.last_epoch = resume.last_epoch.max(Some(h.epoch));
         }
     }
-    let untrusted_from = match (&action, &w.damage) {
-        (Action::LeaveDamaged, Some(d)) => Some(d.at),
-        _ => None,
-    };
     Plan {
         action,
         resume,
         alarms,
-        untrusted_from,
     }
 }
 
@@ -294,7 +304,6 @@ fn half_created(
                 class: "TAIL_TRUNCATED",
                 message: format!("{reason}, but the anchors file records seqs in it"),
             }],
-            untrusted_from: Some(0),
         };
     }
     Plan {
@@ -308,7 +317,6 @@ fn half_created(
             last_epoch: None,
         },
         alarms: Vec::new(),
-        untrusted_from: None,
     }
 }
 
@@ -352,7 +360,6 @@ fn damaged_header(
             class: "MODIFIED",
             message: format!("segment {}: {what}", super::format::segment_name(name_seq)),
         }],
-        untrusted_from: Some(0),
     }
 }
 
@@ -506,11 +513,22 @@ pub fn is_torn_tail(bytes: &[u8], at: usize, incomplete: bool) -> bool {
 /// short: an incomplete record, or a zero-filled tail (the size grew but
 /// the data never reached the disk).
 fn looks_torn(tail: &[u8], incomplete: bool) -> bool {
-    if tail.iter().all(|&b| b == 0) {
+    // The bytes that reached the disk, before a zero-filled end.
+    let written = tail.len() - tail.iter().rev().take_while(|&&b| b == 0).count();
+    if written == 0 {
         return true;
     }
-    let zero_end = tail.len() >= 4 && tail[tail.len() - 4..].iter().all(|&b| b == 0);
-    incomplete || zero_end
+    if incomplete {
+        return true;
+    }
+    // A record whose end was zero-filled: what was written must itself be
+    // the start of one record (an edited length field followed by zeros
+    // is not).
+    written < tail.len()
+        && matches!(
+            parse_record(&tail[..written]),
+            Err(ParseError::Incomplete { .. })
+        )
 }
 
 /// Whether a whole record ends at the end of `bytes`, starting after
@@ -557,9 +575,6 @@ pub struct Recovered {
     pub notes: Vec<(String, Vec<u8>)>,
     /// No journal and nothing anchored: a journal starts here.
     pub new_journal: bool,
-    /// A damaged segment left as evidence: (its first seq, the offset from
-    /// which its bytes are not the journal's). Readers stop there.
-    pub untrusted: Option<(u64, u64)>,
 }
 
 /// Plans recovery for the journal in `dir` and carries the plan out: cuts
@@ -610,7 +625,7 @@ pub fn recover_dir(
         let mut r = p.resume.clone();
         let (Some(seg), Some(bytes)) = (last, bytes) else {
             let new_journal = r.journal_id.is_none();
-            return recovered(r, alarms, notes, new_journal, None);
+            return recovered(r, alarms, notes, new_journal);
         };
         let path = &seg.path;
         // Records to append: (type, reason, body).
@@ -696,8 +711,7 @@ pub fn recover_dir(
                     .last()
             });
         }
-        let untrusted = p.untrusted_from.map(|at| (seg.name_seq, at as u64));
-        return recovered(r, alarms, notes, false, untrusted);
+        return recovered(r, alarms, notes, false);
     }
 }
 
@@ -708,7 +722,6 @@ fn recovered(
     alarms: Vec<Alarm>,
     notes: Vec<(String, Vec<u8>)>,
     new_journal: bool,
-    untrusted: Option<(u64, u64)>,
 ) -> Result<Recovered, super::writer::JournalError> {
     let journal_id = match r.journal_id {
         Some(id) => id,
@@ -726,7 +739,6 @@ fn recovered(
         alarms,
         notes,
         new_journal,
-        untrusted,
     })
 }
 
@@ -961,6 +973,31 @@ mod tests {
         let p = plan(Some((1, &b)), None);
         assert_eq!(p.action, Action::LeaveDamaged);
         assert_eq!(classes(&p), ["INSERTED"]);
+    }
+
+    #[test]
+    fn an_edited_length_before_a_checkpoint_then_zeros_is_not_a_torn_write() {
+        // frames, CP1, frames, CP2, frames; the trailing length of a frame
+        // between CP1 and CP2 raised, four zero bytes appended.
+        let mut s = Seg::typical();
+        s.checkpoint(4, 0).frame("after");
+        let at = s.ends[4].2 - 4;
+        let mut b = s.bytes.clone();
+        let len = u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+        b[at..at + 4].copy_from_slice(&(len + 1).to_be_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let p = plan(Some((1, &b)), None);
+        assert_eq!(p.action, Action::LeaveDamaged, "{p:?}");
+        // A real torn write after the last checkpoint, anchored past it:
+        // the anchors say records were there, so it is not cut either.
+        let mut t = Seg::typical();
+        let cut = t.ends[5].2 - 7;
+        t.bytes.truncate(cut);
+        let mut anchors = t.anchor(3);
+        anchors.lines[0].seq = 6;
+        let p = plan(Some((1, &t.bytes)), Some(&anchors));
+        assert_eq!(p.action, Action::LeaveDamaged, "{p:?}");
+        assert_eq!(classes(&p), ["TAIL_TRUNCATED"]);
     }
 
     #[test]

@@ -6,9 +6,16 @@
 //!
 //! A segment is read up to its end record (SEGMENT_END, or the FINAL
 //! checkpoint of a clean stop: bytes after either are not the journal's,
-//! and their frames are never routed). A segment whose written bytes run
-//! out with a newer segment beside it (damage found at start-up, where the
-//! writer moved on without closing it) is left for the newer one.
+//! and their frames are never routed). Segments of earlier runs (before
+//! `checked_before`: written by a process that is gone, so open to edits
+//! while auditlb was stopped) are checked record by record as they are
+//! read ([`ChainCheck`]), and linked to the segment before: at the first
+//! record that does not parse or chain, the rest of that segment is not
+//! routed, the tamper alarm goes up, and the tail goes on in the next
+//! segment. This run's own segments are only parsed (its writer is the one
+//! process writing them). A segment whose written bytes run out with a
+//! newer segment beside it (left by a crash or damage) gives way to the
+//! newer one.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,8 +27,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::format::{ends_segment, parse_record, tag, ParseError, Record, RecordType, HEADER_LEN};
-use super::reader::list_segments;
+use super::format::{
+    ends_segment, parse_record, tag, Hash, Header, ParseError, Record, RecordType, HEADER_LEN,
+};
+use super::reader::{list_segments, ChainCheck};
 use crate::frame::{ConnMeta, Frame};
 
 const CHUNK: usize = 1 << 20;
@@ -36,8 +45,10 @@ struct OpenSegment {
     /// Its bytes ran out once while a newer segment existed: if they still
     /// do, it is left for the newer one.
     ran_out: bool,
-    /// Bytes from here on are not the journal's (damage found at start).
-    stop_at: u64,
+    /// An earlier run's segment: each record is checked before it is used.
+    check: Option<ChainCheck>,
+    /// It broke its chain (or did not parse): nothing more is read from it.
+    damaged: bool,
 }
 
 /// A cursor over one pool's frames in a journal directory.
@@ -52,8 +63,13 @@ pub struct PoolTail {
     past: Option<u64>,
     /// The last record's (listener, client) and its connection.
     last_meta: Option<(Vec<u8>, Vec<u8>, Arc<ConnMeta>)>,
-    /// A damaged segment (first seq, offset) not to be read past.
-    untrusted: Option<(u64, u64)>,
+    /// Segments whose first seq is below this are checked as they are read.
+    checked_before: u64,
+    /// Raised when a checked segment breaks its chain.
+    alarm: Option<prometheus::IntGauge>,
+    /// Chain hash that ended the last checked segment read to its end: the
+    /// next segment's header must link to it.
+    link: Option<Hash>,
 }
 
 /// What reading the open segment once gave.
@@ -66,6 +82,8 @@ enum Chunk {
     Ended,
     /// No more complete records written in this segment yet.
     Dry,
+    /// The segment broke its chain or does not parse: go on in the next.
+    Damaged,
 }
 
 impl PoolTail {
@@ -77,15 +95,18 @@ impl PoolTail {
             next_seq: from_seq,
             past: None,
             last_meta: None,
-            untrusted: None,
+            checked_before: u64::MAX,
+            alarm: None,
+            link: None,
         }
     }
 
-    /// Never reads the segment whose first seq is `u.0` past offset `u.1`
-    /// (where start-up recovery found it damaged): its frames from there
-    /// on are not routed.
-    pub fn untrusted(mut self, u: Option<(u64, u64)>) -> Self {
-        self.untrusted = u;
+    /// Trusts only what it checked in segments that start before seq
+    /// `first_of_this_run` (this run's own are only parsed); a segment that
+    /// breaks its chain sets `alarm`.
+    pub fn checked_before(mut self, first_of_this_run: u64, alarm: prometheus::IntGauge) -> Self {
+        self.checked_before = first_of_this_run;
+        self.alarm = Some(alarm);
         self
     }
 
@@ -108,6 +129,7 @@ impl PoolTail {
     /// when the journal has none yet.
     fn open(&mut self) -> io::Result<bool> {
         let mut segs = list_segments(&self.dir)?;
+        let all = segs.clone();
         if let Some(past) = self.past {
             segs.retain(|s| s.name_seq > past);
         }
@@ -124,17 +146,46 @@ impl PoolTail {
                 None => return Ok(false),
             },
         };
-        let stop_at = match self.untrusted {
-            Some((first, at)) if first == seg.name_seq => at,
-            _ => u64::MAX,
-        };
-        self.segment = Some(OpenSegment {
-            file: File::open(&seg.path)?,
+        let file = File::open(&seg.path)?;
+        let mut segment = OpenSegment {
+            file,
             first_seq: seg.name_seq,
             offset: HEADER_LEN as u64,
             ran_out: false,
-            stop_at,
-        });
+            check: None,
+            damaged: false,
+        };
+        if seg.name_seq < self.checked_before {
+            let mut head = [0u8; HEADER_LEN];
+            let got = read_full(&segment.file, &mut head, 0)?;
+            let header = Header::decode(&head[..got])
+                .map_err(|m| format!("segment header: {m}"))
+                .and_then(|h| {
+                    if h.first_seq != seg.name_seq {
+                        return Err(format!("header says first seq {}", h.first_seq));
+                    }
+                    // Linked to the segment before it.
+                    let before = match self.link.take() {
+                        Some(link) => Some(link),
+                        None => last_chain_before(&all, seg.name_seq),
+                    };
+                    match before {
+                        Some(link) if link != h.prev_chain => {
+                            Err("does not link to the segment before it".into())
+                        }
+                        _ => Ok(h),
+                    }
+                });
+            match header {
+                Ok(h) => segment.check = Some(ChainCheck::new(h)),
+                Err(why) => {
+                    self.damaged(seg.name_seq, 0, &why);
+                    segment.damaged = true;
+                }
+            }
+        }
+        self.link = None;
+        self.segment = Some(segment);
         Ok(true)
     }
 
@@ -148,8 +199,8 @@ impl PoolTail {
     }
 
     /// This pool's frames among records `next_seq..=upto`, at most `max`.
-    /// An unreadable record ends the read; frames taken before it are
-    /// returned first, and the error comes with the next read.
+    /// An I/O error ends the read; frames taken before it are returned
+    /// first, and the error comes with the next read.
     pub fn read(&mut self, upto: u64, max: usize) -> io::Result<Vec<Frame>> {
         let mut out = Vec::new();
         let mut metas = HashMap::new();
@@ -161,8 +212,18 @@ impl PoolTail {
                 Ok(Chunk::Progress) => {}
                 Ok(Chunk::Done) => break,
                 Ok(Chunk::Ended) => {
-                    self.past = self.segment.take().map(|s| s.first_seq);
+                    let seg = self.segment.take().expect("open");
+                    self.link = seg.check.as_ref().map(|c| *c.head());
+                    self.past = Some(seg.first_seq);
                 }
+                Ok(Chunk::Damaged) => match self.newer_segment()? {
+                    // The live segment: wait for the writer to move on.
+                    None => break,
+                    Some(newer) => {
+                        self.next_seq = self.next_seq.max(newer);
+                        self.past = self.segment.take().map(|s| s.first_seq);
+                    }
+                },
                 Ok(Chunk::Dry) => match self.newer_segment()? {
                     None => break,
                     Some(newer) => {
@@ -195,11 +256,13 @@ impl PoolTail {
         metas: &mut HashMap<(Bytes, Bytes), Arc<ConnMeta>>,
     ) -> io::Result<Chunk> {
         let seg = self.segment.as_ref().expect("open");
+        if seg.damaged {
+            return Ok(Chunk::Damaged);
+        }
         let offset = seg.offset;
-        let room = usize::try_from(seg.stop_at.saturating_sub(offset)).unwrap_or(usize::MAX);
-        let mut chunk = self.read_at(offset, CHUNK.min(room))?;
+        let mut chunk = self.read_at(offset, CHUNK)?;
         if let Err(ParseError::Incomplete { need, .. }) = parse_record(&chunk) {
-            if need > chunk.len() && chunk.len() == CHUNK && need <= room {
+            if need > chunk.len() && chunk.len() == CHUNK {
                 // A record larger than a chunk: read it whole.
                 chunk = self.read_at(offset, need)?;
             }
@@ -211,22 +274,24 @@ impl PoolTail {
                 Ok(r) => r,
                 Err(ParseError::Incomplete { .. }) => break,
                 Err(ParseError::Malformed(m)) => {
-                    self.segment.as_mut().expect("open").offset = offset + pos as u64;
-                    return Err(io::Error::other(format!(
-                        "journal {}: unreadable record at offset {} of segment {}: {m}",
-                        self.dir.display(),
-                        offset + pos as u64,
-                        super::format::segment_name(self.segment.as_ref().expect("open").first_seq)
-                    )));
+                    let first = self.segment.as_ref().expect("open").first_seq;
+                    self.damaged(first, offset + pos as u64, &m);
+                    status = Chunk::Damaged;
+                    break;
                 }
             };
-            if r.seq > upto {
+            if r.seq > upto || out.len() >= max {
                 status = Chunk::Done;
                 break;
             }
-            if out.len() >= max {
-                status = Chunk::Done;
-                break;
+            let seg = self.segment.as_mut().expect("open");
+            if let Some(check) = &mut seg.check {
+                if let Err(why) = check.check(&r) {
+                    let first = seg.first_seq;
+                    self.damaged(first, offset + pos as u64, &why);
+                    status = Chunk::Damaged;
+                    break;
+                }
             }
             pos += r.raw.len();
             status = Chunk::Progress;
@@ -241,23 +306,36 @@ impl PoolTail {
         }
         let seg = self.segment.as_mut().expect("open");
         seg.offset = offset + pos as u64;
+        if matches!(status, Chunk::Damaged) {
+            seg.damaged = true;
+        }
         if pos > 0 {
             seg.ran_out = false;
         }
         Ok(status)
     }
 
+    /// A checked segment broke its chain at `offset`: nothing more of it is
+    /// routed, and the alarm goes up.
+    fn damaged(&self, first_seq: u64, offset: u64, why: &str) {
+        if let Some(a) = &self.alarm {
+            a.set(1);
+        }
+        tracing::error!(
+            journal = %self.dir.display(),
+            pool = %self.pool,
+            segment = %super::format::segment_name(first_seq),
+            offset,
+            reason = %why,
+            "journal damaged: frames from here on in this segment are not routed; run `auditlb verify`"
+        );
+    }
+
     /// Up to `len` bytes of the open segment from `offset` (fewer at its end).
     fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
         let file = &self.segment.as_ref().expect("open").file;
         let mut buf = BytesMut::zeroed(len);
-        let mut got = 0;
-        while got < len {
-            match file.read_at(&mut buf[got..], offset + got as u64)? {
-                0 => break,
-                n => got += n,
-            }
-        }
+        let got = read_full(file, &mut buf, offset)?;
         buf.truncate(got);
         Ok(buf.freeze())
     }
@@ -314,6 +392,42 @@ impl PoolTail {
     }
 }
 
+/// Reads into `buf` from `offset` until it is full or the file ends.
+fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// The chain hash that ends the segment before the one named `name_seq`,
+/// when that segment ends properly (its last record is SEGMENT_END or a
+/// FINAL checkpoint); `None` when there is none, or it does not end so (a
+/// damaged segment left as evidence, reported when it is read).
+fn last_chain_before(segs: &[super::reader::SegmentFile], name_seq: u64) -> Option<Hash> {
+    let before = segs.iter().rev().find(|s| s.name_seq < name_seq)?;
+    let file = File::open(&before.path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut len = [0u8; 4];
+    if size < (HEADER_LEN + 4) as u64 || read_full(&file, &mut len, size - 4).ok()? < 4 {
+        return None;
+    }
+    let len = u64::from(u32::from_be_bytes(len));
+    if len > size.saturating_sub(HEADER_LEN as u64) || len > 1 << 30 {
+        return None;
+    }
+    let mut rec = vec![0u8; len as usize];
+    if read_full(&file, &mut rec, size - len).ok()? < rec.len() {
+        return None;
+    }
+    let r = parse_record(&rec).ok()?;
+    (r.raw.len() == rec.len() && ends_segment(&r)).then_some(r.chain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +441,8 @@ mod tests {
         seq: u64,
         head: Hash,
         no: u64,
+        /// Chain hash after each record written, by seq.
+        chains: std::collections::HashMap<u64, Hash>,
     }
 
     type Rec<'a> = (RecordType, u8, Option<&'a str>, Vec<u8>);
@@ -338,6 +454,7 @@ mod tests {
                 seq: 1,
                 head: genesis(&[1; 16]),
                 no: 0,
+                chains: Default::default(),
             }
         }
 
@@ -364,8 +481,14 @@ mod tests {
                         (tag::CLIENT, &b"127.0.0.1:9"[..]),
                     ])
                     .collect();
+                let body = if *t == RecordType::SegmentStart {
+                    crate::journal::format::segment_start_body(self.no, &[1; 16]).to_vec()
+                } else {
+                    body.clone()
+                };
                 self.head =
-                    encode_record(&mut bytes, *t, *fl, self.seq, 0, &meta, body, &self.head);
+                    encode_record(&mut bytes, *t, *fl, self.seq, 0, &meta, &body, &self.head);
+                self.chains.insert(self.seq, self.head);
                 self.seq += 1;
             }
             self.no += 1;
@@ -487,7 +610,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_before_an_unreadable_record_are_returned_then_the_error() {
+    fn frames_before_an_unreadable_record_are_returned_and_the_tail_moves_on() {
         let mut j = Journal::new();
         j.segment(
             None,
@@ -500,8 +623,68 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let mut t = j.tail("p", 1);
         assert_eq!(bodies(&t.read(u64::MAX, 100).unwrap()), ["a", "b"]);
-        assert!(t.read(u64::MAX, 100).is_err());
+        // The live segment: nothing newer, so the tail waits (no error
+        // loop), and goes on when the writer does.
+        assert!(t.read(u64::MAX, 100).unwrap().is_empty());
         assert_eq!(t.next_seq(), 4);
+        j.segment(Some(5), &[start(), frame("p", "d")]);
+        assert_eq!(bodies(&t.read(u64::MAX, 100).unwrap()), ["d"]);
+    }
+
+    /// An earlier run's segments, edited while auditlb was stopped: what
+    /// does not chain is never routed, the alarm goes up, and the tail goes
+    /// on in the next segment. A raised seq does not make it skip frames.
+    #[test]
+    fn edited_records_of_earlier_runs_are_not_routed() {
+        for edit in ["body", "seq", "link"] {
+            let mut j = three_segments();
+            let first = segment_name(11);
+            let path = j.dir.path().join(&first);
+            let mut bytes = std::fs::read(&path).unwrap();
+            match edit {
+                "body" => {
+                    let at = bytes.windows(4).position(|w| w == b"p1.1").unwrap();
+                    bytes[at + 3] = b'X';
+                }
+                "seq" => {
+                    // The seq field of the record "p1.1" (seq 14) raised to 28.
+                    let at = bytes.windows(4).position(|w| w == b"p1.1").unwrap();
+                    let rec = (0..at)
+                        .rev()
+                        .find(|&o| bytes[o + 4] == 1 && bytes[o + 6..o + 14] == 14u64.to_be_bytes())
+                        .unwrap();
+                    bytes[rec + 6..rec + 14].copy_from_slice(&28u64.to_be_bytes());
+                }
+                _ => {
+                    // The whole segment re-chained from another start.
+                    bytes[48..80].copy_from_slice(&[7; 32]);
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            j.head = j.chains[&30];
+            let alarm = prometheus::IntGauge::new("a", "a").unwrap();
+            let mut t = j.tail("p", 1).checked_before(100, alarm.clone());
+            let mut got = Vec::new();
+            for _ in 0..6 {
+                got.extend(bodies(&t.read(u64::MAX, 100).unwrap()));
+            }
+            let want: Vec<&str> = match edit {
+                "link" => vec![
+                    "p0.0", "p0.1", "p0.2", "p0.3", "p2.0", "p2.1", "p2.2", "p2.3",
+                ],
+                _ => vec![
+                    "p0.0", "p0.1", "p0.2", "p0.3", "p1.0", "p2.0", "p2.1", "p2.2", "p2.3",
+                ],
+            };
+            assert_eq!(got, want, "{edit}");
+            assert_eq!(alarm.get(), 1, "{edit}");
+            // This run's segments are only parsed (its writer is the only
+            // one writing them): the check is what stops the edits.
+            if edit != "seq" {
+                let mut t = j.tail("p", 1).checked_before(1, alarm.clone());
+                assert_eq!(t.read(u64::MAX, 100).unwrap().len(), 12, "{edit}");
+            }
+        }
     }
 
     #[test]
@@ -525,7 +708,9 @@ mod tests {
                 frame("p", "forged"),
             ],
         );
-        // The next run's segment (recovery started it past every seq seen).
+        // The next run's segment (recovery started it past every seq seen,
+        // linked to the final checkpoint).
+        j.head = j.chains[&3];
         j.segment(Some(6), &[start(), frame("p", "b")]);
         let mut t = j.tail("p", 1);
         let mut got = Vec::new();

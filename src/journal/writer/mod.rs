@@ -124,9 +124,6 @@ pub struct Writer {
     /// Checkpoints in `buf` or written whose anchor line and key ratchet
     /// wait until the segment holding them is on disk.
     pending: Vec<PendingAnchor>,
-    /// Where this start found a damaged segment: (its first seq, offset
-    /// from which it is not the journal's); readers stop there.
-    untrusted: Option<(u64, u64)>,
     /// A segment roll begun and not finished (its SEGMENT_END and the next
     /// SEGMENT_START are in `buf`): finished by the next flush.
     roll: Option<Roll>,
@@ -236,7 +233,6 @@ impl Writer {
             hostname: hostname(),
             pending: Vec::new(),
             roll: None,
-            untrusted: resume.untrusted,
         };
         w.metrics.segments.inc();
         w.measure();
@@ -391,9 +387,6 @@ pub struct Opened {
     pub start_seq: u64,
     /// Fires when the writer thread has written its final records.
     pub done: oneshot::Receiver<()>,
-    /// A damaged segment found at start: (first seq, offset) from which
-    /// pools must not read it.
-    pub untrusted: Option<(u64, u64)>,
 }
 
 /// What the writer thread starts with.
@@ -462,7 +455,6 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
                 committed: w.committed(),
                 start_seq: w.start_seq(),
                 done: done_rx,
-                untrusted: w.untrusted,
             }));
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
