@@ -1480,3 +1480,87 @@ fn an_edited_undelivered_frame_is_not_routed() {
     let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
     assert!(alarm.contains("MODIFIED"), "{alarm}");
 }
+
+/// The anchors file and the seal key as a crash or an intruder leaves
+/// them: a torn anchor line is closed and the journal still verifies; a key
+/// ahead of the journal (checkpoints cut away) raises the alarm; FIFOs at
+/// the anchors path or named ALARM never hang a start; a segment file
+/// being created when the process died is not called tampering by verify;
+/// a file named for a seq near u64::MAX is not a segment.
+#[test]
+fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
+    use auditlb::journal::writer::Writer;
+    let dir = scratch_dir("anchors-keys");
+    let k0 = keygen(&dir);
+    let journal = dir.join("journal");
+    let anchors = dir.join("anchors.log");
+    let cfg = auditlb::config::JournalConfig {
+        dir: journal.clone(),
+        anchors: Some(anchors.clone()),
+        seal_key: Some(dir.join("keys/seal.key")),
+        ..auditlb::config::JournalConfig::default()
+    };
+    let run = |checkpoints: usize| {
+        let m = auditlb::metrics::Metrics::new();
+        let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+        for _ in 0..checkpoints {
+            w.checkpoint().unwrap();
+        }
+        w.close().unwrap();
+        m.sum("auditlb_journal_tamper_alarm", &[])
+    };
+    assert_eq!(run(2), 0.0);
+    // A crash while appending an anchor line: cut 40 bytes into the last.
+    let text = std::fs::read_to_string(&anchors).unwrap();
+    let last_start = text[..text.len() - 1].rfind('\n').unwrap() + 1;
+    std::fs::write(&anchors, &text[..last_start + 40]).unwrap();
+    assert_eq!(run(1), 0.0);
+    let r = verify(&journal, Some(&anchors), Some(&k0)).unwrap();
+    assert_eq!(r.exit_code(), 0, "{}", r.text());
+    // A segment being created when the process died: not tampering.
+    let next = r.last_seq.unwrap() + 1;
+    let creating = journal.join(format!("{next:020}.seg"));
+    std::fs::write(&creating, b"AUDITLBJ").unwrap();
+    let r = verify(&journal, Some(&anchors), Some(&k0)).unwrap();
+    assert!(r.failure.is_none(), "{}", r.text());
+    assert_eq!(r.exit_code(), 2);
+    std::fs::remove_file(&creating).unwrap();
+    // An intruder cuts the last checkpoints (and their anchor lines): the
+    // seal key is ahead of the journal.
+    let seg = list_segments(&journal).unwrap().pop().unwrap().path;
+    std::fs::remove_file(&seg).unwrap();
+    let lines: Vec<&str> = std::fs::read_to_string(&anchors)
+        .unwrap()
+        .leak()
+        .lines()
+        .collect();
+    std::fs::write(&anchors, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    assert_eq!(run(0), 1.0, "a key ahead of the journal raises the alarm");
+    assert!(std::fs::read_to_string(journal.join("ALARM"))
+        .unwrap()
+        .contains("seal key is at epoch"));
+    // Special files never hang a start.
+    std::fs::remove_file(journal.join("ALARM")).unwrap();
+    let fifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    fifo(&journal.join("ALARM"));
+    let m = auditlb::metrics::Metrics::new();
+    let w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    drop(w);
+    std::fs::remove_file(journal.join("ALARM")).unwrap();
+    let fifo_anchors = dir.join("fifo-anchors");
+    fifo(&fifo_anchors);
+    let bad = auditlb::config::JournalConfig {
+        anchors: Some(fifo_anchors.clone()),
+        ..cfg.clone()
+    };
+    assert!(Writer::open(&bad, m.journal(), &[0; 32]).is_err());
+    assert!(verify(&journal, Some(&fifo_anchors), None).is_err());
+    // A file named for a seq near u64::MAX is no segment of the journal.
+    std::fs::write(journal.join(format!("{:020}.seg", u64::MAX)), b"x").unwrap();
+    let m = auditlb::metrics::Metrics::new();
+    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    w.close().unwrap();
+}

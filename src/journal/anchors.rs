@@ -10,9 +10,13 @@
 //! re-created, swapped) is tampering. Parsed here for recovery (the writer)
 //! and for `verify`.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use super::format::{hex, unhex, Hash};
+use super::reader::MAX_SEQ;
 
 /// One anchor line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +25,13 @@ pub struct Anchor {
     pub seq: u64,
     pub chain: Hash,
     pub epoch: u64,
+    /// The checkpoint's seal (zeros when the journal is unsealed).
+    pub seal: Hash,
 }
 
 impl Anchor {
     /// The line the writer appends (with its newline).
-    pub fn line(&self, time_ns: i64, seal: &Hash) -> String {
+    pub fn line(&self, time_ns: i64) -> String {
         format!(
             "v1 {} {} {} {} {} {}\n",
             hex(&self.journal_id),
@@ -33,7 +39,7 @@ impl Anchor {
             hex(&self.chain),
             self.epoch,
             time_ns,
-            hex(seal)
+            hex(&self.seal)
         )
     }
 
@@ -43,13 +49,44 @@ impl Anchor {
             return None;
         }
         f[5].parse::<i64>().ok()?;
-        let _: Hash = unhex(f[6])?.try_into().ok()?;
+        let seq = f[2].parse().ok().filter(|&s| s < MAX_SEQ)?;
         Some(Anchor {
             journal_id: unhex(f[1])?.try_into().ok()?,
-            seq: f[2].parse().ok()?,
+            seq,
             chain: unhex(f[3])?.try_into().ok()?,
             epoch: f[4].parse().ok()?,
+            seal: unhex(f[6])?.try_into().ok()?,
         })
+    }
+
+    /// Whether `line` is how an anchor line being appended looks when the
+    /// append was cut short: the start of one, field by field.
+    fn is_torn(line: &str) -> bool {
+        let f: Vec<&str> = line.split(' ').collect();
+        // (longest, digits only) per field; "v1" first.
+        let shapes: [(usize, bool); 7] = [
+            (2, false),
+            (32, false),
+            (20, true),
+            (64, false),
+            (20, true),
+            (20, false),
+            (64, false),
+        ];
+        if f.len() > 7 || !"v1".starts_with(f[0]) {
+            return false;
+        }
+        f.iter().enumerate().skip(1).all(|(i, v)| {
+            let (max, digits) = shapes[i];
+            v.len() <= max
+                && v.bytes().all(|b| {
+                    if digits {
+                        b.is_ascii_digit()
+                    } else {
+                        b.is_ascii_hexdigit() || b == b'-' || b.is_ascii_digit()
+                    }
+                })
+        }) && (f.len() < 7 || f[6].len() < 64)
     }
 }
 
@@ -61,6 +98,8 @@ pub struct Anchors {
     /// Lines that are not anchor lines (1-based numbers); a last line cut
     /// short by a crash (no newline) is not counted.
     pub bad_lines: Vec<usize>,
+    /// Lines cut short by a crash while they were appended (1-based).
+    pub torn_lines: Vec<usize>,
 }
 
 impl Anchors {
@@ -76,21 +115,62 @@ impl Anchors {
             }
             match Anchor::parse(line) {
                 Some(a) if !last || complete => out.lines.push(a),
-                // A torn last line: the crash came while appending it.
+                // A torn last line: the crash came while appending it. One
+                // the writer then closed with a newline is torn too.
                 _ if last && !complete => {}
+                None if Anchor::is_torn(line) => out.torn_lines.push(i + 1),
                 _ => out.bad_lines.push(i + 1),
             }
         }
         out
     }
 
-    /// Reads `path`; a missing file is an empty one (nothing anchored yet).
-    pub fn read(path: &Path) -> std::io::Result<Anchors> {
-        match std::fs::read(path) {
-            Ok(b) => Ok(Anchors::parse(&String::from_utf8_lossy(&b))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Anchors::default()),
-            Err(e) => Err(e),
+    /// Reads `path` whole (`verify`); a missing file is an empty one
+    /// (nothing anchored yet). Only a regular file is read.
+    pub fn read(path: &Path) -> io::Result<Anchors> {
+        let Some(mut f) = open_regular(path)? else {
+            return Ok(Anchors::default());
+        };
+        let mut b = Vec::new();
+        f.read_to_end(&mut b)?;
+        Ok(Anchors::parse(&String::from_utf8_lossy(&b)))
+    }
+
+    /// What start-up recovery needs, in bounded time and memory however
+    /// long the file has grown: its first line (which journal it binds)
+    /// and the lines in its last 64 KiB (the anchored head).
+    pub fn read_recent(path: &Path) -> io::Result<Anchors> {
+        const TAIL: u64 = 64 * 1024;
+        let Some(mut f) = open_regular(path)? else {
+            return Ok(Anchors::default());
+        };
+        let len = f.metadata()?.len();
+        if len <= 2 * TAIL {
+            let mut b = Vec::new();
+            f.read_to_end(&mut b)?;
+            return Ok(Anchors::parse(&String::from_utf8_lossy(&b)));
         }
+        let mut first = vec![0u8; 512];
+        let n = f.read(&mut first)?;
+        first.truncate(n);
+        let first_line = first.split(|&b| b == b'\n').next().unwrap_or(&[]);
+        let mut tail = vec![0u8; TAIL as usize];
+        f.seek(SeekFrom::Start(len - TAIL))?;
+        f.read_exact(&mut tail)?;
+        // From the first whole line of the tail.
+        let start = tail
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(tail.len(), |i| i + 1);
+        let mut text = String::from_utf8_lossy(first_line).into_owned();
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&tail[start..]));
+        let mut a = Anchors::parse(&text);
+        // Line numbers past the first are not the file's: keep the count.
+        for l in a.bad_lines.iter_mut().chain(a.torn_lines.iter_mut()) {
+            *l = l.saturating_sub(1).max(1);
+        }
+        Ok(a)
     }
 
     /// The journal this file belongs to: the one its first line names.
@@ -111,9 +191,109 @@ impl Anchors {
     }
 }
 
+/// Opens `path` for reading if it is a regular file (following a link,
+/// never waiting on a FIFO); `None` when it does not exist.
+fn open_regular(path: &Path) -> io::Result<Option<File>> {
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not a regular file", path.display()),
+        ));
+    }
+    Ok(Some(f))
+}
+
+/// The anchors file as the writer appends to it: one line per checkpoint,
+/// synced. A line cut short (a crash, a full disk) is closed with a newline
+/// before the next one, so it never runs into it.
+pub struct AnchorsFile {
+    path: PathBuf,
+    file: File,
+    /// The file ends with a whole line.
+    clean: bool,
+}
+
+impl AnchorsFile {
+    /// Opens (creating) `path` for appending; it must be a regular file.
+    pub fn open(path: &Path) -> io::Result<AnchorsFile> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        let mut clean = true;
+        if meta.len() > 0 {
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::End(-1))?;
+            file.read_exact(&mut last)?;
+            clean = last[0] == b'\n';
+        }
+        Ok(AnchorsFile {
+            path: path.to_owned(),
+            file,
+            clean,
+        })
+    }
+
+    /// Appends `line` (ending in a newline) and syncs it.
+    pub fn append(&mut self, line: &str) -> io::Result<()> {
+        let r = (|| {
+            if !self.clean {
+                self.file.write_all(b"\n")?;
+            }
+            self.clean = false;
+            self.file.write_all(line.as_bytes())?;
+            self.clean = true;
+            self.file.sync_data()
+        })();
+        r.map_err(|e| io::Error::new(e.kind(), format!("anchors {}: {e}", self.path.display())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_after_a_torn_line_starts_on_a_line_of_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("anchors.log");
+        let a = Anchor {
+            journal_id: [7; 16],
+            seq: 42,
+            chain: [9; 32],
+            epoch: 3,
+            seal: [1; 32],
+        };
+        std::fs::write(&p, &a.line(1)[..40]).unwrap();
+        let mut f = AnchorsFile::open(&p).unwrap();
+        f.append(&a.line(2)).unwrap();
+        let read = Anchors::read(&p).unwrap();
+        assert_eq!(read.lines, vec![a]);
+        assert!(read.bad_lines.is_empty());
+        assert_eq!(read.torn_lines, vec![1]);
+        // Not a regular file: refused, never waited on.
+        assert!(AnchorsFile::open(Path::new("/dev/zero")).is_err());
+        assert!(Anchors::read(Path::new("/dev/zero")).is_err());
+    }
 
     #[test]
     fn lines_round_trip_a_torn_last_line_is_ignored_and_garbage_is_counted() {
@@ -122,14 +302,15 @@ mod tests {
             seq: 42,
             chain: [9; 32],
             epoch: 3,
+            seal: [1; 32],
         };
         let b = Anchor {
             seq: 50,
             epoch: 4,
             ..a.clone()
         };
-        let line_a = a.line(123, &[1; 32]);
-        let line_b = b.line(124, &[2; 32]);
+        let line_a = a.line(123);
+        let line_b = b.line(124);
         let text = format!("{line_a}{line_b}");
         let p = Anchors::parse(&text);
         assert_eq!(p.lines, vec![a.clone(), b.clone()]);
@@ -151,7 +332,7 @@ mod tests {
             seq: 999,
             ..a.clone()
         };
-        let p = Anchors::parse(&format!("{line_a}{}", other.line(1, &[0; 32])));
+        let p = Anchors::parse(&format!("{line_a}{}", other.line(1)));
         assert_eq!(p.head(), Some(&a));
         assert_eq!(p.of(&[8; 16]).count(), 1);
     }

@@ -496,6 +496,9 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+        // Past any real journal: not a segment (crafted names near
+        // u64::MAX would overflow seq arithmetic).
+        .filter(|&s| s < super::reader::MAX_SEQ)
 }
 
 pub fn hex(b: &[u8]) -> String {

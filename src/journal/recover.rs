@@ -255,8 +255,9 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     });
                 }
             } else if h.seq >= header.first_seq {
-                if let Some((_, chain)) = w.checkpoints.iter().find(|(s, _)| *s == h.seq) {
-                    if *chain != h.chain {
+                if let Some((_, chain, epoch)) = w.checkpoints.iter().find(|(s, _, _)| *s == h.seq)
+                {
+                    if *chain != h.chain || *epoch != Some(h.epoch) {
                         alarms.push(Alarm {
                             class: "MODIFIED",
                             message: format!(
@@ -275,7 +276,6 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     });
                 }
             }
-            resume.last_epoch = resume.last_epoch.max(Some(h.epoch));
         }
     }
     Plan {
@@ -365,7 +365,7 @@ fn damaged_header(
 
 /// Whether `b` (shorter than a header) is how a header being written
 /// could look: a prefix of the magic and version, or zeros.
-fn is_header_prefix(b: &[u8]) -> bool {
+pub fn is_header_prefix(b: &[u8]) -> bool {
     if b.iter().all(|&x| x == 0) {
         return true;
     }
@@ -389,8 +389,8 @@ struct Walked {
     next_seq: u64,
     records: u64,
     last_epoch: Option<u64>,
-    /// (seq, chain) of each checkpoint, for the anchors.
-    checkpoints: Vec<(u64, Hash)>,
+    /// (seq, chain, epoch) of each checkpoint, for the anchors.
+    checkpoints: Vec<(u64, Hash, Option<u64>)>,
     /// The segment's end record was seen.
     ended: bool,
     damage: Option<Damage>,
@@ -457,9 +457,10 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
                 if let Some(k) = r.kind() {
                     if k.is_checkpoint() {
                         last_checkpoint_end = at + r.raw.len();
-                        w.checkpoints.push((r.seq, chain));
-                        if let Some(cp) = CheckpointBody::decode(r.body) {
-                            w.last_epoch = Some(cp.epoch);
+                        let epoch = CheckpointBody::decode(r.body).map(|cp| cp.epoch);
+                        w.checkpoints.push((r.seq, chain, epoch));
+                        if epoch.is_some() {
+                            w.last_epoch = epoch;
                         }
                     }
                 }
@@ -592,7 +593,7 @@ pub fn recover_dir(
     use std::io::Write;
 
     let anchors = match anchors {
-        Some(p) => Some((p, Anchors::read(p).map_err(io_at(p))?)),
+        Some(p) => Some((p, Anchors::read_recent(p).map_err(io_at(p))?)),
         None => None,
     };
     let mut alarms = Vec::new();
@@ -828,8 +829,9 @@ mod tests {
                     seq,
                     chain,
                     epoch: 3,
+                    seal: [0; 32],
                 }],
-                bad_lines: Vec::new(),
+                ..Anchors::default()
             }
         }
     }
@@ -1046,6 +1048,17 @@ mod tests {
         let p = plan(Some((1, &s.bytes)), Some(&other));
         assert_eq!(classes(&p), ["JOURNAL_REPLACED"]);
         assert_eq!(p.action, Action::Close);
+        // An anchor whose epoch the journal does not have.
+        let mut epoch = s.anchor(3);
+        epoch.lines[0].epoch = 50_000;
+        assert_eq!(
+            classes(&plan(Some((1, &s.bytes)), Some(&epoch))),
+            ["MODIFIED"]
+        );
+        assert_eq!(
+            plan(Some((1, &s.bytes)), Some(&epoch)).resume.last_epoch,
+            Some(3)
+        );
         // Anchored past the end: the tail was cut.
         let mut past = s.anchor(3);
         past.lines[0].seq = 50;

@@ -114,10 +114,16 @@ impl SealKey {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(io_err(path))?;
         let mut b = Vec::new();
-        file.read_to_end(&mut b).map_err(io_err(path))?;
+        if file.metadata().map_err(io_err(path))?.is_file() {
+            (&mut file)
+                .take(SEAL_FILE_LEN as u64 + 1)
+                .read_to_end(&mut b)
+                .map_err(io_err(path))?;
+        }
         if b.len() != SEAL_FILE_LEN || &b[..16] != SEAL_MAGIC {
             return Err(KeyError::Format {
                 path: path.to_owned(),
@@ -205,7 +211,15 @@ impl KeyFile {
 
 /// Reads `verify.key` (or a file holding the key as 64 hex digits).
 pub fn read_verify_key(path: &Path) -> Result<Hash, KeyError> {
-    let b = std::fs::read(path).map_err(io_err(path))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err(path))?;
+    let mut b = Vec::new();
+    if f.metadata().map_err(io_err(path))?.is_file() {
+        f.take(4096).read_to_end(&mut b).map_err(io_err(path))?;
+    }
     if b.len() == 48 && &b[..16] == VERIFY_MAGIC {
         return Ok(b[16..48].try_into().expect("32 bytes"));
     }

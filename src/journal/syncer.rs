@@ -10,13 +10,14 @@
 //! nor the key are ever ahead of the journal.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::anchors::AnchorsFile;
 use super::seal::{KeyFile, KeyImage};
 use super::JournalMetrics;
 
@@ -49,7 +50,7 @@ pub struct Syncer {
 impl Syncer {
     /// Starts the thread; it owns the anchors file and the key file.
     pub fn start(
-        anchors: Option<(PathBuf, File)>,
+        anchors: Option<AnchorsFile>,
         key: Option<KeyFile>,
         metrics: JournalMetrics,
     ) -> io::Result<Syncer> {
@@ -125,16 +126,9 @@ impl Drop for Syncer {
     }
 }
 
-/// Appends a checkpoint's line to the anchors file and syncs it.
-pub fn append_anchor(path: &std::path::Path, f: &mut File, line: &str) -> io::Result<()> {
-    f.write_all(line.as_bytes())
-        .and_then(|()| f.sync_data())
-        .map_err(|e| io::Error::new(e.kind(), format!("anchors {}: {e}", path.display())))
-}
-
 fn run(
     rx: Receiver<Job>,
-    mut anchors: Option<(PathBuf, File)>,
+    mut anchors: Option<AnchorsFile>,
     key_file: Option<KeyFile>,
     metrics: JournalMetrics,
     ok: Arc<AtomicBool>,
@@ -167,8 +161,8 @@ fn run(
                 let synced = sync(&file, &path);
                 let mut r = Ok(());
                 if synced.is_ok() {
-                    if let (Some((apath, f)), Some(line)) = (&mut anchors, &anchor) {
-                        r = append_anchor(apath, f, line);
+                    if let (Some(f), Some(line)) = (&mut anchors, &anchor) {
+                        r = f.append(line);
                     }
                     // The old key goes once its checkpoint is on disk (a
                     // failed anchor does not change that); a later

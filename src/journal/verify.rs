@@ -365,6 +365,20 @@ pub fn verify(
         };
         let header = match Header::decode(bytes) {
             Ok(h) => h,
+            Err(_)
+                if k + 1 == n_segments
+                    && bytes.len() < HEADER_LEN
+                    && super::recover::is_header_prefix(bytes) =>
+            {
+                // The newest segment was being created when the process
+                // died: nothing in it yet (recovery removes it).
+                rep.tail_uncovered = Some(format!(
+                    "{} was being created ({} bytes, no header yet); auditlb removes it at its next start",
+                    path.display(),
+                    bytes.len()
+                ));
+                break;
+            }
             Err(m) => {
                 rep.failure = Some(fail(
                     Class::Modified,
@@ -599,7 +613,15 @@ pub fn verify(
                             }
                             rep.checkpoints += 1;
                             last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
-                            w.checkpoints.insert(r.seq, c);
+                            let body = CheckpointBody::decode(r.body);
+                            w.checkpoints.insert(
+                                r.seq,
+                                (
+                                    c,
+                                    body.as_ref().map_or(0, |b| b.epoch),
+                                    body.map_or([0; 32], |b| b.seal),
+                                ),
+                            );
                             ended = ends_segment(r);
                         }
                         Some(_) => {}
@@ -710,14 +732,14 @@ pub fn verify(
                     });
                     return Ok(rep);
                 }
-                if w.checkpoints.get(&a.seq) != Some(&a.chain) {
+                if w.checkpoints.get(&a.seq) != Some(&(a.chain, a.epoch, a.seal)) {
                     rep.failure = Some(Failure {
                         class: Class::Modified,
                         seq: Some(a.seq),
                         segment: last_path,
                         offset: 0,
                         message: format!(
-                            "the journal's checkpoint at seq {} does not match its anchor",
+                            "the journal's checkpoint at seq {} does not match its anchor (chain, epoch or seal)",
                             a.seq
                         ),
                     });
@@ -753,8 +775,9 @@ struct Walk {
     key_state: Option<(u64, Hash)>,
     k0: Option<Hash>,
     last_epoch: Option<u64>,
-    /// Chain hash of each checkpoint, by seq, for the anchors.
-    checkpoints: HashMap<u64, Hash>,
+    /// Chain hash, epoch and seal of each checkpoint, by seq, for the
+    /// anchors.
+    checkpoints: HashMap<u64, (Hash, u64, Hash)>,
 }
 
 impl Walk {

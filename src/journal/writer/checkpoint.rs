@@ -85,8 +85,9 @@ impl Writer {
                 seq,
                 chain: self.head,
                 epoch,
+                seal: tag_bytes,
             }
-            .line(time_ns, &tag_bytes)
+            .line(time_ns)
         });
         let key = self.seal_key.as_mut().map(|k| k.ratchet());
         self.pending.push(PendingAnchor { line, key });
@@ -132,8 +133,8 @@ impl Writer {
         }
         self.sync()?;
         while !self.pending.is_empty() {
-            if let (Some((path, f)), Some(line)) = (&mut self.anchors, &self.pending[0].line) {
-                crate::journal::syncer::append_anchor(path, f, line)?;
+            if let (Some(f), Some(line)) = (&mut self.anchors, &self.pending[0].line) {
+                f.append(line)?;
             }
             let p = self.pending.remove(0);
             if let (Some(k), Some(image)) = (&self.seal_key, p.key) {

@@ -91,7 +91,7 @@ pub struct Writer {
     last_checkpoint: Instant,
     next_epoch: u64,
     seal_key: Option<SealKey>,
-    anchors: Option<(PathBuf, File)>,
+    anchors: Option<crate::journal::anchors::AnchorsFile>,
     /// Under `sync = "interval"`/`"os"` once started: does the fsyncs,
     /// anchor lines and key ratchets off the frame path (it then owns the
     /// anchors file).
@@ -166,6 +166,17 @@ impl Writer {
                         k.epoch()
                     ),
                 });
+            } else if k.epoch() > next_epoch && !resume.new_journal {
+                // The key moves on only after its checkpoint is on disk:
+                // a key ahead of the journal means checkpoints were cut.
+                resume.alarms.push(crate::journal::recover::Alarm {
+                    class: "TAIL_TRUNCATED",
+                    message: format!(
+                        "the seal key is at epoch {}, but the journal's last checkpoint is epoch {}: checkpoints were removed",
+                        k.epoch(),
+                        next_epoch.saturating_sub(1)
+                    ),
+                });
             } else {
                 // A checkpoint written just before a crash may not have
                 // had its key ratcheted yet: never seal two with one key.
@@ -178,16 +189,19 @@ impl Writer {
                 if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(io_at(parent))?;
                 }
-                let f = OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o640)
-                    .open(p)
-                    .map_err(io_at(p))?;
-                Some((p.clone(), f))
+                Some(crate::journal::anchors::AnchorsFile::open(p).map_err(io_at(p))?)
             }
             None => None,
         };
+        if resume.next_seq >= crate::journal::reader::MAX_SEQ {
+            return Err(JournalError::Corrupt {
+                path: dir.clone(),
+                message: format!(
+                    "the journal would go on at seq {}, past any real journal: crafted files",
+                    resume.next_seq
+                ),
+            });
+        }
         let header = Header {
             journal_id: resume.journal_id,
             segment_no: resume.segment_no,
@@ -288,7 +302,15 @@ impl Writer {
                 .append(true)
                 .create(true)
                 .mode(0o640)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
                 .open(&path)
+                .and_then(|f| {
+                    if f.metadata()?.is_file() {
+                        Ok(f)
+                    } else {
+                        Err(io::Error::other("not a regular file"))
+                    }
+                })
                 .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()));
             if let Err(e) = written {
                 tracing::error!(alarm_file = %path.display(), error = %e, "cannot record the tamper alarm");

@@ -2,6 +2,7 @@
 //! next segment, creating a segment and making a closed one read-only.
 
 use super::*;
+use std::io::Read;
 
 /// A roll in progress. `buf[..split]` ends the old segment with its
 /// SEGMENT_END; the rest belongs to the segment `header` starts. Every
@@ -134,6 +135,7 @@ pub(super) fn create_segment(dir: &Path, header: &Header) -> Result<(File, PathB
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             // Never follow a link or wait on a FIFO put there.
             let f = OpenOptions::new()
+                .read(true)
                 .append(true)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&path)
@@ -141,8 +143,14 @@ pub(super) fn create_segment(dir: &Path, header: &Header) -> Result<(File, PathB
             if !f.metadata().map_err(io_at(&path))?.is_file() {
                 return Err(JournalError::Io { path, source: e });
             }
-            let len = f.metadata().map_err(io_at(&path))?.len();
-            if len >= HEADER_LEN as u64 {
+            // Taken over only if it holds nothing but the start of this
+            // very header (an earlier attempt of this roll): anything else
+            // is not ours to overwrite.
+            let mut held = Vec::new();
+            (&f).take(HEADER_LEN as u64 + 1)
+                .read_to_end(&mut held)
+                .map_err(io_at(&path))?;
+            if held.len() >= HEADER_LEN || held[..] != header.encode()[..held.len()] {
                 return Err(JournalError::Io { path, source: e });
             }
             f.set_len(0).map_err(io_at(&path))?;
