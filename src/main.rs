@@ -267,34 +267,23 @@ async fn stop_signal(
 /// config and logs every problem with its key path.
 async fn reload(server: &mut Server, path: &std::path::Path) {
     tracing::info!(config = %path.display(), "SIGHUP received: reloading");
-    let metrics = server.metrics().clone();
-    let problems = match Config::load(path) {
-        Ok(new) => match server.reload(new).await {
-            Ok(r) => {
-                metrics.reloads.inc();
-                metrics.reload_ok.set(1);
-                tracing::info!(
-                    config = %path.display(),
-                    journal_seq = r.config_seq,
-                    pools_added = r.pools_added,
-                    pools_removed = r.pools_removed,
-                    pools_changed = r.pools_changed,
-                    listeners_added = r.listeners_added,
-                    listeners_removed = r.listeners_removed,
-                    listeners_changed = r.listeners_changed,
-                    "config reloaded"
-                );
-                return;
+    match server.reload_file(path).await {
+        Ok(r) => tracing::info!(
+            config = %path.display(),
+            journal_seq = r.config_seq,
+            pools_added = r.pools_added,
+            pools_removed = r.pools_removed,
+            pools_changed = r.pools_changed,
+            listeners_added = r.listeners_added,
+            listeners_removed = r.listeners_removed,
+            listeners_changed = r.listeners_changed,
+            "config reloaded"
+        ),
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(config = %path.display(), problem = %p, "reload refused");
             }
-            Err(problems) => problems,
-        },
-        Err(auditlb::config::ConfigError::Invalid { problems, .. }) => problems,
-        Err(e) => vec![e.to_string()],
-    };
-    metrics.reload_failures.inc();
-    metrics.reload_ok.set(0);
-    for p in &problems {
-        tracing::error!(config = %path.display(), problem = %p, "reload refused");
+            tracing::error!(config = %path.display(), problems = problems.len(), "reload refused; the running config stays");
+        }
     }
-    tracing::error!(config = %path.display(), problems = problems.len(), "reload refused; the running config stays");
 }

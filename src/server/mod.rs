@@ -1,0 +1,307 @@
+//! Builds a running proxy from a validated [`Config`]: per pool its backends,
+//! health checkers, upstream connections and dispatcher; the listeners; the
+//! admin endpoint. [`Server::reload`] swaps in a new config without dropping
+//! a client connection (SIGHUP). [`Server::shutdown`] is the graceful stop:
+//! accept stops first, sessions hand over what they read, dispatchers and
+//! upstreams drain within the grace period. `auditlb run` and the
+//! integration tests use it.
+//!
+//! - this file: [`Server`], starting and stopping it;
+//! - [`pools`]: the pool supervisor, dispatch groups and backend handles;
+//! - [`listeners`]: running listeners;
+//! - [`reload`]: the pure [`ReloadPlan`] and applying it;
+//! - [`status`]: readiness for `/readyz` and the pools tests look at.
+
+mod listeners;
+mod pools;
+mod reload;
+mod status;
+
+use listeners::ListenerState;
+use pools::{PoolState, PoolSupervisor};
+pub use reload::{ReloadPlan, Reloaded};
+pub use status::PoolRuntime;
+use status::{readiness, AdminStatus, PoolView};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin;
+use crate::balance::{Member as SelectorMember, Selector};
+use crate::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
+use crate::dispatcher::{
+    ConnHandle, Dispatcher, DispatcherJournal, DispatcherParts, PoolUpdate, UpdateSlot,
+    UPSTREAM_BATCHES,
+};
+use crate::health;
+use crate::journal::handoff::{self, PoolEnds};
+use crate::journal::tail::PoolTail;
+use crate::journal::{self, Ingress, Reconfigure, INGRESS_ITEMS};
+use crate::listener::{self, Listener, ListenerShared};
+use crate::metrics::Metrics;
+use crate::pool::Backend;
+use crate::upstream::{ConnShared, Handback, Upstream, UpstreamSettings};
+
+/// A running proxy.
+pub struct Server {
+    ctx: PoolSupervisor,
+    config: Config,
+    view: PoolView,
+    pools: Vec<PoolState>,
+    listeners: Vec<ListenerState>,
+    /// Pool slot of every listener slot ever used, as the journal writer
+    /// has it.
+    routes: Vec<Option<usize>>,
+    next_pool_slot: usize,
+    /// Sessions hand frames to the journal writer through it; the server's
+    /// own sender goes at shutdown, so the writer then sees its input end.
+    ingress: mpsc::Sender<Ingress>,
+    admin_addr: Option<SocketAddr>,
+    grace: Duration,
+    /// Stops accepting and reading from clients.
+    stop: CancellationToken,
+    /// Listeners and their sessions.
+    client_tasks: TaskTracker,
+    /// Tells the journal writer the dispatchers are done (final DELIVERY).
+    journal_drained: CancellationToken,
+    /// The journal writer wrote its final records.
+    journal_done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Server {
+    /// Binds every listener and the admin address, connects to backends and
+    /// starts all tasks. Fails (naming the listener and address) if a bind
+    /// fails; backends that are down at start are not an error.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let background_stop = CancellationToken::new();
+
+        // Bind first, so a bad address fails before anything starts.
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push(listener::bind(l)?);
+        }
+        let admin_listener = match &config.admin {
+            Some(a) => {
+                let addr = a.socket_addr();
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("admin: cannot listen on {addr}: {e}"))?,
+                )
+            }
+            None => None,
+        };
+
+        // Sessions -> journal writer -> pool dispatchers. The journal opens
+        // first: it says where each pool's delivery resumes.
+        let mut links = Vec::new();
+        let mut ends = Vec::new();
+        for p in &config.pools {
+            let (link, pool_end) = handoff::link(&p.name, delivery_names(p), 0);
+            links.push(link);
+            ends.push(pool_end);
+        }
+        let routes: Vec<Option<usize>> = config
+            .listeners
+            .iter()
+            .map(|l| config.pools.iter().position(|p| p.name == l.pool))
+            .collect();
+        let (ingress, journal_rx) = mpsc::channel(INGRESS_ITEMS);
+        let journal_drained = CancellationToken::new();
+        let journal_ready = journal::writer::spawn(journal::writer::Start {
+            cfg: config.journal.clone(),
+            metrics: metrics.journal(),
+            config_hash: config.source_hash,
+            rx: journal_rx,
+            pools: links,
+            routes: routes.clone(),
+            abort: abort.clone(),
+            drained: journal_drained.clone(),
+        });
+        let opened = match journal_ready.await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                abort.cancel();
+                background_stop.cancel();
+                return Err(e.into());
+            }
+            Err(_) => anyhow::bail!("journal writer thread died while opening the journal"),
+        };
+        let ctx = PoolSupervisor {
+            metrics: metrics.clone(),
+            pool_tasks: TaskTracker::new(),
+            background: TaskTracker::new(),
+            abort,
+            background_stop,
+            committed: opened.committed.clone(),
+            journal_dir: config.journal.dir.clone(),
+            start_seq: opened.start_seq,
+        };
+
+        let mut pools = Vec::new();
+        let mut resume = opened.cursors.into_iter();
+        for (slot, (p, ends)) in config.pools.iter().zip(ends).enumerate() {
+            let starts: Vec<u64> = delivery_names(p)
+                .iter()
+                .map(|name| {
+                    let cursor = resume.next().expect("one resume cursor per delivery name");
+                    if cursor < opened.start_seq {
+                        tracing::info!(delivery = %name, from_seq = cursor, "resuming delivery from the journal");
+                    }
+                    cursor
+                })
+                .collect();
+            pools.push(ctx.start_pool(p, slot, ends, &starts));
+        }
+        let view: PoolView = Arc::new(Mutex::new(pools.iter().map(PoolState::runtime).collect()));
+
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz");
+                let status = Arc::new(AdminStatus {
+                    metrics: metrics.clone(),
+                    pools: view.clone(),
+                });
+                ctx.background
+                    .spawn(admin::run(l, status, ctx.background_stop.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        let mut server = Server {
+            next_pool_slot: pools.len(),
+            ctx,
+            view,
+            pools,
+            listeners: Vec::new(),
+            routes,
+            ingress,
+            admin_addr,
+            grace: config.shutdown.grace.0,
+            stop,
+            client_tasks: TaskTracker::new(),
+            journal_drained,
+            journal_done: opened.done,
+            config: config.clone(),
+        };
+        for (slot, (cfg, sock)) in config.listeners.iter().zip(bound).enumerate() {
+            server.start_listener(cfg, sock, slot)?;
+        }
+        Ok(server)
+    }
+
+    /// Where a listener is bound (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.cfg.name == name)
+            .map(|l| l.addr)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.ctx.metrics
+    }
+
+    /// The pools and their backends as configured now.
+    pub fn pools(&self) -> Vec<PoolRuntime> {
+        crate::lock(&self.view).clone()
+    }
+
+    /// Whether backend `index` of `pool` is up (health verdict).
+    pub fn backend_up(&self, pool: &str, index: usize) -> Option<bool> {
+        let pools = self.pools();
+        let p = pools.iter().find(|p| p.name == pool)?;
+        Some(p.backends.get(index)?.is_up())
+    }
+
+    pub fn ready(&self) -> Result<(), String> {
+        readiness(&self.pools(), &self.ctx.metrics)
+    }
+
+    /// Graceful stop: stop accepting and reading, let queued frames reach the
+    /// backends for up to the configured grace, then stop everything. Frames
+    /// still queued when grace runs out are counted in
+    /// `auditlb_frames_lost_total` and logged.
+    pub async fn shutdown(self) {
+        let Server {
+            ctx,
+            pools,
+            listeners,
+            ingress,
+            grace,
+            stop,
+            client_tasks,
+            journal_drained,
+            journal_done,
+            ..
+        } = self;
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(?grace, "stopping: no new connections, draining");
+        // Only sessions hold ingress senders now: the journal (then the
+        // dispatchers) see their input end once those are gone. Likewise
+        // only the dispatchers hold their upstreams' senders.
+        drop(ingress);
+        drop(pools);
+        stop.cancel();
+        // Each listener's shared settings hold a sender too: without this
+        // the writer's input never ends and every stop waits out the grace.
+        drop(listeners);
+        client_tasks.close();
+        ctx.pool_tasks.close();
+        if tokio::time::timeout_at(deadline, client_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("client sessions did not finish within grace");
+        }
+        if tokio::time::timeout_at(deadline, ctx.pool_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("backends did not take every queued frame within grace");
+            ctx.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), ctx.pool_tasks.wait()).await;
+        }
+        journal_drained.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), journal_done)
+            .await
+            .is_err()
+        {
+            tracing::error!("journal writer did not finish its final records");
+        }
+        ctx.abort.cancel();
+        ctx.background_stop.cancel();
+        tracing::info!("stopped");
+    }
+}
+
+/// A pool's delivery names: the pool itself, or for `mirror` one per
+/// backend (each keeps its own cursor).
+pub fn delivery_names(p: &PoolConfig) -> Vec<String> {
+    if p.balance == Balance::Mirror {
+        p.backends
+            .iter()
+            .map(|b| format!("{}@{}", p.name, b.address))
+            .collect()
+    } else {
+        vec![p.name.clone()]
+    }
+}
