@@ -83,6 +83,14 @@ pub fn hash64(data: &[u8]) -> u64 {
     h ^ (h >> 31)
 }
 
+/// Which backends of a pool take frames now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Primary,
+    /// Only while no primary is available.
+    Backup,
+}
+
 /// Picks a backend per frame.
 #[derive(Debug)]
 pub struct Selector {
@@ -121,9 +129,9 @@ impl Selector {
         matches!(self.mode, Balance::Hash | Balance::Connection)
     }
 
-    /// Which tier serves now: `Some(false)` primaries, `Some(true)` backups,
-    /// `None` when nothing is available.
-    pub fn tier(&self, view: View<'_>) -> Option<bool> {
+    /// Which tier serves now (`None` when nothing is available): the
+    /// primaries while any is available, else the backups.
+    pub fn tier(&self, view: View<'_>) -> Option<Tier> {
         let any = |backup: bool| {
             self.members
                 .iter()
@@ -131,9 +139,9 @@ impl Selector {
                 .any(|(m, &a)| a && m.backup == backup)
         };
         if any(false) {
-            Some(false)
+            Some(Tier::Primary)
         } else if any(true) {
-            Some(true)
+            Some(Tier::Backup)
         } else {
             None
         }
@@ -142,9 +150,9 @@ impl Selector {
     /// Chooses the backend for `frame`, or `None` when no backend is
     /// available.
     pub fn pick(&mut self, view: View<'_>, frame: &Frame) -> Option<usize> {
-        let tier = self.tier(view)?;
+        let backup = self.tier(view)? == Tier::Backup;
         let members = &self.members;
-        let eligible = |i: usize| view.avail[i] && members[i].backup == tier;
+        let eligible = |i: usize| view.avail[i] && members[i].backup == backup;
         match self.mode {
             // A mirror pool's dispatchers each own one backend.
             Balance::RoundRobin | Balance::Mirror => {
@@ -156,7 +164,7 @@ impl Selector {
             }
             Balance::Hash => {
                 let h = key_hash(self.key, frame);
-                let ring = if tier {
+                let ring = if backup {
                     &self.backup_ring
                 } else {
                     &self.primary_ring

@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! client ──TCP──▶ listener ──▶ session (framer) ──batch──▶ journal writer (one thread)
-//!                 listener.rs   listener.rs, framer.rs      journal/writer.rs: seq, chain, write(2),
-//!                                                           sync policy, checkpoints, anchors
-//!                                                               │ written frames, per pool; a pool
-//!                                                               │ that falls behind reads them back
-//!                                                               ▼ from the files (journal/tail.rs)
+//!                 listener.rs   session.rs, framer.rs     journal/writer/: seq, chain, write(2),
+//!                                                          sync policy, checkpoints, anchors, roll
+//!                                                               │ written frames, per pool
+//!                                                               │ (journal/handoff.rs); a pool that
+//!                                                               │ falls behind reads them back from
+//!                                                               ▼ the files (journal/tail/)
 //!                                                   dispatcher (one per pool; per backend if mirror)
-//!                                                   dispatcher.rs, balance.rs: backend per frame,
-//!                                                   delivery cursor -> DELIVERY records
+//!                                                   dispatcher/: intake (live or files), routing
+//!                                                   rounds with balance.rs, delivery cursor
 //!                                   ┌───────────────────────────┼──────────────┐
 //!                                   ▼                           ▼              ▼
 //!                              upstream A                  upstream B     upstream C ──TCP──▶ backends
@@ -17,14 +18,20 @@
 //!                              FIFO of (seq, end offset) settled by TCP ACK (SIOCOUTQ);
 //!                              on failure the unsettled suffix (and after a reset the
 //!                              replay window) goes back to the dispatcher
-//! health.rs ──▶ pool.rs (backend up/down, rise/fall) ──▶ dispatcher
+//! health.rs (checks) ──▶ backend.rs (up/down with rise/fall, pending bytes) ──▶ dispatcher
 //! metrics.rs: every stage counts into one prometheus::Registry, served by admin.rs
-//! server.rs wires it all from config.rs, applies reloads (SIGHUP: the writer switches
-//! routing between two batches, dispatchers swap backend sets) and runs the graceful stop.
-//! journal/verify.rs and journal/cat.rs read journals back (`auditlb verify`, `cat`).
+//! server/ wires it all from config/, applies reloads (server/reload.rs: a pure plan, then
+//! the writer switches routing between two batches and dispatchers swap backend sets)
+//! and runs the graceful stop.
+//! journal/recover/ plans start-up recovery; journal/verify/ and journal/cat.rs read
+//! journals back (`auditlb verify`, `cat`); journal/anchors.rs binds a journal to its
+//! anchors file; journal/delivery.rs keeps delivery cursors.
+//! Small pieces: frame.rs (the unit of work), syslog.rs (header fields for hashing),
+//! units.rs (sizes, durations), time.rs (clock and RFC 3339), ratelimit.rs (log floods).
 //! ```
 
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod dispatcher;
@@ -34,9 +41,9 @@ pub mod health;
 pub mod journal;
 pub mod listener;
 pub mod metrics;
-pub mod pool;
 pub mod ratelimit;
 pub mod server;
+pub mod session;
 pub mod syslog;
 pub mod time;
 pub mod units;

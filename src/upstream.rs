@@ -21,10 +21,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::Backend;
 use crate::config::OutFraming;
 use crate::frame::{escape_lf, Frame};
 use crate::metrics::PoolMetrics;
-use crate::pool::Backend;
 
 /// Most slices handed to one `writev` (Linux IOV_MAX is 1024).
 const MAX_IOV: usize = 512;

@@ -34,10 +34,10 @@ mod window;
 use crate::balance::{Selector, View};
 use crate::frame::Frame;
 
+use crate::backend::Backend;
 use crate::journal::handoff::{Batch, ClosedAt, Cursor, Missed, SettledLog};
 use crate::journal::tail::PoolTail;
 use crate::metrics::PoolMetrics;
-use crate::pool::Backend;
 use crate::upstream::{ConnShared, Handback};
 use intake::Intake;
 use window::SeqWindow;
@@ -87,6 +87,15 @@ impl UpdateSlot {
         }
         crate::lock(&self.update).take()
     }
+}
+
+/// What became of frames sent to an upstream connection.
+enum Sent {
+    Yes,
+    /// The connection's task is gone (only at shutdown): here they are.
+    Gone(Vec<Frame>),
+    /// Shutdown grace is over; the frames went back to `pending`.
+    Aborted,
 }
 
 /// Outcome of one routing round.
@@ -534,9 +543,9 @@ impl Dispatcher {
                     continue;
                 }
                 match self.send_to_conn(i, open[k], frames, abort).await {
-                    Ok(()) => sent_any = true,
-                    Err(Some(frames)) => self.requeue(frames),
-                    Err(None) => return Round::Aborted,
+                    Sent::Yes => sent_any = true,
+                    Sent::Gone(frames) => self.requeue(frames),
+                    Sent::Aborted => return Round::Aborted,
                 }
             }
         }
@@ -549,14 +558,14 @@ impl Dispatcher {
 
     /// Sends frames to connection `c` of backend `i`; in keyed modes first
     /// waits while that connection is over `queue-bytes`. Gives the frames
-    /// back (`Err(Some)`) when the connection is gone, `Err(None)` on abort.
+    /// back ([`Sent::Gone`]) when the connection is gone.
     async fn send_to_conn(
         &mut self,
         i: usize,
         c: usize,
         frames: Vec<Frame>,
         abort: &CancellationToken,
-    ) -> Result<(), Option<Vec<Frame>>> {
+    ) -> Sent {
         let conn = &self.conns[i][c];
         let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
         // Unkeyed modes checked room when routing (and may overshoot by one
@@ -569,7 +578,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = abort.cancelled() => {
                     self.pending.extend(frames);
-                    return Err(None);
+                    return Sent::Aborted;
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -581,8 +590,8 @@ impl Dispatcher {
             // The upstream task is gone (only at shutdown).
             conn.shared.release(bytes);
             self.backends[i].sub_pending(bytes);
-            return Err(Some(e.0));
+            return Sent::Gone(e.0);
         }
-        Ok(())
+        Sent::Yes
     }
 }

@@ -102,6 +102,26 @@ pub mod tag {
     pub const POOL: u8 = 6;
 }
 
+/// Why bytes are not a segment header or a record (what `verify` reports
+/// and recovery acts on).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    #[error("header is {0} bytes, expected {HEADER_LEN}")]
+    ShortHeader(usize),
+    #[error("bad magic (not an auditlb segment)")]
+    BadMagic,
+    #[error("format version {0}, this build reads {VERSION}")]
+    Version(u16),
+    #[error("reserved header bytes are not zero")]
+    Reserved,
+    #[error("record length {0} is too small")]
+    ShortRecord(usize),
+    #[error("length fields disagree ({0} and {1})")]
+    LengthsDisagree(usize, usize),
+    #[error("meta length {0} overruns the record")]
+    MetaOverrun(usize),
+}
+
 /// A segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -123,24 +143,19 @@ impl Header {
         h
     }
 
-    pub fn decode(b: &[u8]) -> Result<Header, String> {
+    pub fn decode(b: &[u8]) -> Result<Header, Corruption> {
         if b.len() < HEADER_LEN {
-            return Err(format!(
-                "header is {} bytes, expected {HEADER_LEN}",
-                b.len()
-            ));
+            return Err(Corruption::ShortHeader(b.len()));
         }
         if &b[..8] != MAGIC {
-            return Err("bad magic (not an auditlb segment)".into());
+            return Err(Corruption::BadMagic);
         }
         let version = u16::from_be_bytes([b[8], b[9]]);
         if version != VERSION {
-            return Err(format!(
-                "format version {version}, this build reads {VERSION}"
-            ));
+            return Err(Corruption::Version(version));
         }
         if b[10..16].iter().any(|&x| x != 0) {
-            return Err("reserved header bytes are not zero".into());
+            return Err(Corruption::Reserved);
         }
         Ok(Header {
             journal_id: b[16..32].try_into().expect("16 bytes"),
@@ -297,7 +312,7 @@ pub enum ParseError {
     /// Fewer bytes than the record says it has: a torn write if at the end.
     Incomplete { have: usize, need: usize },
     /// The bytes are not a record.
-    Malformed(String),
+    Malformed(Corruption),
 }
 
 /// Parses the record at the start of `b`.
@@ -310,9 +325,7 @@ pub fn parse_record(b: &[u8]) -> Result<Record<'_>, ParseError> {
     }
     let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
     if len < RECORD_OVERHEAD {
-        return Err(ParseError::Malformed(format!(
-            "record length {len} is too small"
-        )));
+        return Err(ParseError::Malformed(Corruption::ShortRecord(len)));
     }
     if b.len() < len {
         return Err(ParseError::Incomplete {
@@ -323,15 +336,13 @@ pub fn parse_record(b: &[u8]) -> Result<Record<'_>, ParseError> {
     let raw = &b[..len];
     let trailer = u32::from_be_bytes(raw[len - 4..].try_into().expect("4 bytes")) as usize;
     if trailer != len {
-        return Err(ParseError::Malformed(format!(
-            "length fields disagree ({len} and {trailer})"
+        return Err(ParseError::Malformed(Corruption::LengthsDisagree(
+            len, trailer,
         )));
     }
     let meta_len = usize::from(u16::from_be_bytes([raw[22], raw[23]]));
     if META_AT + meta_len > len - 36 {
-        return Err(ParseError::Malformed(format!(
-            "meta length {meta_len} overruns the record"
-        )));
+        return Err(ParseError::Malformed(Corruption::MetaOverrun(meta_len)));
     }
     Ok(Record {
         raw,

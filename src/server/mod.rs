@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
+use crate::backend::Backend;
 use crate::balance::{Member as SelectorMember, Selector};
 use crate::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
 use crate::dispatcher::{
@@ -48,7 +49,6 @@ use crate::journal::tail::PoolTail;
 use crate::journal::{self, Ingress, Reconfigure, INGRESS_ITEMS};
 use crate::listener::{self, Listener, ListenerShared};
 use crate::metrics::Metrics;
-use crate::pool::Backend;
 use crate::upstream::{ConnShared, Handback, Upstream, UpstreamSettings};
 
 /// A running proxy.

@@ -281,7 +281,9 @@ impl PoolSupervisor {
         self.background.spawn(health::run(
             backend.clone(),
             p.health.interval.0,
-            p.health.timeout.0,
+            health::TcpConnect {
+                timeout: p.health.timeout.0,
+            },
             stop.clone(),
         ));
         stop

@@ -275,7 +275,7 @@ impl PoolTail {
                 Err(ParseError::Incomplete { .. }) => break,
                 Err(ParseError::Malformed(m)) => {
                     let first = self.segment.as_ref().expect("open").first_seq;
-                    self.damaged(first, offset + pos as u64, &m);
+                    self.damaged(first, offset + pos as u64, &m.to_string());
                     status = Chunk::Damaged;
                     break;
                 }

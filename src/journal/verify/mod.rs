@@ -457,7 +457,7 @@ pub fn verify(
                             ParseError::Incomplete { have, need } => {
                                 format!("{have} of {need} bytes")
                             }
-                            ParseError::Malformed(m) => m,
+                            ParseError::Malformed(m) => m.to_string(),
                         }
                     ));
                 }

@@ -1,7 +1,8 @@
-//! Shared state of a pool's backends: up/down (health hysteresis plus passive
-//! failures), how many upstream connections are open, and unsettled bytes.
-//! The health checker and upstream tasks write it; the dispatcher reads it.
-//! Every state flip is logged once, with its reason, and wakes the dispatcher.
+//! Shared state of a pool's backends: up/down (the rise/fall [`Hysteresis`],
+//! pure, plus passive failures), how many upstream connections are open,
+//! and unsettled bytes. The health checker and upstream tasks write it; the
+//! dispatcher reads it. Every state flip is logged once, with its reason,
+//! and wakes the dispatcher.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::config::BackendConfig;
-use crate::health::Hysteresis;
 use crate::metrics::BackendMetrics;
 
 /// One backend of a pool.
@@ -129,5 +129,91 @@ impl Backend {
             tracing::warn!(pool = %self.pool, backend = %self.addr, reason, "backend down");
         }
         self.wake.notify_one();
+    }
+}
+
+/// Counts consecutive results against the current state; flips after
+/// `rise` successes (down to up) or `fall` failures (up to down).
+#[derive(Debug, Clone)]
+pub struct Hysteresis {
+    rise: u32,
+    fall: u32,
+    up: bool,
+    /// Consecutive results that disagree with `up`.
+    streak: u32,
+}
+
+impl Hysteresis {
+    pub fn new(rise: u32, fall: u32, up: bool) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up,
+            streak: 0,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// New thresholds from a reload; the state and streak stay.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
+    /// Records one check result. Returns the new state when it flipped.
+    pub fn observe(&mut self, ok: bool) -> Option<bool> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.streak >= needed {
+            self.up = ok;
+            self.streak = 0;
+            Some(ok)
+        } else {
+            None
+        }
+    }
+
+    /// A passive failure: down now. Returns true when that is a change.
+    pub fn force_down(&mut self) -> bool {
+        self.streak = 0;
+        std::mem::replace(&mut self.up, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_after_fall_failures_rises_after_rise_successes() {
+        let mut h = Hysteresis::new(2, 3, true);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(true), None, "a success resets the streak");
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(false), Some(false));
+        assert!(!h.is_up());
+        assert_eq!(h.observe(false), None);
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.observe(false), None, "a failure resets the streak");
+        assert_eq!(h.observe(true), None);
+        assert_eq!(h.observe(true), Some(true));
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn force_down_reports_only_a_change() {
+        let mut h = Hysteresis::new(1, 5, true);
+        assert!(h.force_down());
+        assert!(!h.force_down());
+        assert_eq!(h.observe(true), Some(true));
     }
 }

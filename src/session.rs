@@ -1,0 +1,270 @@
+//! Client sessions: one task per client connection. A session reads into a
+//! buffer, cuts frames with its [`Decoder`], and sends each read's frames as
+//! one batch to the journal writer, which routes them to the listener's pool
+//! (backpressure: a full writer queue stops the read). Idle and
+//! partial-frame timeouts close stuck clients; every close has a counted
+//! reason, and frames refused before routing leave a GAP record.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::frame::{ConnMeta, Frame};
+use crate::framer::{Decoder, Event, FrameError};
+use crate::journal::Ingress;
+use crate::listener::SessionSettings;
+
+/// Most bytes read in one go; also the most a session buffers beyond one
+/// frame.
+const READ_CHUNK: usize = 64 * 1024;
+/// A batch is sent to the journal writer at the latest when it holds this
+/// many frames.
+const BATCH_FRAMES: usize = 1024;
+
+/// Process-wide connection numbering, for logs.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a session ended.
+enum Close {
+    Eof,
+    Idle,
+    FrameTimeout,
+    Malformed(String),
+    Oversize(String),
+    Error(io::Error),
+    Shutdown,
+    /// The journal writer is gone (process stopping).
+    Downstream,
+}
+
+pub(crate) async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    s: &SessionSettings,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let _ = SockRef::from(&stream).set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10)),
+    );
+    let meta = Arc::new(ConnMeta::new(
+        NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+        s.name.clone(),
+        peer,
+    ));
+    // One span per connection, attached to the future (not entered across
+    // awaits, which would leak it into other tasks' logs).
+    let span = tracing::debug_span!("session", listener = %s.name, client = %peer, conn = meta.id);
+    let close = async {
+        tracing::debug!("client connected");
+        read_loop(&stream, &meta, s, &stop).await
+    }
+    .instrument(span)
+    .await;
+    let m = &s.metrics;
+    match &close {
+        Close::Eof => m.closed_eof.inc(),
+        Close::Idle => m.closed_idle.inc(),
+        Close::FrameTimeout => m.closed_frame_timeout.inc(),
+        Close::Malformed(_) => m.closed_malformed.inc(),
+        Close::Oversize(_) => m.closed_oversize.inc(),
+        Close::Error(_) => m.closed_error.inc(),
+        Close::Shutdown | Close::Downstream => m.closed_shutdown.inc(),
+    }
+    let reason = match close {
+        Close::Eof => {
+            tracing::debug!("client closed the connection");
+            return;
+        }
+        Close::Shutdown | Close::Downstream => {
+            tracing::debug!("closed for shutdown");
+            return;
+        }
+        Close::Idle => format!("idle for {:?}", s.idle_timeout),
+        Close::FrameTimeout => format!("frame not completed within {:?}", s.frame_timeout),
+        Close::Malformed(e) | Close::Oversize(e) => e,
+        Close::Error(e) => format!("read: {e}"),
+    };
+    if let Some(skipped) = s.warn_limit.allow() {
+        tracing::warn!(listener = %s.name, client = %peer, reason, skipped, "closing client connection");
+    }
+}
+
+async fn read_loop(
+    stream: &TcpStream,
+    meta: &Arc<ConnMeta>,
+    s: &SessionSettings,
+    stop: &CancellationToken,
+) -> Close {
+    let mut dec = Decoder::new(s.framing, s.max_frame, s.oversize);
+    let chunk = READ_CHUNK.min(dec.max_buffer()).max(4096);
+    let mut buf = BytesMut::new();
+    let mut batch: Vec<Frame> = Vec::new();
+    let mut last_read = Instant::now();
+    let mut partial_since: Option<Instant> = None;
+    let mut eof = false;
+    let mut draining = false;
+    loop {
+        // Cut every complete frame out of what we have.
+        let mut completed = false;
+        let mut failure = None;
+        loop {
+            let r = if eof {
+                dec.finish(&mut buf)
+            } else {
+                dec.decode(&mut buf)
+            };
+            match r {
+                Ok(Some(ev)) => {
+                    completed = true;
+                    match ev {
+                        Event::Frame(f) => batch.push(Frame::new(f, meta.clone())),
+                        Event::Truncated { frame, len } => {
+                            s.metrics.truncated.inc();
+                            if let Some(skipped) = s.warn_limit.allow() {
+                                tracing::warn!(listener = %s.name, client = %meta.peer, len, max_frame = s.max_frame, skipped, "frame truncated to max-frame");
+                            }
+                            batch.push(Frame::new(frame, meta.clone()));
+                        }
+                        Event::Dropped { len } => {
+                            s.metrics.refused_oversize.inc();
+                            if !flush(&mut batch, s).await {
+                                return Close::Downstream;
+                            }
+                            record_gap(s, meta, "oversize").await;
+                            if let Some(skipped) = s.warn_limit.allow() {
+                                tracing::warn!(listener = %s.name, client = %meta.peer, len, max_frame = s.max_frame, skipped, "oversize frame dropped");
+                            }
+                        }
+                    }
+                    if batch.len() >= BATCH_FRAMES && !flush(&mut batch, s).await {
+                        return Close::Downstream;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() && !flush(&mut batch, s).await {
+            return Close::Downstream;
+        }
+        if let Some(e) = failure {
+            let (reason, close) = match e {
+                FrameError::Malformed(_) => {
+                    s.metrics.refused_malformed.inc();
+                    ("malformed", Close::Malformed(e.to_string()))
+                }
+                FrameError::Oversize { .. } | FrameError::LineTooLong { .. } => {
+                    s.metrics.refused_oversize.inc();
+                    ("oversize", Close::Oversize(e.to_string()))
+                }
+                FrameError::Incomplete { .. } => {
+                    s.metrics.refused_incomplete.inc();
+                    ("incomplete", Close::Malformed(e.to_string()))
+                }
+            };
+            record_gap(s, meta, reason).await;
+            return close;
+        }
+        if eof {
+            return Close::Eof;
+        }
+        if buf.is_empty() {
+            // Let an idle connection hold no buffer at all.
+            buf = BytesMut::new();
+        }
+        let now = Instant::now();
+        partial_since = if dec.in_frame(&buf) {
+            if completed {
+                Some(now)
+            } else {
+                partial_since.or(Some(now))
+            }
+        } else {
+            None
+        };
+        let idle_deadline = last_read + s.idle_timeout;
+        let deadline = match partial_since {
+            Some(t) => idle_deadline.min(t + s.frame_timeout),
+            None => idle_deadline,
+        };
+        if draining {
+            // Stopping: take what the kernel already holds, then close.
+        } else {
+            tokio::select! {
+            _ = stop.cancelled() => draining = true,
+            _ = tokio::time::sleep_until(deadline) => {
+                return if partial_since.is_some_and(|t| t + s.frame_timeout <= Instant::now()) {
+                    Close::FrameTimeout
+                } else {
+                    Close::Idle
+                };
+            }
+            r = stream.readable() => {
+                if let Err(e) = r {
+                    return Close::Error(e);
+                }
+            }
+            }
+        }
+        buf.reserve(chunk);
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => eof = true,
+            Ok(n) => {
+                s.metrics.bytes_in.inc_by(n as u64);
+                last_read = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if draining {
+                    return Close::Shutdown;
+                }
+            }
+            Err(e) => return Close::Error(e),
+        }
+    }
+}
+
+/// Hands the batch to the journal writer. False when it is gone.
+async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
+    let frames = std::mem::take(batch);
+    let n = frames.len() as u64;
+    s.metrics.frames_in.inc_by(n);
+    let sent = s.tx.send(Ingress::Frames {
+        listener: s.slot,
+        frames,
+    });
+    if sent.await.is_err() {
+        // Only when the journal stopped (shutdown grace over while it was
+        // full): counted and logged, since it can no longer be journaled.
+        s.metrics.refused_unjournaled.inc_by(n);
+        tracing::error!(listener = %s.name, frames = n, "frames read from a client could not be journaled before exit");
+        return false;
+    }
+    true
+}
+
+/// Records frames refused before routing in the journal (a GAP record).
+async fn record_gap(s: &SessionSettings, meta: &ConnMeta, reason: &'static str) {
+    let _ =
+        s.tx.send(Ingress::Gap {
+            listener: s.name.clone(),
+            client: meta.peer,
+            reason,
+            count: 1,
+        })
+        .await;
+}
