@@ -133,15 +133,19 @@ fn chaos() {
     // A tight budget: late rounds of a long run reach it and refuse
     // frames (counted, recorded as GAP records).
     let budget_mib = 4 * rounds + 4;
-    let cfg = binary_config_journal(
-        &dir,
-        &addrs,
-        "tcp-user-timeout = \"2s\"",
-        &format!(
-            "segment-size = \"64KiB\"\ndisk-budget = \"{budget_mib}MiB\"\non-full = \"drop\"\ncheckpoint-every = 2000"
-        ),
-    );
-    let base_cfg = std::fs::read_to_string(&cfg).unwrap();
+    let config = |weight: u32| {
+        let mut b: Vec<(SocketAddr, u32, bool)> = addrs.iter().map(|&a| (a, 1, false)).collect();
+        b[0].1 = weight;
+        TestConfig::at(&dir)
+            .backends(&b)
+            .pool("tcp-user-timeout = \"2s\"")
+            .journal("segment-size = \"64KiB\"")
+            .journal(&format!("disk-budget = \"{budget_mib}MiB\""))
+            .journal("on-full = \"drop\"")
+            .journal("checkpoint-every = 2000")
+            .anchors()
+    };
+    let cfg = config(1).write();
     let journal = dir.join("journal");
     let anchors = dir.join("anchors.log");
     let log = dir.join("auditlb.log");
@@ -205,9 +209,8 @@ fn chaos() {
                 }
                 Fault::Reload => {
                     // A real change: the weights move.
-                    let w = 1 + rng.below(3);
-                    let text = base_cfg.replacen("weight = 1", &format!("weight = {w}"), 1);
-                    std::fs::write(&cfg, text).unwrap();
+                    let w = 1 + rng.below(3) as u32;
+                    config(w).write();
                     auditlb.proc.signal(libc::SIGHUP);
                 }
                 Fault::None => {}

@@ -69,16 +69,23 @@ fn one_backend_fails_mid_stream(
     // reading it, and only traffic that finds it full shows the hang (an
     // idle connection to a hung process looks healthy to TCP).
     let trickle = std::thread::spawn(move || {
-        gen_ids(listen, 1, 20_000, &["--rate", "4000", "--id-base", "10000000"])
+        gen_ids(
+            listen,
+            1,
+            20_000,
+            &["--rate", "4000", "--id-base", "10000000"],
+        )
     });
     let log_refs: Vec<&Path> = logs.iter().map(|l| l.as_path()).collect();
     let (unique, total) = wait_all_ids(&log_refs, n, 60);
     let _ = trickle.join();
     assert!(unique as u64 >= n);
     let dups = total - unique;
-    // Replay window (4MiB) and queue (4MiB) per connection, 2 connections,
-    // 200-byte frames: at most ~80,000; in practice far fewer.
-    assert!(dups <= 80_000, "{dups} duplicates");
+    // What the failed backend's connections can make auditlb send again:
+    // per connection its replay window and its queue (4 MiB each by
+    // default), 2 connections, frames of 200 bytes plus framing.
+    let bound = 2 * (4 << 20) * 2 / 200;
+    assert!(dups <= bound, "{dups} duplicates, more than {bound}");
     eprintln!("{name}: {n} ids delivered, {dups} duplicates");
 }
 
@@ -191,7 +198,7 @@ fn auditlb_killed_and_restarted_delivers_everything_it_journaled() {
     let r =
         auditlb::journal::verify::verify(&journal, Some(&dir.join("anchors.log")), None).unwrap();
     assert_eq!(r.exit_code(), 0, "{}", r.text());
-    assert!(!r.recovered.is_empty() || r.records > 0);
+    assert!(r.frames as usize >= journaled.len(), "{}", r.text());
 }
 
 #[test]
@@ -339,9 +346,11 @@ fn an_idle_auditlb_stops_at_once_on_sigterm() {
     let dir = scratch_dir("idle-stop");
     let log = dir.join("sink.log");
     let (_sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
-    let cfg = binary_config(&dir, &[addr], "");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, text.replace("grace = \"5s\"", "grace = \"60s\"")).unwrap();
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[addr])
+        .anchors()
+        .grace("60s")
+        .write();
     let (mut auditlb, listen) = spawn_auditlb(&cfg);
     gen_ids(listen, 1, 100, &[]);
     wait_all_ids(&[log.as_path()], 100, 20);

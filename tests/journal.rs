@@ -15,6 +15,7 @@ use auditlb::journal::format::{
 use auditlb::journal::reader::{list_segments, Records};
 use auditlb::journal::seal::{key_at, read_verify_key, seal, SealInput};
 use auditlb::journal::verify::{verify, Class, Report};
+use auditlb::server::Server;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -57,20 +58,20 @@ async fn write_journal(n: usize, segment_size: &str, every: u64) -> Written {
     let k0 = keygen(&dir);
     let journal = dir.join("journal");
     let anchors = dir.join("anchors.log");
-    let cfg = config(&[(sink.addr, 1, false)], "", "").replacen(
-        "[journal]\ndir = ",
-        &format!(
-            "[journal]\nsegment-size = \"{segment_size}\"\ncheckpoint-every = {every}\nanchors = \"{}\"\nseal-key = \"{}\"\nold-dir = ",
-            anchors.display(),
+    let cfg = TestConfig::at(&dir)
+        .backends(&[(sink.addr, 1, false)])
+        .journal(&format!("segment-size = \"{segment_size}\""))
+        .journal(&format!("checkpoint-every = {every}"))
+        .journal(&format!(
+            "seal-key = \"{}\"",
             dir.join("keys/seal.key").display()
-        ),
-        1,
+        ))
+        .anchors();
+    assert_eq!(
+        (cfg.journal_dir(), cfg.anchors_path()),
+        (journal.clone(), anchors.clone())
     );
-    let cfg = cfg.replace(
-        "old-dir = ",
-        &format!("dir = \"{}\"\n# previous: ", journal.display()),
-    );
-    let server = start(&cfg).await;
+    let server = Server::start(cfg.parse()).await.unwrap();
     wait_connected(&server, 1).await;
     let addr = server.listener_addr("in").unwrap();
     let mut sent = Vec::new();
@@ -631,21 +632,18 @@ async fn sigkill_under_load_twenty_times_journal_always_verifies() {
     // Sealed: the key ratchets on the sync thread, and a kill between a
     // checkpoint and its ratchet must never let one key seal two epochs.
     let k0 = keygen(&dir);
-    let cfg = config(&[(sink.addr, 1, false)], "", "");
-    let cfg = cfg.replacen(
-        "[journal]\ndir = ",
-        &format!(
-            "[journal]\nanchors = \"{}\"\nseal-key = \"{}\"\nold = ",
-            anchors.display(),
+    let written = TestConfig::at(&dir)
+        .backends(&[(sink.addr, 1, false)])
+        .journal(&format!(
+            "seal-key = \"{}\"",
             dir.join("keys/seal.key").display()
-        ),
-        1,
+        ))
+        .anchors()
+        .write();
+    assert_eq!(
+        (written, journal.clone()),
+        (cfg_path.clone(), dir.join("journal"))
     );
-    let cfg = cfg.replace(
-        "old = ",
-        &format!("dir = \"{}\"\n# was: ", journal.display()),
-    );
-    std::fs::write(&cfg_path, cfg).unwrap();
     let mut next = 0usize;
     for round in 0..20 {
         let (mut child, addr) = spawn_auditlb(&cfg_path);
@@ -723,8 +721,15 @@ async fn refused_frames_leave_a_gap_record_and_idle_journals_heartbeat() {
         .unwrap();
     c.shutdown().await.unwrap();
     wait_for(5.0, "2 frames", || sink.count() == 2).await;
-    // Idle: heartbeats keep coming (checkpoint-interval is 200ms here).
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Idle: heartbeats keep coming (checkpoint-interval is 200ms here):
+    // two more checkpoints after the frames, seen by their metric.
+    for _ in 0..2 {
+        let at = metric(&server, "auditlb_journal_last_checkpoint_seq", &[]);
+        wait_for(5.0, "an idle heartbeat", || {
+            metric(&server, "auditlb_journal_last_checkpoint_seq", &[]) > at
+        })
+        .await;
+    }
     server.shutdown().await;
     let out = bin()
         .args(["cat", "--format", "jsonl", "--journal"])
@@ -756,15 +761,12 @@ async fn checkpoints_go_to_the_backends_in_band_and_match_the_anchors() {
     let sink = Sink::start(SinkFraming::Octet).await;
     let dir = scratch_dir("inband");
     let anchors = dir.join("anchors.log");
-    let cfg = config(&[(sink.addr, 1, false)], "", "").replacen(
-        "[journal]\n",
-        &format!(
-            "[journal]\nsend-checkpoints = true\nanchors = \"{}\"\n",
-            anchors.display()
-        ),
-        1,
-    );
-    let server = start(&cfg).await;
+    let cfg = TestConfig::at(&dir)
+        .backends(&[(sink.addr, 1, false)])
+        .journal("send-checkpoints = true")
+        .anchors();
+    assert_eq!(cfg.anchors_path(), anchors);
+    let server = Server::start(cfg.parse()).await.unwrap();
     wait_connected(&server, 1).await;
     send_lf(server.listener_addr("in").unwrap(), &lines("ib", 0..100)).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -871,23 +873,14 @@ fn epochs_continue_across_a_run_that_died_before_its_first_checkpoint() {
     assert_eq!(r.checkpoints, 3);
 }
 
-/// A config whose journal has a small disk budget.
+/// A config whose journal has a small disk budget; its journal directory.
 fn budget_config(sink: std::net::SocketAddr, on_full: &str) -> (String, PathBuf) {
-    let cfg = config(&[(sink, 1, false)], "", "");
-    let dir: PathBuf = cfg
-        .split("dir = \"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .into();
-    let cfg = cfg.replacen(
-        "[journal]\n",
-        &format!("[journal]\nsegment-size = \"64KiB\"\ndisk-budget = \"256KiB\"\non-full = \"{on_full}\"\n"),
-        1,
-    );
-    (cfg, dir)
+    let cfg = TestConfig::new("budget")
+        .backends(&[(sink, 1, false)])
+        .journal("segment-size = \"64KiB\"")
+        .journal("disk-budget = \"256KiB\"")
+        .journal(&format!("on-full = \"{on_full}\""));
+    (cfg.toml(), cfg.journal_dir())
 }
 
 fn gap_total(journal: &Path, reason: &str) -> u64 {
