@@ -178,10 +178,12 @@ fn rechain(
         let meta_ref: Vec<(u8, &[u8])> = meta.iter().map(|(t, v)| (*t, &v[..])).collect();
         head = encode_record(
             &mut out,
-            r.kind().unwrap(),
-            r.flags,
-            seq,
-            r.time_ns,
+            auditlb::journal::format::RecordHead {
+                rtype: r.kind().unwrap(),
+                flags: r.flags,
+                seq,
+                time_ns: r.time_ns,
+            },
             &meta_ref,
             &body,
             &head,
@@ -355,10 +357,12 @@ async fn edits_inserts_deletes_and_swaps_are_classified() {
                 let mut forged = Vec::new();
                 encode_record(
                     &mut forged,
-                    RecordType::Frame,
-                    0,
-                    target.seq,
-                    target.time_ns,
+                    auditlb::journal::format::RecordHead {
+                        rtype: RecordType::Frame,
+                        flags: 0,
+                        seq: target.seq,
+                        time_ns: target.time_ns,
+                    },
                     &[],
                     b"<13>forged",
                     &prev.chain,
@@ -566,10 +570,12 @@ async fn torn_tail_cut_at_every_offset_is_recovered_exactly() {
     let mut extra = Vec::new();
     encode_record(
         &mut extra,
-        RecordType::Frame,
-        0,
-        last.seq + 1,
-        last.time_ns,
+        auditlb::journal::format::RecordHead {
+            rtype: RecordType::Frame,
+            flags: 0,
+            seq: last.seq + 1,
+            time_ns: last.time_ns,
+        },
         &[],
         b"<13>in flight when the power went",
         &last.chain,
@@ -1087,10 +1093,12 @@ fn a_record_forged_after_a_clean_stop_is_caught_and_not_routed() {
     let mut forged = Vec::new();
     encode_record(
         &mut forged,
-        RecordType::Frame,
-        0,
-        last.seq + 1,
-        last.time_ns + 1,
+        auditlb::journal::format::RecordHead {
+            rtype: RecordType::Frame,
+            flags: 0,
+            seq: last.seq + 1,
+            time_ns: last.time_ns + 1,
+        },
         &meta_ref,
         b"<13>1 - host app - - - forged id=999999",
         &last.chain,
@@ -1375,10 +1383,12 @@ fn odd_files_named_like_segments_and_escape_sequences() {
     let last = parse_record(raws.last().unwrap()).unwrap();
     encode_record(
         &mut extra,
-        RecordType::Recovery,
-        0,
-        last.seq + 1,
-        0,
+        auditlb::journal::format::RecordHead {
+            rtype: RecordType::Recovery,
+            flags: 0,
+            seq: last.seq + 1,
+            time_ns: 0,
+        },
         &[(
             auditlb::journal::format::tag::REASON,
             b"\x1b]0;pwned\x07\x1b[2J",

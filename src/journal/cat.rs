@@ -256,7 +256,18 @@ mod tests {
         for (i, body) in frames.iter().enumerate() {
             let seq = i as u64 + 1;
             let meta: &[(u8, &[u8])] = &[(tag::LISTENER, b"l"), (tag::CLIENT, b"127.0.0.1:9")];
-            prev = encode_record(&mut seg, RecordType::Frame, 0, seq, 0, meta, body, &prev);
+            prev = encode_record(
+                &mut seg,
+                crate::journal::format::RecordHead {
+                    rtype: RecordType::Frame,
+                    flags: 0,
+                    seq,
+                    time_ns: 0,
+                },
+                meta,
+                body,
+                &prev,
+            );
         }
         std::fs::write(dir.path().join(segment_name(1)), seg).unwrap();
         dir

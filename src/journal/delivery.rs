@@ -92,10 +92,12 @@ mod tests {
         let start = crate::journal::format::segment_start_body(first, &[1; 16]);
         head = encode_record(
             &mut b,
-            RecordType::SegmentStart,
-            0,
-            first,
-            0,
+            crate::journal::format::RecordHead {
+                rtype: RecordType::SegmentStart,
+                flags: 0,
+                seq: first,
+                time_ns: 0,
+            },
             &[],
             &start,
             &head,
@@ -104,10 +106,12 @@ mod tests {
             let seq = first + 1 + i as u64;
             head = encode_record(
                 &mut b,
-                *t,
-                *fl,
-                seq,
-                0,
+                crate::journal::format::RecordHead {
+                    rtype: *t,
+                    flags: *fl,
+                    seq,
+                    time_ns: 0,
+                },
                 &[(tag::POOL, name.as_bytes())],
                 body,
                 &head,
@@ -159,10 +163,12 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         encode_record(
             &mut bytes,
-            RecordType::Cursor,
-            0,
-            14,
-            0,
+            crate::journal::format::RecordHead {
+                rtype: RecordType::Cursor,
+                flags: 0,
+                seq: 14,
+                time_ns: 0,
+            },
             &[(tag::POOL, b"a")],
             &encode(u64::MAX),
             &[0; 32],

@@ -200,22 +200,35 @@ pub fn chain_step(prev: &Hash, seq: u64, digest: &Hash) -> Hash {
         .into()
 }
 
+/// The fixed fields of a record to encode.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordHead {
+    pub rtype: RecordType,
+    pub flags: u8,
+    pub seq: u64,
+    pub time_ns: i64,
+}
+
 /// Appends one record to `out`, chained on `prev`; returns its chain hash.
-#[allow(clippy::too_many_arguments)]
 pub fn encode_record(
     out: &mut Vec<u8>,
-    rtype: RecordType,
-    flags: u8,
-    seq: u64,
-    time_ns: i64,
+    head: RecordHead,
     meta: &[(u8, &[u8])],
     body: &[u8],
     prev: &Hash,
 ) -> Hash {
     let start = out.len();
-    encode_unchained(out, rtype, flags, seq, time_ns, meta, body);
+    encode_unchained(
+        out,
+        head.rtype,
+        head.flags,
+        head.seq,
+        head.time_ns,
+        meta,
+        body,
+    );
     let digest = record_digest(&out[start..]);
-    set_chain(&mut out[start..], prev, seq, &digest)
+    set_chain(&mut out[start..], prev, head.seq, &digest)
 }
 
 /// Appends one record with its chain field zeroed (see [`set_chain`]);
@@ -542,10 +555,12 @@ mod tests {
         let mut buf = Vec::new();
         let c1 = encode_record(
             &mut buf,
-            RecordType::Frame,
-            0,
-            1,
-            123,
+            RecordHead {
+                rtype: RecordType::Frame,
+                flags: 0,
+                seq: 1,
+                time_ns: 123,
+            },
             &[(tag::LISTENER, b"syslog"), (tag::CLIENT, b"127.0.0.1:5")],
             b"<13>hello",
             &c0,
@@ -569,7 +584,18 @@ mod tests {
     #[test]
     fn truncated_and_garbled_records_are_errors_not_panics() {
         let mut buf = Vec::new();
-        encode_record(&mut buf, RecordType::Gap, 0, 9, 0, &[], b"x", &[0; 32]);
+        encode_record(
+            &mut buf,
+            RecordHead {
+                rtype: RecordType::Gap,
+                flags: 0,
+                seq: 9,
+                time_ns: 0,
+            },
+            &[],
+            b"x",
+            &[0; 32],
+        );
         for cut in 0..buf.len() {
             assert!(matches!(
                 parse_record(&buf[..cut]),
@@ -599,10 +625,12 @@ mod tests {
             let mut buf = Vec::new();
             encode_record(
                 &mut buf,
-                RecordType::Frame,
-                0,
-                1,
-                0,
+                RecordHead {
+                    rtype: RecordType::Frame,
+                    flags: 0,
+                    seq: 1,
+                    time_ns: 0,
+                },
                 &meta,
                 b"body",
                 &[0; 32],

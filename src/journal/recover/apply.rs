@@ -124,10 +124,12 @@ pub fn recover_dir(
                     reason.iter().map(|r| (tag::REASON, r.as_bytes())).collect();
                 head = crate::journal::format::encode_record(
                     &mut buf,
-                    t,
-                    0,
-                    r.next_seq,
-                    now_ns(),
+                    crate::journal::format::RecordHead {
+                        rtype: t,
+                        flags: 0,
+                        seq: r.next_seq,
+                        time_ns: now_ns(),
+                    },
                     &meta,
                     &body,
                     &head,

@@ -34,10 +34,12 @@ impl Seg {
     fn push(&mut self, t: RecordType, fl: u8, body: &[u8]) -> &mut Self {
         self.head = encode_record(
             &mut self.bytes,
-            t,
-            fl,
-            self.seq,
-            7,
+            crate::journal::format::RecordHead {
+                rtype: t,
+                flags: fl,
+                seq: self.seq,
+                time_ns: 7,
+            },
             &[(tag::LISTENER, b"in")],
             body,
             &self.head,
@@ -191,10 +193,12 @@ fn a_complete_record_that_does_not_chain_is_tampering() {
     let mut forged = Vec::new();
     encode_record(
         &mut forged,
-        RecordType::Frame,
-        0,
-        s.seq,
-        7,
+        crate::journal::format::RecordHead {
+            rtype: RecordType::Frame,
+            flags: 0,
+            seq: s.seq,
+            time_ns: 7,
+        },
         &[],
         b"forged",
         &[1; 32],

@@ -54,7 +54,18 @@ impl Journal {
             } else {
                 body.clone()
             };
-            self.head = encode_record(&mut bytes, *t, *fl, self.seq, 0, &meta, &body, &self.head);
+            self.head = encode_record(
+                &mut bytes,
+                crate::journal::format::RecordHead {
+                    rtype: *t,
+                    flags: *fl,
+                    seq: self.seq,
+                    time_ns: 0,
+                },
+                &meta,
+                &body,
+                &self.head,
+            );
             self.chains.insert(self.seq, self.head);
             self.seq += 1;
         }

@@ -21,10 +21,12 @@ impl Writer {
         let seq = self.next_seq;
         self.head = encode_record(
             &mut self.buf,
-            rtype,
-            fl,
-            seq,
-            now_ns(),
+            crate::journal::format::RecordHead {
+                rtype,
+                flags: fl,
+                seq,
+                time_ns: now_ns(),
+            },
             meta,
             body,
             &self.head,

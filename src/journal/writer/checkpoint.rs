@@ -69,10 +69,12 @@ impl Writer {
         .encode();
         self.head = encode_record(
             &mut self.buf,
-            rtype,
-            fl,
-            seq,
-            time_ns,
+            crate::journal::format::RecordHead {
+                rtype,
+                flags: fl,
+                seq,
+                time_ns,
+            },
             &[],
             &body,
             &self.head,
