@@ -1,7 +1,9 @@
-//! Backend health: the rise/fall hysteresis (pure) and the active checker
-//! task, one per backend, spawned by the server. Passive failures (an
-//! upstream's write error, reset or EOF) come in through
-//! [`crate::backend::Backend::passive_failure`] and mark a backend down at once.
+//! Active health checks: one checker task per backend, spawned by the
+//! server, runs a [`HealthCheck`] every `interval` and reports each result
+//! to the [`Backend`], whose rise/fall hysteresis decides up or down.
+//! Passive failures (an upstream's write error, reset or EOF) come in
+//! through [`Backend::passive_failure`] and mark a backend down at once.
+//! Depends on the backend, never the other way round.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -29,6 +29,23 @@
 //! Small pieces: frame.rs (the unit of work), syslog.rs (header fields for hashing),
 //! units.rs (sizes, durations), time.rs (clock and RFC 3339), ratelimit.rs (log floods).
 //! ```
+//!
+//! Every file, by directory (each opens with what it owns):
+//! - `config/`: `mod.rs` the TOML shape and defaults, `validate.rs` checks by key path.
+//! - `server/`: `mod.rs` start and stop, `pools.rs` pool supervisor, dispatch groups and
+//!   backend handles, `listeners.rs`, `reload.rs` the reload plan, `status.rs` readiness.
+//! - `listener.rs` accept loops; `session.rs` one client connection; `framer.rs` cutting
+//!   frames; `admin.rs` the HTTP endpoint; `metrics.rs` the registry.
+//! - `dispatcher/`: `mod.rs` the task and routing rounds, `intake.rs` live batches or the
+//!   files, `window.rs` unsettled seqs; `balance.rs` selection; `upstream.rs` one backend
+//!   connection; `backend.rs` backend state and hysteresis; `health.rs` active checks.
+//! - `journal/`: `format.rs` layout and chain rule, `seal.rs` keys, `anchors.rs`,
+//!   `hasher.rs` digests on a second core, `syncer.rs` fsyncs and anchor lines,
+//!   `handoff.rs` the writer-to-pool contract, `delivery.rs` cursors, `reader.rs` segment
+//!   files and the chain check, `tail/` one pool read back, `recover/` (`mod.rs` the plan,
+//!   `apply.rs` carrying it out), `verify/` (`mod.rs` the walk, `report.rs`), `cat.rs`,
+//!   `writer/` (`mod.rs`, `append.rs`, `segment.rs`, `checkpoint.rs`, `cursors.rs`,
+//!   `budget.rs`, `run.rs` the thread's loop).
 
 pub mod admin;
 pub mod backend;
