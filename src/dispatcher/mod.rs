@@ -15,8 +15,8 @@
 //! journal records in DELIVERY_CURSOR records and delivery resumes from
 //! after a restart (at-least-once).
 //!
-//! - [`intake`]: live batches or the files, and back (pure);
-//! - [`window`]: the routed, unsettled seqs that bound the cursor;
+//! - `intake.rs`: live batches or the files, and back (pure);
+//! - `window.rs`: the routed, unsettled seqs that bound the cursor;
 //! - this file: the task, routing rounds, settlement and the cursor.
 
 use std::collections::VecDeque;

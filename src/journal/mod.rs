@@ -1,7 +1,7 @@
 //! The audit journal: every frame is written here, hash-chained, before it
 //! is routed. See `../shared/DESIGN.md` "Journal format (version 1)".
 //!
-//! - [`format`]: record and segment layout, chain rule (pure).
+//! - [`format`](mod@format): record and segment layout, chain rule (pure).
 //! - [`seal`]: forward-secure checkpoint keys (`keygen`, ratchet, HMAC).
 //! - [`anchors`]: the anchors file that binds a journal (parse, lines).
 //! - [`writer`]: the writer thread on the data path (see its own index).

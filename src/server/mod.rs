@@ -7,10 +7,10 @@
 //! integration tests use it.
 //!
 //! - this file: [`Server`], starting and stopping it;
-//! - [`pools`]: the pool supervisor, dispatch groups and backend handles;
-//! - [`listeners`]: running listeners;
-//! - [`reload`]: the pure [`ReloadPlan`] and applying it;
-//! - [`status`]: readiness for `/readyz` and the pools tests look at.
+//! - `pools.rs`: the pool supervisor, dispatch groups and backend handles;
+//! - `listeners.rs`: running listeners;
+//! - `reload.rs`: the pure [`ReloadPlan`] and applying it;
+//! - `status.rs`: readiness for `/readyz` and the pools tests look at.
 
 mod listeners;
 mod pools;

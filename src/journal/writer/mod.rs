@@ -6,12 +6,12 @@
 //! On start it applies the recovery plan ([`crate::journal::recover`]).
 //!
 //! - this file: the [`Writer`] (its state), opening it, syncing, [`spawn`];
-//! - [`append`]: numbering and chaining records into the batch buffer;
-//! - [`segment`]: writing the buffer out, rolling and creating segments;
-//! - [`checkpoint`]: sealed checkpoints, anchor lines, key ratchets;
-//! - [`cursors`]: DELIVERY and DELIVERY_CURSOR records, resuming delivery;
-//! - [`budget`]: the disk budget;
-//! - [`run`]: the thread's loop, staging, committing, offering to pools.
+//! - `append.rs`: numbering and chaining records into the batch buffer;
+//! - `segment.rs`: writing the buffer out, rolling and creating segments;
+//! - `checkpoint.rs`: sealed checkpoints, anchor lines, key ratchets;
+//! - `cursors.rs`: DELIVERY and DELIVERY_CURSOR records, resuming delivery;
+//! - `budget.rs`: the disk budget;
+//! - `run.rs`: the thread's loop, staging, committing, offering to pools.
 
 mod append;
 mod budget;
