@@ -279,11 +279,11 @@ async fn reload(server: &mut Server, path: &std::path::Path) {
             listeners_changed = r.listeners_changed,
             "config reloaded"
         ),
-        Err(problems) => {
-            for p in &problems {
-                tracing::error!(config = %path.display(), problem = %p, "reload refused");
+        Err(refused) => {
+            for p in &refused.problems {
+                tracing::error!(config = %path.display(), key = %p.key, problem = %p.msg, "reload refused");
             }
-            tracing::error!(config = %path.display(), problems = problems.len(), "reload refused; the running config stays");
+            tracing::error!(config = %path.display(), problems = refused.problems.len(), "reload refused; the running config stays");
         }
     }
 }

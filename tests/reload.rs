@@ -139,12 +139,13 @@ async fn reload_under_traffic_swaps_backends_and_limits_without_loss() {
         &[(a, 1)],
         "",
     );
-    let problems = server.reload(parse(&bad)).await.unwrap_err();
+    let refused = server.reload(parse(&bad)).await.unwrap_err();
     assert!(
-        problems
+        refused
+            .problems
             .iter()
-            .any(|p| p.starts_with("listener[0].address")),
-        "{problems:?}"
+            .any(|p| p.key == "listener[0].address"),
+        "{refused}"
     );
     assert_eq!(server.pools()[0].backends.len(), 2);
 
@@ -447,10 +448,13 @@ async fn mirror_pool_reloads_its_health_settings_only() {
     let r = server.reload(parse(&mirror(3))).await.unwrap();
     assert_eq!(r.pools_changed, 1);
     let moved = mirror(3).replace(&sinks[1].1.to_string(), "127.0.0.1:9");
-    let problems = server.reload(parse(&moved)).await.unwrap_err();
+    let refused = server.reload(parse(&moved)).await.unwrap_err();
     assert!(
-        problems.iter().any(|p| p.contains("mirror pool")),
-        "{problems:?}"
+        refused
+            .problems
+            .iter()
+            .any(|p| p.msg.contains("mirror pool")),
+        "{refused}"
     );
     tokio::task::spawn_blocking(move || gen_ids(listen, 2, 1000, &["--id-base", "1000"]))
         .await

@@ -19,7 +19,7 @@ mod status;
 
 use listeners::ListenerState;
 use pools::{PoolState, PoolSupervisor};
-pub use reload::{ReloadPlan, Reloaded};
+pub use reload::{Problem, ReloadError, ReloadPlan, Reloaded};
 pub use status::PoolRuntime;
 use status::{readiness, AdminStatus, PoolView};
 
@@ -77,11 +77,32 @@ pub struct Server {
     journal_done: tokio::sync::oneshot::Receiver<()>,
 }
 
+/// Why the proxy did not start; each names what it could not use.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] journal::writer::JournalError),
+    #[error("the journal writer thread died while opening the journal")]
+    JournalThread,
+    #[error("listener {name}: {source}")]
+    Listener {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
 impl Server {
     /// Binds every listener and the admin address, connects to backends and
     /// starts all tasks. Fails (naming the listener and address) if a bind
     /// fails; backends that are down at start are not an error.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
+    pub async fn start(config: Config) -> Result<Server, StartError> {
         let metrics = Arc::new(Metrics::new());
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -98,7 +119,7 @@ impl Server {
                 Some(
                     TcpListener::bind(addr)
                         .await
-                        .map_err(|e| anyhow::anyhow!("admin: cannot listen on {addr}: {e}"))?,
+                        .map_err(|source| StartError::Admin { addr, source })?,
                 )
             }
             None => None,
@@ -137,7 +158,7 @@ impl Server {
                 background_stop.cancel();
                 return Err(e.into());
             }
-            Err(_) => anyhow::bail!("journal writer thread died while opening the journal"),
+            Err(_) => return Err(StartError::JournalThread),
         };
         let ctx = PoolSupervisor {
             metrics: metrics.clone(),
@@ -169,7 +190,13 @@ impl Server {
 
         let admin_addr = match admin_listener {
             Some(l) => {
-                let addr = l.local_addr()?;
+                let addr = l.local_addr().map_err(|source| StartError::Admin {
+                    addr: config
+                        .admin
+                        .as_ref()
+                        .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.socket_addr()),
+                    source,
+                })?;
                 tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz");
                 let status = Arc::new(AdminStatus {
                     metrics: metrics.clone(),
@@ -199,7 +226,12 @@ impl Server {
             config: config.clone(),
         };
         for (slot, (cfg, sock)) in config.listeners.iter().zip(bound).enumerate() {
-            server.start_listener(cfg, sock, slot)?;
+            server
+                .start_listener(cfg, sock, slot)
+                .map_err(|source| StartError::Listener {
+                    name: cfg.name.clone(),
+                    source,
+                })?;
         }
         Ok(server)
     }

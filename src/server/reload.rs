@@ -18,6 +18,54 @@ pub struct Reloaded {
     pub config_seq: u64,
 }
 
+/// One reason a reload is refused: the key path it is about, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub msg: String,
+}
+
+impl Problem {
+    /// From a `key.path: why` message (what config validation writes).
+    fn from_text(text: &str) -> Problem {
+        match text.split_once(": ") {
+            Some((key, msg)) => Problem {
+                key: key.into(),
+                msg: msg.into(),
+            },
+            None => Problem {
+                key: String::new(),
+                msg: text.into(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.msg)
+        } else {
+            write!(f, "{}: {}", self.key, self.msg)
+        }
+    }
+}
+
+/// A refused reload: nothing changed, for these reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("reload refused: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ReloadError {
+    pub problems: Vec<Problem>,
+}
+
+impl ReloadError {
+    fn from_texts(texts: Vec<String>) -> ReloadError {
+        ReloadError {
+            problems: texts.iter().map(|t| Problem::from_text(t)).collect(),
+        }
+    }
+}
+
 /// What a reload changes, decided before anything is touched, from the
 /// running listeners and pools and the new config. Listeners are matched by
 /// name and address (a listener that moves is a new one), pools by name.
@@ -105,8 +153,8 @@ impl Server {
     /// limits change, and removed listeners stop after their sessions hand
     /// over what they read. Client connections of kept listeners stay open.
     /// On `Err` (each problem with its key path) nothing changed.
-    pub async fn reload(&mut self, new: Config) -> Result<Reloaded, Vec<String>> {
-        let r = self.apply(new).await;
+    pub async fn reload(&mut self, new: Config) -> Result<Reloaded, ReloadError> {
+        let r = self.apply(new).await.map_err(ReloadError::from_texts);
         let m = &self.ctx.metrics;
         match &r {
             Ok(_) => {
@@ -123,16 +171,16 @@ impl Server {
 
     /// Loads and validates the config file at `path`, then [`Server::reload`]s
     /// it; a file with problems counts as a refused reload.
-    pub async fn reload_file(&mut self, path: &std::path::Path) -> Result<Reloaded, Vec<String>> {
+    pub async fn reload_file(&mut self, path: &std::path::Path) -> Result<Reloaded, ReloadError> {
         match Config::load(path) {
             Ok(new) => self.reload(new).await,
             Err(e) => {
                 self.ctx.metrics.reload_failures.inc();
                 self.ctx.metrics.reload_ok.set(0);
-                Err(match e {
+                Err(ReloadError::from_texts(match e {
                     crate::config::ConfigError::Invalid { problems, .. } => problems,
                     e => vec![e.to_string()],
-                })
+                }))
             }
         }
     }
