@@ -65,6 +65,9 @@ pub struct PoolUpdate {
     pub conns: Vec<Vec<ConnHandle>>,
     pub selector: Selector,
     pub queue_bytes: u64,
+    /// Told, when the dispatcher takes the set, the seq from which every
+    /// frame goes to it: frames below it may have gone to the old set.
+    pub applied: Option<tokio::sync::oneshot::Sender<u64>>,
 }
 
 /// Where a reload leaves a [`PoolUpdate`] for the dispatcher (which takes
@@ -263,6 +266,11 @@ impl Dispatcher {
         self.set_backends(u.backends, u.conns);
         self.selector = u.selector;
         self.queue_bytes = u.queue_bytes;
+        if let Some(applied) = u.applied {
+            // Everything pending (below the cursor) is routed with the new
+            // set from here on, and so is everything taken in later.
+            let _ = applied.send(self.intake.cursor());
+        }
         tracing::debug!(
             pool = %self.pool,
             backends = self.backends.len(),

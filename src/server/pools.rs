@@ -124,6 +124,7 @@ impl PoolSupervisor {
                     conns: group_members.iter().map(|m| m.conns.clone()).collect(),
                     selector: selector(p, &group_members),
                     queue_bytes: p.queue_bytes.0,
+                    applied: None,
                 },
                 rx: input,
                 missed: missed_by,
@@ -206,7 +207,12 @@ impl PoolSupervisor {
     /// connections and health state; new ones connect; removed ones drain
     /// (what they cannot deliver is routed to the others). A `mirror` pool
     /// only takes new health settings ([`Config::reload_blockers`]).
-    pub(super) fn reload_pool(&self, state: &mut PoolState, new: &PoolConfig) {
+    pub(super) fn reload_pool(
+        &self,
+        state: &mut PoolState,
+        new: &PoolConfig,
+    ) -> Vec<tokio::sync::oneshot::Receiver<u64>> {
+        let mut applied = Vec::new();
         let old = std::mem::replace(&mut state.cfg, new.clone());
         let health_changed = old.health != new.health;
         let reconnect = upstream_shape(&old) != upstream_shape(new);
@@ -258,15 +264,19 @@ impl PoolSupervisor {
                 }
             }
             let group = &mut state.groups[g];
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            applied.push(rx);
             group.update.put(PoolUpdate {
                 backends: members.iter().map(|m| m.backend.clone()).collect(),
                 conns: members.iter().map(|m| m.conns.clone()).collect(),
                 selector: selector(new, &members),
                 queue_bytes: new.queue_bytes.0,
+                applied: Some(tx),
             });
             group.members = members;
             group.wake.notify_one();
         }
+        applied
     }
 
     pub(super) fn restart_health(&self, m: &mut BackendHandle, p: &PoolConfig) {

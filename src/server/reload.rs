@@ -16,6 +16,12 @@ pub struct Reloaded {
     pub listeners_changed: usize,
     /// Seq of the journal's CONFIG record for the new config.
     pub config_seq: u64,
+    /// From this seq on every frame of a changed pool went to its new
+    /// backend set (frames between `config_seq` and it were already taken
+    /// in by the dispatcher and may have gone to the old set). `None` when
+    /// no pool changed, or a dispatcher did not take its set within the
+    /// grace period.
+    pub backends_switched_at: Option<u64>,
 }
 
 /// One reason a reload is refused: the key path it is about, and why.
@@ -249,10 +255,21 @@ impl Server {
         report.config_seq = config_seq;
 
         // Changed pools, in place.
+        let mut applied = Vec::new();
         for &(k, i) in &plan.changed_pools {
-            self.ctx.reload_pool(&mut self.pools[k], &new.pools[i]);
+            applied.extend(self.ctx.reload_pool(&mut self.pools[k], &new.pools[i]));
             report.pools_changed += 1;
         }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let mut switched = Some(config_seq);
+        for rx in applied {
+            let at = tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            switched = switched.zip(at).map(|(a, b)| a.max(b));
+        }
+        report.backends_switched_at = switched.filter(|_| report.pools_changed > 0);
         // Listeners: changed limits, new ones, removed ones.
         for &(k, i) in &plan.changed_listeners {
             let l = &new.listeners[i];
