@@ -876,7 +876,9 @@ fn epochs_continue_across_a_run_that_died_before_its_first_checkpoint() {
     w.close().unwrap();
     let r = verify(&dir, None, None).unwrap();
     assert!(r.failure.is_none(), "{}", r.text());
-    assert_eq!(r.checkpoints, 3);
+    // Each run anchors a checkpoint as it starts: 3 starts, the explicit
+    // one, and the two FINAL ones.
+    assert_eq!(r.checkpoints, 6);
 }
 
 /// A config whose journal has a small disk budget; its journal directory.
@@ -1566,4 +1568,132 @@ fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
     let m = auditlb::metrics::Metrics::new();
     let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
     w.close().unwrap();
+}
+
+/// An intruder adds a whole segment after a clean stop, chained onto the
+/// FINAL checkpoint: a frame to route, or a cursor that would skip what
+/// waits in the journal. A run always anchors a checkpoint before anything
+/// else, and this segment has none: the next start moves it out of the
+/// journal (kept as evidence), raises the alarm, routes nothing of it, and
+/// `verify` fails for good.
+#[test]
+fn a_segment_forged_after_a_clean_stop_is_quarantined_not_routed() {
+    for forged in ["frame", "cursor"] {
+        let dir = scratch_dir(&format!("forged-seg-{forged}"));
+        let log = dir.join("sink.log");
+        let (mut sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+        if forged == "cursor" {
+            // Frames wait in the journal: the backend is down.
+            sink.kill9();
+        }
+        let cfg = binary_config(&dir, &[addr], "");
+        let journal = dir.join("journal");
+        let anchors = dir.join("anchors.log");
+        let (mut p, listen) = spawn_auditlb(&cfg);
+        assert!(gen_ids(listen, 1, 200, &[]).contains("sent=200"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while journaled_ids(&journal).len() < 200 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p.signal(libc::SIGTERM);
+        assert!(p.child.wait().unwrap().success());
+        // The forged segment, linked to the FINAL checkpoint.
+        let seg = list_segments(&journal).unwrap().pop().unwrap().path;
+        let (header, recs) = records(&seg);
+        let h = Header::decode(&header).unwrap();
+        let last = parse_record(&recs.last().unwrap().1).unwrap();
+        let first = last.seq + 1;
+        let no = h.segment_no + 1;
+        let mut bytes = Header {
+            journal_id: h.journal_id,
+            segment_no: no,
+            first_seq: first,
+            prev_chain: last.chain,
+        }
+        .encode()
+        .to_vec();
+        let mut start = [0u8; 24];
+        start[..8].copy_from_slice(&no.to_be_bytes());
+        start[8..].copy_from_slice(&h.journal_id);
+        let head = |t, seq| auditlb::journal::format::RecordHead {
+            rtype: t,
+            flags: 0,
+            seq,
+            time_ns: last.time_ns + 1,
+        };
+        let mut c = encode_record(
+            &mut bytes,
+            head(RecordType::SegmentStart, first),
+            &[],
+            &start,
+            &last.chain,
+        );
+        let pool = auditlb::journal::format::tag::POOL;
+        if forged == "frame" {
+            c = encode_record(
+                &mut bytes,
+                head(RecordType::Frame, first + 1),
+                &[(pool, b"p")],
+                b"<13>1 - host app - - - forged id=999999",
+                &c,
+            );
+        } else {
+            c = encode_record(
+                &mut bytes,
+                head(RecordType::Cursor, first + 1),
+                &[(pool, b"p")],
+                &(first + 100).to_be_bytes(),
+                &c,
+            );
+        }
+        encode_record(
+            &mut bytes,
+            head(RecordType::SegmentEnd, first + 2),
+            &[],
+            &no.to_be_bytes(),
+            &c,
+        );
+        std::fs::write(journal.join(format!("{first:020}.seg")), &bytes).unwrap();
+        // An auditor sees it before any restart.
+        let (code, text) = verify_cli(&journal, &anchors);
+        assert_eq!(code, 1, "{forged}: {text}");
+        assert!(text.contains("INSERTED"), "{forged}: {text}");
+        // The next run, with the backend (back) up.
+        sink.kill9();
+        let (_sink2, _) = spawn_sink(&addr.to_string(), "octet", &log, &[]);
+        let (mut p, listen) = spawn_auditlb(&cfg);
+        assert!(gen_ids(listen, 1, 100, &["--id-base", "1000"]).contains("sent=100"));
+        let want: Vec<u64> = (0..200).chain(1000..1100).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got: std::collections::HashSet<u64> = ids_in_log(&log, true).into_iter().collect();
+            if want.iter().all(|i| got.contains(i)) {
+                assert!(
+                    !got.contains(&999_999),
+                    "{forged}: a forged frame was routed"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{forged}: frames waiting in the journal were not delivered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p.signal(libc::SIGTERM);
+        assert!(p.child.wait().unwrap().success());
+        let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
+        assert!(alarm.contains("INSERTED"), "{forged}: {alarm}");
+        assert!(
+            std::fs::read_dir(&journal).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("quarantined")),
+            "{forged}: the forged segment is kept aside"
+        );
+        let (code, text) = verify_cli(&journal, &anchors);
+        assert_eq!(code, 1, "{forged}: {text}");
+    }
 }

@@ -28,9 +28,10 @@ pub fn decode<'a>(r: &Record<'a>) -> Option<(&'a [u8], u64)> {
 /// record in the journal in `dir`, never beyond `start_seq` (this run's
 /// first seq: a cursor past it is not a cursor this journal wrote), or
 /// `None` when the journal has none for it. Segments are read newest first
-/// and the walk stops once every name is found (each run records every
-/// cursor when it starts, so that is the newest segment or two). Only
-/// records that chain from their segment's header count.
+/// and the walk stops at the first segment that holds cursors (every
+/// segment opens with all of its run's cursors, and each run records them
+/// as it starts), so a pool new to the config costs no scan of the whole
+/// journal. Only records that chain from their segment's header count.
 pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> {
     let mut found: Vec<Option<u64>> = vec![None; names.len()];
     let Ok(segs) = list_segments(dir) else {
@@ -49,11 +50,13 @@ pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> 
                 tracing::warn!(segment = %seg.path.display(), offset = at, reason = %why, "delivery cursors after damage are not trusted");
             }
         }
+        let mut any = false;
         for (_, r) in walk.records {
             if r.seq >= start_seq {
                 break;
             }
             if let Some((name, below)) = decode(&r) {
+                any = true;
                 if let Some(i) = names.iter().position(|n| n.as_bytes() == name) {
                     last[i] = Some(below.min(start_seq));
                 }
@@ -64,7 +67,10 @@ pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> 
                 *f = l;
             }
         }
-        if found.iter().all(Option::is_some) {
+        // Each segment opens with every cursor of its run: one that holds
+        // cursors holds all there are, and a name missing there is new (its
+        // pool was not configured then). The scan never reads further.
+        if any || found.iter().all(Option::is_some) {
             break;
         }
     }
@@ -142,6 +148,7 @@ mod tests {
             10,
             &[
                 (RecordType::Cursor, 0, "a", encode(9).to_vec()),
+                (RecordType::Cursor, 0, "b", encode(2).to_vec()),
                 // Settled ranges after the cursor, as a crash leaves them.
                 (
                     RecordType::Delivery,
@@ -166,7 +173,7 @@ mod tests {
             crate::journal::format::RecordHead {
                 rtype: RecordType::Cursor,
                 flags: 0,
-                seq: 14,
+                seq: 15,
                 time_ns: 0,
             },
             &[(tag::POOL, b"a")],

@@ -417,6 +417,35 @@ pub mod flags {
     /// CHECKPOINT/HEARTBEAT: the last record of a clean stop. Nothing may
     /// follow it in its segment; the next run starts a new segment.
     pub const FINAL: u8 = 8;
+    /// SEGMENT_END: written by start-up recovery, closing a run that
+    /// crashed. Like a FINAL checkpoint, it ends a run: the next segment
+    /// starts one.
+    pub const CLOSED_AT_START: u8 = 16;
+}
+
+/// Whether `r` ends a run: the FINAL checkpoint of a clean stop, or the
+/// SEGMENT_END recovery writes after a crash. The segment after it starts
+/// a run, whose first checkpoint is anchored before anything is routed.
+pub fn ends_run(r: &Record<'_>) -> bool {
+    match r.kind() {
+        Some(RecordType::SegmentEnd) => r.flags & flags::CLOSED_AT_START != 0,
+        Some(k) if k.is_checkpoint() => r.flags & flags::FINAL != 0,
+        _ => false,
+    }
+}
+
+/// Records a run writes before its first checkpoint (which is anchored
+/// before any frame is journaled).
+pub fn opens_run(t: Option<RecordType>) -> bool {
+    matches!(
+        t,
+        Some(
+            RecordType::SegmentStart
+                | RecordType::Recovery
+                | RecordType::Alarm
+                | RecordType::Config
+        )
+    )
 }
 
 /// The body of a SEGMENT_START record: the segment number and journal id

@@ -61,9 +61,14 @@ pub fn recover_dir(
             None => None,
         };
         let bytes = mapped.as_ref().map(|m| m.bytes());
-        let p = plan(
+        let before = segments
+            .len()
+            .checked_sub(2)
+            .and_then(|i| last_record_end(&segments[i].path));
+        let p = plan_after(
             last.zip(bytes).map(|(s, b)| (s.name_seq, b)),
             anchors.as_ref().map(|a| &a.1),
+            before,
         );
         alarms.extend(p.alarms.iter().cloned());
         let mut r = p.resume.clone();
@@ -91,6 +96,19 @@ pub fn recover_dir(
                 continue;
             }
             Action::Nothing | Action::LeaveDamaged => {}
+            Action::Quarantine => {
+                drop(mapped);
+                let aside = path.with_extension(format!("seg.quarantined-{}", now_ns()));
+                std::fs::rename(path, &aside).map_err(io_at(path))?;
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+                tracing::error!(segment = %path.display(), moved_to = %aside.display(), "journal: a segment not written by auditlb was moved out of the journal");
+                if r.last_epoch.is_none() {
+                    r.last_epoch = newest_epoch(&segments[..segments.len() - 1]);
+                }
+                return recovered(r, alarms, notes, false);
+            }
             Action::Close => append.push((RecordType::SegmentEnd, None, Vec::new())),
             Action::CutTorn { at, reason } => {
                 let digest: Hash = Sha256::digest(&bytes[at..]).into();
@@ -126,7 +144,11 @@ pub fn recover_dir(
                     &mut buf,
                     crate::journal::format::RecordHead {
                         rtype: t,
-                        flags: 0,
+                        flags: if t == RecordType::SegmentEnd {
+                            crate::journal::format::flags::CLOSED_AT_START
+                        } else {
+                            0
+                        },
                         seq: r.next_seq,
                         time_ns: now_ns(),
                     },
@@ -148,14 +170,7 @@ pub fn recover_dir(
         if r.last_epoch.is_none() {
             // The newest segment has no checkpoint (a run that died before
             // its first): epochs go on from an earlier segment.
-            r.last_epoch = segments[..segments.len() - 1].iter().rev().find_map(|s| {
-                let m = crate::journal::reader::Mapped::open(&s.path).ok()?;
-                Records::new(m.bytes())
-                    .map_while(Result::ok)
-                    .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
-                    .filter_map(|(_, r)| CheckpointBody::decode(r.body).map(|c| c.epoch))
-                    .last()
-            });
+            r.last_epoch = newest_epoch(&segments[..segments.len() - 1]);
         }
         return recovered(r, alarms, notes, false);
     }
@@ -186,5 +201,38 @@ fn recovered(
         alarms,
         notes,
         new_journal,
+    })
+}
+
+/// The epoch of the newest checkpoint in `segments` (newest first).
+fn newest_epoch(segments: &[crate::journal::reader::SegmentFile]) -> Option<u64> {
+    segments.iter().rev().find_map(|s| {
+        let m = crate::journal::reader::Mapped::open(&s.path).ok()?;
+        Records::new(m.bytes())
+            .map_while(Result::ok)
+            .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
+            .filter_map(|(_, r)| CheckpointBody::decode(r.body).map(|c| c.epoch))
+            .last()
+    })
+}
+
+/// How the segment at `path` ends: its last record, read back from its
+/// trailing length (`None` when that is not a whole record).
+fn last_record_end(path: &std::path::Path) -> Option<Before> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut len = [0u8; 4];
+    f.read_exact_at(&mut len, size.checked_sub(4)?).ok()?;
+    let len = u64::from(u32::from_be_bytes(len));
+    if len > size.saturating_sub(HEADER_LEN as u64) || len > 1 << 30 {
+        return None;
+    }
+    let mut rec = vec![0u8; len as usize];
+    f.read_exact_at(&mut rec, size - len).ok()?;
+    let r = parse_record(&rec).ok()?;
+    (r.raw.len() == rec.len()).then(|| Before {
+        ends_run: crate::journal::format::ends_run(&r),
+        chain: r.chain,
     })
 }

@@ -50,6 +50,9 @@ pub enum Action {
     RemoveHalfCreated { reason: String },
     /// Damaged: left as it is, as evidence.
     LeaveDamaged,
+    /// Not written by auditlb: moved out of the journal (renamed, kept as
+    /// evidence); the journal goes on from the end of the run before it.
+    Quarantine,
 }
 
 /// Where the journal goes on: the next segment's header and first seq,
@@ -71,6 +74,71 @@ pub struct Plan {
     pub action: Action,
     pub resume: Resume,
     pub alarms: Vec<Alarm>,
+}
+
+/// How the segment before the newest one ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Before {
+    /// With the end of a run (FINAL checkpoint, or closed at a start): the
+    /// newest segment starts a run.
+    pub ends_run: bool,
+    /// Its last record's chain hash.
+    pub chain: Hash,
+}
+
+/// [`plan`], knowing how the segment before the newest ends: a segment
+/// that starts a run must have an anchored checkpoint before anything
+/// else (every run anchors one first); one that has not, but holds
+/// frames or cursors, was not written by auditlb. It is quarantined (moved
+/// out of the journal, kept as evidence), and the journal goes on from the
+/// run's end, so nothing in it is routed and `verify` sees the gap.
+pub fn plan_after(
+    last: Option<(u64, &[u8])>,
+    anchors: Option<&Anchors>,
+    before: Option<Before>,
+) -> Plan {
+    let p = plan(last, anchors);
+    let (Some((name_seq, bytes)), Some(before), Some(head)) =
+        (last, before, anchors.and_then(Anchors::head))
+    else {
+        return p;
+    };
+    let Ok(header) = Header::decode(bytes) else {
+        return p;
+    };
+    if !before.ends_run || header.journal_id != head.journal_id {
+        return p;
+    }
+    let w = walk(&header, bytes);
+    let first_checkpoint = w.checkpoints.first().map(|c| c.0);
+    let anchored = first_checkpoint.is_some_and(|s| head.seq >= s);
+    let unvouched = w.routed_before_checkpoint || (!anchored && w.after_first_checkpoint > 0);
+    if !unvouched {
+        return p;
+    }
+    let mut alarms = p.alarms;
+    alarms.push(Alarm {
+        class: "INSERTED",
+        message: format!(
+            "segment {} follows the end of a run but has no anchored checkpoint before what it holds: not written by auditlb",
+            super::format::segment_name(name_seq)
+        ),
+    });
+    Plan {
+        action: Action::Quarantine,
+        resume: Resume {
+            journal_id: Some(header.journal_id),
+            segment_no: header.segment_no.saturating_add(1),
+            prev_chain: Some(before.chain),
+            next_seq: w
+                .max_seq_seen
+                .saturating_add(1)
+                .max(name_seq.saturating_add(1)),
+            // From the run before (the shell looks it up).
+            last_epoch: None,
+        },
+        alarms,
+    }
 }
 
 /// Plans recovery for the newest segment (`None`: the directory has none),
@@ -396,6 +464,11 @@ struct Walked {
     damage: Option<Damage>,
     /// Highest seq of any record that parses, damaged or not.
     max_seq_seen: u64,
+    /// A record other than a run's opening ones (SEGMENT_START, RECOVERY,
+    /// ALARM, CONFIG) before the segment's first checkpoint.
+    routed_before_checkpoint: bool,
+    /// Records after the segment's first checkpoint.
+    after_first_checkpoint: u64,
 }
 
 fn walk(header: &Header, bytes: &[u8]) -> Walked {
@@ -408,6 +481,8 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
         ended: false,
         damage: None,
         max_seq_seen: header.first_seq,
+        routed_before_checkpoint: false,
+        after_first_checkpoint: 0,
     };
     let mut last_checkpoint_end = HEADER_LEN;
     for step in Records::new(bytes) {
@@ -454,6 +529,13 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
                 w.head = chain;
                 w.next_seq = r.seq.saturating_add(1);
                 w.records += 1;
+                if !w.checkpoints.is_empty() {
+                    w.after_first_checkpoint += 1;
+                } else if !r.kind().is_some_and(RecordType::is_checkpoint)
+                    && !super::format::opens_run(r.kind())
+                {
+                    w.routed_before_checkpoint = true;
+                }
                 if let Some(k) = r.kind() {
                     if k.is_checkpoint() {
                         last_checkpoint_end = at + r.raw.len();

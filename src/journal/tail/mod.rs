@@ -234,7 +234,17 @@ impl PoolTail {
                             seg.ran_out = true;
                             continue;
                         }
-                        tracing::warn!(journal = %self.dir.display(), pool = %self.pool, segment_first_seq = seg.first_seq, next = newer, "segment has no end record; going on in the next one");
+                        let (first, offset, checked) =
+                            (seg.first_seq, seg.offset, seg.check.is_some());
+                        if checked {
+                            // An earlier run's segment always ends with an
+                            // end record (a roll writes it before the next
+                            // file exists; recovery closes a crashed one):
+                            // its end was cut away.
+                            self.damaged(first, offset, "the segment ends without its end record");
+                        } else {
+                            tracing::warn!(journal = %self.dir.display(), pool = %self.pool, segment_first_seq = first, next = newer, "segment has no end record; going on in the next one");
+                        }
                         self.next_seq = self.next_seq.max(newer);
                         self.past = self.segment.take().map(|s| s.first_seq);
                     }
@@ -321,6 +331,17 @@ impl PoolTail {
         if let Some(a) = &self.alarm {
             a.set(1);
         }
+        super::writer::record_alarms(
+            &self.dir,
+            &[super::recover::Alarm {
+                class: "MODIFIED",
+                message: format!(
+                    "pool {}: segment {} at offset {offset}: {why}; frames from there on in it were not routed",
+                    self.pool,
+                    super::format::segment_name(first_seq)
+                ),
+            }],
+        );
         tracing::error!(
             journal = %self.dir.display(),
             pool = %self.pool,

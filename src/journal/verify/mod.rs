@@ -122,6 +122,9 @@ pub fn verify(
     let mut prev_end: Option<(PathBuf, u64, bool)> = None;
     let mut last_checkpoint_at: Option<(PathBuf, u64)> = None;
     let mut journal_id = [0u8; 16];
+    let mut prev_ended_run = false;
+    // The highest anchored seq of this journal (with `--anchors`).
+    let mut anchored_to: Option<u64> = None;
     let n_segments = segments.len();
     for (k, seg) in segments.iter().enumerate() {
         let path = seg.path.clone();
@@ -291,6 +294,19 @@ pub fn verify(
             }
         }
         let mut ended = false;
+        // A segment after the end of a run (or the journal's first) starts
+        // a run, whose first checkpoint comes before anything it routes
+        // and, with anchors, is anchored before anything follows it.
+        let starts_run = k == 0 || prev_ended_run;
+        if k == 0 {
+            // Only under the anchors of this very journal (another
+            // journal's file is JOURNAL_REPLACED, reported at the end).
+            anchored_to = anchors
+                .as_ref()
+                .filter(|(_, a)| a.bound() == Some(journal_id))
+                .map(|(_, a)| a.of(&journal_id).map(|x| x.seq).max().unwrap_or(0));
+        }
+        let mut run_checkpoint: Option<u64> = None;
         // Digests are computed ahead on every core while this thread walks
         // the chain (which is sequential), so the two overlap.
         let digests = Digests::new(Parsed(&recs), DIGEST_CHUNK);
@@ -360,6 +376,33 @@ pub fn verify(
                     let kind = r.kind();
                     if let Some(why) = segment_start_mismatch(&header, i as u64, r) {
                         return Some(fail(Class::Modified, Some(r.seq), at, why.into()));
+                    }
+                    if starts_run {
+                        let opening = super::format::opens_run(kind)
+                            || kind.is_some_and(RecordType::is_checkpoint)
+                            || kind == Some(RecordType::SegmentEnd);
+                        match run_checkpoint {
+                            None if !opening => {
+                                return Some(fail(
+                                    Class::Inserted,
+                                    Some(r.seq),
+                                    at,
+                                    "a run's records before its first checkpoint: not written by auditlb".into(),
+                                ));
+                            }
+                            Some(s) if !opening && anchored_to.is_some_and(|a| a < s) => {
+                                return Some(fail(
+                                    Class::Inserted,
+                                    Some(r.seq),
+                                    at,
+                                    format!("records after a run's first checkpoint (seq {s}), which is not anchored: not written by auditlb"),
+                                ));
+                            }
+                            _ => {}
+                        }
+                        if run_checkpoint.is_none() && kind.is_some_and(RecordType::is_checkpoint) {
+                            run_checkpoint = Some(r.seq);
+                        }
                     }
                     match kind {
                         None => {
@@ -482,6 +525,7 @@ pub fn verify(
             }
         }
         prev_end = Some((path.clone(), end as u64, ended));
+        prev_ended_run = recs.last().is_some_and(|(_, r)| super::format::ends_run(r));
     }
     // Anchors: the file is bound to one journal, and the journal must
     // reach every anchored seq with the same hash.

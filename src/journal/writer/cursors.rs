@@ -57,6 +57,18 @@ impl Writer {
         }
     }
 
+    /// A DELIVERY_CURSOR record for every delivery name, as recorded in
+    /// segment `segment_no` (the one being started).
+    pub(super) fn push_all_cursors(&mut self, segment_no: u64) {
+        for i in 0..self.delivery.len() {
+            let below = self.delivery[i].cursor.get().max(self.delivery[i].recorded);
+            let name = self.delivery[i].cursor.name.clone();
+            self.delivery[i].recorded = below;
+            self.delivery[i].recorded_in = segment_no;
+            self.push_cursor(&name, below);
+        }
+    }
+
     pub(super) fn push_cursor(&mut self, name: &str, below: u64) {
         self.push(
             RecordType::Cursor,

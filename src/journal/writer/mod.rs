@@ -261,7 +261,13 @@ impl Writer {
         }
         w.raise_alarms(&resume.alarms);
         w.push(RecordType::Config, 0, &[], config_hash);
+        // The run's first checkpoint, on disk, anchored and sealed before
+        // anything else is journaled: what follows a run's start is only
+        // trusted after an anchored checkpoint of its own (a segment forged
+        // after a stop has none).
+        w.encode_checkpoint(false);
         w.flush().map_err(io_at(&w.seg_path.clone()))?;
+        w.sync().map_err(io_at(&w.seg_path.clone()))?;
         tracing::info!(
             journal = %dir.display(),
             id = %hex(&w.journal_id),
@@ -289,32 +295,7 @@ impl Writer {
             );
         }
         if !alarms.is_empty() {
-            let mut text = String::new();
-            for a in alarms {
-                text.push_str(&format!(
-                    "{} {} {}\n",
-                    crate::time::format_rfc3339(now_ns()),
-                    a.class,
-                    a.message.replace('\n', " ")
-                ));
-            }
-            let written = OpenOptions::new()
-                .append(true)
-                .create(true)
-                .mode(0o640)
-                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-                .open(&path)
-                .and_then(|f| {
-                    if f.metadata()?.is_file() {
-                        Ok(f)
-                    } else {
-                        Err(io::Error::other("not a regular file"))
-                    }
-                })
-                .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()));
-            if let Err(e) = written {
-                tracing::error!(alarm_file = %path.display(), error = %e, "cannot record the tamper alarm");
-            }
+            record_alarms(&self.cfg.dir, alarms);
         }
         if !alarms.is_empty() || path.exists() {
             if alarms.is_empty() {
@@ -395,6 +376,38 @@ impl Writer {
         drop(self.syncer.take());
         self.dirty = true;
         self.sync()
+    }
+}
+
+/// Appends alarms to the journal's ALARM file (synced), where they stay
+/// until an operator removes it. Never follows a link or waits on a FIFO.
+pub fn record_alarms(dir: &Path, alarms: &[crate::journal::recover::Alarm]) {
+    let path = alarm_path(dir);
+    let mut text = String::new();
+    for a in alarms {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            crate::time::format_rfc3339(now_ns()),
+            a.class,
+            a.message.replace('\n', " ")
+        ));
+    }
+    let written = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|f| {
+            if f.metadata()?.is_file() {
+                Ok(f)
+            } else {
+                Err(io::Error::other("not a regular file"))
+            }
+        })
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()));
+    if let Err(e) = written {
+        tracing::error!(alarm_file = %path.display(), error = %e, "cannot record the tamper alarm");
     }
 }
 

@@ -105,6 +105,9 @@ impl Writer {
                 old_done: false,
             });
             self.start_segment_records(self.seg_no + 1);
+            // Every segment opens with every delivery cursor, so a restart
+            // finds them all in the newest segment it reads.
+            self.push_all_cursors(self.seg_no + 1);
         }
         self.flush()
     }
@@ -125,37 +128,39 @@ pub fn alarm_path(dir: &Path) -> PathBuf {
 /// header was whole is taken over; any other is never overwritten.
 pub(super) fn create_segment(dir: &Path, header: &Header) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(segment_name(header.first_seq));
-    let f = match OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(0o640)
-        .open(&path)
-    {
+    let create = || {
+        OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&path)
+    };
+    let f = match create() {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // Never follow a link or wait on a FIFO put there.
-            let f = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&path)
-                .map_err(io_at(&path))?;
-            if !f.metadata().map_err(io_at(&path))?.is_file() {
-                return Err(JournalError::Io { path, source: e });
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match take_over(&path, header)? {
+            Some(f) => f,
+            None => {
+                // Something else holds the name (put there while auditlb
+                // was stopped, or a forged segment ahead of the journal):
+                // moved aside as evidence, never overwritten, and never a
+                // reason to stop journaling.
+                let aside = path.with_extension(format!("seg.displaced-{}", now_ns()));
+                std::fs::rename(&path, &aside).map_err(io_at(&path))?;
+                crate::journal::writer::record_alarms(
+                    dir,
+                    &[crate::journal::recover::Alarm {
+                        class: "INSERTED",
+                        message: format!(
+                            "{} existed before the journal reached it (not written by auditlb); moved to {}",
+                            path.display(),
+                            aside.display()
+                        ),
+                    }],
+                );
+                tracing::error!(segment = %path.display(), moved_to = %aside.display(), "a file named like the next segment was in the way; moved aside");
+                create().map_err(io_at(&path))?
             }
-            // Taken over only if it holds nothing but the start of this
-            // very header (an earlier attempt of this roll): anything else
-            // is not ours to overwrite.
-            let mut held = Vec::new();
-            (&f).take(HEADER_LEN as u64 + 1)
-                .read_to_end(&mut held)
-                .map_err(io_at(&path))?;
-            if held.len() >= HEADER_LEN || held[..] != header.encode()[..held.len()] {
-                return Err(JournalError::Io { path, source: e });
-            }
-            f.set_len(0).map_err(io_at(&path))?;
-            f
-        }
+        },
         Err(e) => return Err(io_at(&path)(e)),
     };
     let written = (&f).write_all(&header.encode());
@@ -168,4 +173,30 @@ pub(super) fn create_segment(dir: &Path, header: &Header) -> Result<(File, PathB
         let _ = d.sync_all();
     }
     Ok((f, path))
+}
+
+/// An existing file at a new segment's name, taken over only if it holds
+/// nothing but the start of this very header (an earlier attempt of this
+/// roll); `None` when it is something else. Never follows a link or waits
+/// on a FIFO.
+fn take_over(path: &Path, header: &Header) -> Result<Option<File>, JournalError> {
+    let meta = std::fs::symlink_metadata(path).map_err(io_at(path))?;
+    if !meta.is_file() || meta.len() >= HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_at(path))?;
+    let mut held = Vec::new();
+    (&f).take(HEADER_LEN as u64)
+        .read_to_end(&mut held)
+        .map_err(io_at(path))?;
+    if held[..] != header.encode()[..held.len()] {
+        return Ok(None);
+    }
+    f.set_len(0).map_err(io_at(path))?;
+    Ok(Some(f))
 }
