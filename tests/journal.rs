@@ -1697,3 +1697,107 @@ fn a_segment_forged_after_a_clean_stop_is_quarantined_not_routed() {
         assert_eq!(code, 1, "{forged}: {text}");
     }
 }
+
+/// An intruder rewrites the last segment of a cleanly stopped run (an
+/// undelivered frame changed, every record re-chained), with or without an
+/// empty segment after it. The anchors contradict the rewritten run: the
+/// next start moves it out of the journal and routes none of it.
+#[test]
+fn a_rewritten_run_is_quarantined_not_routed() {
+    for extra_segment in [false, true] {
+        let dir = scratch_dir("rewritten");
+        let log = dir.join("sink.log");
+        let (mut sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+        sink.kill9();
+        let cfg = binary_config(&dir, &[addr], "");
+        let journal = dir.join("journal");
+        let anchors = dir.join("anchors.log");
+        let (mut p, listen) = spawn_auditlb(&cfg);
+        assert!(gen_ids(listen, 1, 200, &[]).contains("sent=200"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while journaled_ids(&journal).len() < 200 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p.signal(libc::SIGTERM);
+        assert!(p.child.wait().unwrap().success());
+        let seg = list_segments(&journal).unwrap().pop().unwrap().path;
+        let (header, recs) = records(&seg);
+        let h = Header::decode(&header).unwrap();
+        let raws: Vec<Vec<u8>> = recs.into_iter().map(|(_, r)| r).collect();
+        let rewritten = rechain(h.prev_chain, h.first_seq, &raws, |_, r, body| {
+            if r.kind() == Some(RecordType::Frame) && body.ends_with(b" id=150") {
+                let n = body.len();
+                body.truncate(n - 3);
+                body.extend_from_slice(b"777777");
+            }
+        });
+        let mut bytes = header.clone();
+        bytes.extend_from_slice(&rewritten);
+        let mut perm = std::fs::metadata(&seg).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(&seg, perm).unwrap();
+        std::fs::write(&seg, &bytes).unwrap();
+        if extra_segment {
+            let (last_seq, last_chain) = Records::new(&bytes)
+                .map(|s| s.unwrap().1)
+                .last()
+                .map(|r| (r.seq, r.chain))
+                .unwrap();
+            let no = h.segment_no + 1;
+            let mut b = Header {
+                journal_id: h.journal_id,
+                segment_no: no,
+                first_seq: last_seq + 1,
+                prev_chain: last_chain,
+            }
+            .encode()
+            .to_vec();
+            let mut start = [0u8; 24];
+            start[..8].copy_from_slice(&no.to_be_bytes());
+            start[8..].copy_from_slice(&h.journal_id);
+            let head = |t, seq| auditlb::journal::format::RecordHead {
+                rtype: t,
+                flags: 0,
+                seq,
+                time_ns: 1,
+            };
+            let c = encode_record(
+                &mut b,
+                head(RecordType::SegmentStart, last_seq + 1),
+                &[],
+                &start,
+                &last_chain,
+            );
+            encode_record(
+                &mut b,
+                head(RecordType::SegmentEnd, last_seq + 2),
+                &[],
+                &no.to_be_bytes(),
+                &c,
+            );
+            std::fs::write(journal.join(format!("{:020}.seg", last_seq + 1)), &b).unwrap();
+        }
+        let (_sink2, _) = spawn_sink(&addr.to_string(), "octet", &log, &[]);
+        let (mut p, listen) = spawn_auditlb(&cfg);
+        assert!(gen_ids(listen, 1, 100, &["--id-base", "1000"]).contains("sent=100"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(1000..1100).all(|i| ids_in_log(&log, true).contains(&i)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "new traffic did not flow"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p.signal(libc::SIGTERM);
+        assert!(p.child.wait().unwrap().success());
+        assert!(
+            !ids_in_log(&log, true).contains(&777_777),
+            "extra segment {extra_segment}: a rewritten frame was routed"
+        );
+        let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
+        assert!(alarm.contains("MODIFIED"), "{alarm}");
+        assert_eq!(verify_cli(&journal, &anchors).0, 1);
+    }
+}

@@ -39,6 +39,9 @@ fuzz_target!(|input: &[u8]| {
             assert!(p.resume.next_seq > name_seq);
             assert!(!p.alarms.is_empty(), "damage without an alarm");
         }
+        Action::Quarantine | Action::QuarantineWithBefore => {
+            assert!(!p.alarms.is_empty(), "quarantine without an alarm");
+        }
         Action::Nothing | Action::RemoveHalfCreated { .. } => {}
     }
 });

@@ -96,16 +96,23 @@ pub fn recover_dir(
                 continue;
             }
             Action::Nothing | Action::LeaveDamaged => {}
-            Action::Quarantine => {
+            Action::Quarantine | Action::QuarantineWithBefore => {
                 drop(mapped);
-                let aside = path.with_extension(format!("seg.quarantined-{}", now_ns()));
-                std::fs::rename(path, &aside).map_err(io_at(path))?;
+                let mut moved = vec![path.clone()];
+                if p.action == Action::QuarantineWithBefore {
+                    moved.push(segments[segments.len() - 2].path.clone());
+                }
+                for path in &moved {
+                    let aside = path.with_extension(format!("seg.quarantined-{}", now_ns()));
+                    std::fs::rename(path, &aside).map_err(io_at(path))?;
+                    tracing::error!(segment = %path.display(), moved_to = %aside.display(), "journal: a segment not written by auditlb was moved out of the journal");
+                }
                 if let Ok(d) = std::fs::File::open(dir) {
                     let _ = d.sync_all();
                 }
-                tracing::error!(segment = %path.display(), moved_to = %aside.display(), "journal: a segment not written by auditlb was moved out of the journal");
                 if r.last_epoch.is_none() {
-                    r.last_epoch = newest_epoch(&segments[..segments.len() - 1]);
+                    let keep = segments.len() - moved.len();
+                    r.last_epoch = newest_epoch(&segments[..keep]);
                 }
                 return recovered(r, alarms, notes, false);
             }
@@ -234,5 +241,6 @@ fn last_record_end(path: &std::path::Path) -> Option<Before> {
     (r.raw.len() == rec.len()).then(|| Before {
         ends_run: crate::journal::format::ends_run(&r),
         chain: r.chain,
+        seq: r.seq,
     })
 }

@@ -53,6 +53,9 @@ pub enum Action {
     /// Not written by auditlb: moved out of the journal (renamed, kept as
     /// evidence); the journal goes on from the end of the run before it.
     Quarantine,
+    /// The same, and the segment before it too (rewritten after its run
+    /// stopped): the journal goes on from what the anchors say.
+    QuarantineWithBefore,
 }
 
 /// Where the journal goes on: the next segment's header and first seq,
@@ -82,8 +85,9 @@ pub struct Before {
     /// With the end of a run (FINAL checkpoint, or closed at a start): the
     /// newest segment starts a run.
     pub ends_run: bool,
-    /// Its last record's chain hash.
+    /// Its last record's chain hash and seq.
     pub chain: Hash,
+    pub seq: u64,
 }
 
 /// [`plan`], knowing how the segment before the newest ends: a segment
@@ -109,27 +113,45 @@ pub fn plan_after(
     if !before.ends_run || header.journal_id != head.journal_id {
         return p;
     }
+    // The run before ended with its anchored checkpoint, which the file
+    // now contradicts: that segment was rewritten after the stop.
+    let rewritten = head.seq == before.seq && head.chain != before.chain;
     let w = walk(&header, bytes);
     let first_checkpoint = w.checkpoints.first().map(|c| c.0);
     let anchored = first_checkpoint.is_some_and(|s| head.seq >= s);
     let unvouched = w.routed_before_checkpoint || (!anchored && w.after_first_checkpoint > 0);
-    if !unvouched {
+    if !unvouched && !rewritten {
         return p;
     }
     let mut alarms = p.alarms;
-    alarms.push(Alarm {
-        class: "INSERTED",
-        message: format!(
-            "segment {} follows the end of a run but has no anchored checkpoint before what it holds: not written by auditlb",
-            super::format::segment_name(name_seq)
-        ),
-    });
+    if unvouched {
+        alarms.push(Alarm {
+            class: "INSERTED",
+            message: format!(
+                "segment {} follows the end of a run but has no anchored checkpoint before what it holds: not written by auditlb",
+                super::format::segment_name(name_seq)
+            ),
+        });
+    }
+    if rewritten {
+        alarms.push(Alarm {
+            class: "MODIFIED",
+            message: format!(
+                "the run that ended at seq {} was rewritten after it stopped (its end does not match its anchor)",
+                before.seq
+            ),
+        });
+    }
     Plan {
-        action: Action::Quarantine,
+        action: if rewritten {
+            Action::QuarantineWithBefore
+        } else {
+            Action::Quarantine
+        },
         resume: Resume {
             journal_id: Some(header.journal_id),
             segment_no: header.segment_no.saturating_add(1),
-            prev_chain: Some(before.chain),
+            prev_chain: Some(if rewritten { head.chain } else { before.chain }),
             next_seq: w
                 .max_seq_seen
                 .saturating_add(1)
@@ -218,7 +240,7 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
         next_seq: w.next_seq,
         last_epoch: w.last_epoch,
     };
-    let action = match &w.damage {
+    let mut action = match &w.damage {
         None if w.ended => Action::Nothing,
         None if w.records == 0 => Action::RemoveHalfCreated {
             reason: format!(
@@ -323,25 +345,36 @@ pub fn plan(last: Option<(u64, &[u8])>, anchors: Option<&Anchors>) -> Plan {
                     });
                 }
             } else if h.seq >= header.first_seq {
-                if let Some((_, chain, epoch)) = w.checkpoints.iter().find(|(s, _, _)| *s == h.seq)
-                {
-                    if *chain != h.chain || *epoch != Some(h.epoch) {
-                        alarms.push(Alarm {
-                            class: "MODIFIED",
-                            message: format!(
-                                "the checkpoint at seq {} does not match its anchor",
-                                h.seq
-                            ),
-                        });
-                    }
-                } else {
+                let matches = w
+                    .checkpoints
+                    .iter()
+                    .find(|(s, _, _)| *s == h.seq)
+                    .map(|(_, chain, epoch)| *chain == h.chain && *epoch == Some(h.epoch));
+                if matches != Some(true) {
                     alarms.push(Alarm {
                         class: "MODIFIED",
-                        message: format!(
-                            "anchored seq {} is not a checkpoint of the journal",
-                            h.seq
-                        ),
+                        message: match matches {
+                            Some(_) => format!(
+                                "the checkpoint at seq {} does not match its anchor: segment {} was rewritten",
+                                h.seq,
+                                super::format::segment_name(name_seq)
+                            ),
+                            None => format!(
+                                "anchored seq {} is not a checkpoint of segment {}",
+                                h.seq,
+                                super::format::segment_name(name_seq)
+                            ),
+                        },
                     });
+                    // Anchored history that the file contradicts: nothing
+                    // of it is routed; the journal goes on past it.
+                    action = Action::Quarantine;
+                    resume.next_seq = resume
+                        .next_seq
+                        .max(w.max_seq_seen.saturating_add(1))
+                        .max(h.seq.saturating_add(1));
+                    resume.prev_chain = Some(header.prev_chain);
+                    resume.last_epoch = None;
                 }
             }
         }
@@ -533,6 +566,7 @@ fn walk(header: &Header, bytes: &[u8]) -> Walked {
                     w.after_first_checkpoint += 1;
                 } else if !r.kind().is_some_and(RecordType::is_checkpoint)
                     && !super::format::opens_run(r.kind())
+                    && r.kind() != Some(RecordType::SegmentEnd)
                 {
                     w.routed_before_checkpoint = true;
                 }
