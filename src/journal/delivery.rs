@@ -38,7 +38,7 @@ pub fn resume(dir: &Path, names: &[String], start_seq: u64) -> Vec<Option<u64>> 
         return found;
     };
     for seg in segs.iter().rev() {
-        let Ok(mapped) = Mapped::open(&seg.path) else {
+        let Ok(mapped) = Mapped::map(&seg.path) else {
             continue;
         };
         let mut last: Vec<Option<u64>> = vec![None; names.len()];

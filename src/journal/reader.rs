@@ -92,19 +92,30 @@ impl<'a> Iterator for Records<'a> {
 /// it wrote, and reading it whole could exhaust memory.
 pub const MAX_SEGMENT_FILE: u64 = 4 << 30;
 
-/// A segment file's bytes, read whole (not mapped: a live writer may cut
-/// the file it is appending to after a failed write, and a mapping would
-/// then fault). Opening does not follow links or wait on FIFOs, and only
-/// regular files up to [`MAX_SEGMENT_FILE`] are read.
+/// A segment file's bytes. [`Mapped::open`] reads them whole (not mapped:
+/// a live writer may cut the file it is appending to after a failed write,
+/// and a mapping would then fault), for `verify` and `cat`. [`Mapped::map`]
+/// maps them, for start-up, when no writer runs and a file as large as a
+/// crash or an intruder can leave must not cost its size in memory.
+/// Opening does not follow links or wait on FIFOs, and only regular files
+/// up to [`MAX_SEGMENT_FILE`] are read.
 pub struct Mapped {
-    bytes: Vec<u8>,
+    inner: Inner,
 }
 
+enum Inner {
+    Owned(Vec<u8>),
+    Map { ptr: *mut libc::c_void, len: usize },
+}
+
+// SAFETY: a mapping is private, read-only and owned by this value.
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
 impl Mapped {
-    pub fn open(path: &Path) -> io::Result<Mapped> {
-        use std::io::Read;
+    fn regular(path: &Path) -> io::Result<(std::fs::File, u64)> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
@@ -125,13 +136,70 @@ impl Mapped {
                 ),
             ));
         }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        f.by_ref().take(MAX_SEGMENT_FILE).read_to_end(&mut bytes)?;
-        Ok(Mapped { bytes })
+        Ok((f, meta.len()))
+    }
+
+    /// Reads the file whole.
+    pub fn open(path: &Path) -> io::Result<Mapped> {
+        use std::io::Read;
+        let (f, len) = Self::regular(path)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        f.take(MAX_SEGMENT_FILE).read_to_end(&mut bytes)?;
+        Ok(Mapped {
+            inner: Inner::Owned(bytes),
+        })
+    }
+
+    /// Maps the file read-only (start-up: nothing else writes it).
+    pub fn map(path: &Path) -> io::Result<Mapped> {
+        use std::os::fd::AsRawFd;
+        let (f, len) = Self::regular(path)?;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        if len == 0 {
+            return Ok(Mapped {
+                inner: Inner::Owned(Vec::new()),
+            });
+        }
+        // SAFETY: a fresh read-only private mapping of an open regular
+        // file, checked below and unmapped in Drop. Only used at start-up,
+        // before this process writes the journal; nothing else may.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapped {
+            inner: Inner::Map { ptr, len },
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        match &self.inner {
+            Inner::Owned(b) => b,
+            // SAFETY: ptr..ptr+len is a live mapping owned by self.
+            Inner::Map { ptr, len } => unsafe {
+                std::slice::from_raw_parts(*ptr as *const u8, *len)
+            },
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if let Inner::Map { ptr, len } = self.inner {
+            // SAFETY: unmapping exactly what mmap returned.
+            unsafe {
+                libc::munmap(ptr, len);
+            }
+        }
     }
 }
 

@@ -57,7 +57,7 @@ pub fn recover_dir(
         let segments = crate::journal::reader::list_segments(dir).map_err(io_at(dir))?;
         let last = segments.last();
         let mapped = match last {
-            Some(s) => Some(crate::journal::reader::Mapped::open(&s.path).map_err(io_at(&s.path))?),
+            Some(s) => Some(crate::journal::reader::Mapped::map(&s.path).map_err(io_at(&s.path))?),
             None => None,
         };
         let bytes = mapped.as_ref().map(|m| m.bytes());
@@ -214,7 +214,7 @@ fn recovered(
 /// The epoch of the newest checkpoint in `segments` (newest first).
 fn newest_epoch(segments: &[crate::journal::reader::SegmentFile]) -> Option<u64> {
     segments.iter().rev().find_map(|s| {
-        let m = crate::journal::reader::Mapped::open(&s.path).ok()?;
+        let m = crate::journal::reader::Mapped::map(&s.path).ok()?;
         Records::new(m.bytes())
             .map_while(Result::ok)
             .filter(|(_, r)| r.kind().is_some_and(RecordType::is_checkpoint))
