@@ -1570,6 +1570,45 @@ fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
     w.close().unwrap();
 }
 
+/// A stopped auditlb whose journal holds `n` ids (0..n), journaled while
+/// its backend was down (`backend_down`) or delivered; the backend's
+/// address and log, the config, journal and anchors paths.
+struct Stopped {
+    log: PathBuf,
+    addr: std::net::SocketAddr,
+    cfg: PathBuf,
+    journal: PathBuf,
+    anchors: PathBuf,
+}
+
+fn run_then_stop(name: &str, n: u64, backend_down: bool) -> Stopped {
+    let dir = scratch_dir(name);
+    let log = dir.join("sink.log");
+    let (mut sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    if backend_down {
+        sink.kill9();
+    }
+    let cfg = binary_config(&dir, &[addr], "");
+    let journal = dir.join("journal");
+    let (mut p, listen) = spawn_auditlb(&cfg);
+    assert!(gen_ids(listen, 1, n, &[]).contains(&format!("sent={n}")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while (journaled_ids(&journal).len() as u64) < n {
+        assert!(std::time::Instant::now() < deadline, "not journaled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.child.wait().unwrap().success());
+    sink.kill9();
+    Stopped {
+        log,
+        addr,
+        cfg,
+        journal,
+        anchors: dir.join("anchors.log"),
+    }
+}
+
 /// An intruder adds a whole segment after a clean stop, chained onto the
 /// FINAL checkpoint: a frame to route, or a cursor that would skip what
 /// waits in the journal. A run always anchors a checkpoint before anything
@@ -1579,25 +1618,14 @@ fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
 #[test]
 fn a_segment_forged_after_a_clean_stop_is_quarantined_not_routed() {
     for forged in ["frame", "cursor"] {
-        let dir = scratch_dir(&format!("forged-seg-{forged}"));
-        let log = dir.join("sink.log");
-        let (mut sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
-        if forged == "cursor" {
-            // Frames wait in the journal: the backend is down.
-            sink.kill9();
-        }
-        let cfg = binary_config(&dir, &[addr], "");
-        let journal = dir.join("journal");
-        let anchors = dir.join("anchors.log");
-        let (mut p, listen) = spawn_auditlb(&cfg);
-        assert!(gen_ids(listen, 1, 200, &[]).contains("sent=200"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while journaled_ids(&journal).len() < 200 {
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p.signal(libc::SIGTERM);
-        assert!(p.child.wait().unwrap().success());
+        // For the cursor, frames wait in the journal: the backend is down.
+        let Stopped {
+            log,
+            addr,
+            cfg,
+            journal,
+            anchors,
+        } = run_then_stop(&format!("forged-seg-{forged}"), 200, forged == "cursor");
         // The forged segment, linked to the FINAL checkpoint.
         let seg = list_segments(&journal).unwrap().pop().unwrap().path;
         let (header, recs) = records(&seg);
@@ -1660,7 +1688,6 @@ fn a_segment_forged_after_a_clean_stop_is_quarantined_not_routed() {
         assert_eq!(code, 1, "{forged}: {text}");
         assert!(text.contains("INSERTED"), "{forged}: {text}");
         // The next run, with the backend (back) up.
-        sink.kill9();
         let (_sink2, _) = spawn_sink(&addr.to_string(), "octet", &log, &[]);
         let (mut p, listen) = spawn_auditlb(&cfg);
         assert!(gen_ids(listen, 1, 100, &["--id-base", "1000"]).contains("sent=100"));
@@ -1705,22 +1732,13 @@ fn a_segment_forged_after_a_clean_stop_is_quarantined_not_routed() {
 #[test]
 fn a_rewritten_run_is_quarantined_not_routed() {
     for extra_segment in [false, true] {
-        let dir = scratch_dir("rewritten");
-        let log = dir.join("sink.log");
-        let (mut sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
-        sink.kill9();
-        let cfg = binary_config(&dir, &[addr], "");
-        let journal = dir.join("journal");
-        let anchors = dir.join("anchors.log");
-        let (mut p, listen) = spawn_auditlb(&cfg);
-        assert!(gen_ids(listen, 1, 200, &[]).contains("sent=200"));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while journaled_ids(&journal).len() < 200 {
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p.signal(libc::SIGTERM);
-        assert!(p.child.wait().unwrap().success());
+        let Stopped {
+            log,
+            addr,
+            cfg,
+            journal,
+            anchors,
+        } = run_then_stop("rewritten", 200, true);
         let seg = list_segments(&journal).unwrap().pop().unwrap().path;
         let (header, recs) = records(&seg);
         let h = Header::decode(&header).unwrap();
