@@ -80,8 +80,15 @@ pub fn cat(
         Vec::new()
     };
     let mut n = 0;
-    for seg in list_segments(dir)? {
-        let mapped = Mapped::open(&seg.path)?;
+    let segments = list_segments(dir)?;
+    let newest = segments.len().saturating_sub(1);
+    for (k, seg) in segments.iter().enumerate() {
+        // The newest may be cut by a live writer: read; the others mapped.
+        let mapped = if k == newest {
+            Mapped::open(&seg.path)?
+        } else {
+            Mapped::map_populated(&seg.path)?
+        };
         for step in Records::new(mapped.bytes()) {
             let r = match step {
                 Ok((_, r)) => r,

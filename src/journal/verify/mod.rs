@@ -138,7 +138,14 @@ pub fn verify(
             });
             return Ok(rep);
         }
-        let mapped = Mapped::open(&path).map_err(|source| VerifyError::Io {
+        // Only the newest segment may be cut by a live writer (after a
+        // failed write): it is read; the closed ones are mapped.
+        let mapped = if k + 1 == n_segments {
+            Mapped::open(&path)
+        } else {
+            Mapped::map_populated(&path)
+        }
+        .map_err(|source| VerifyError::Io {
             path: path.clone(),
             source,
         })?;
