@@ -633,15 +633,7 @@ async fn admin_endpoint_serves_metrics_health_and_readiness() {
     let server = start(&cfg).await;
     wait_connected(&server, 1).await;
     let admin = server.admin_addr().unwrap();
-    let get = |path: &'static str| async move {
-        let mut s = TcpStream::connect(admin).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let get = |path: &'static str| http_get(admin, path);
     send_lf(server.listener_addr("in").unwrap(), &lines("m", 0..10)).await;
     wait_for(5.0, "10 frames", || a.count() == 10).await;
     let m = get("/metrics").await;
