@@ -272,17 +272,21 @@ impl AnchorsFile {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_append_after_a_torn_line_starts_on_a_line_of_its_own() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("anchors.log");
-        let a = Anchor {
+    fn sample() -> Anchor {
+        Anchor {
             journal_id: [7; 16],
             seq: 42,
             chain: [9; 32],
             epoch: 3,
             seal: [1; 32],
-        };
+        }
+    }
+
+    #[test]
+    fn an_append_after_a_torn_line_starts_on_a_line_of_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("anchors.log");
+        let a = sample();
         std::fs::write(&p, &a.line(1)[..40]).unwrap();
         let mut f = AnchorsFile::open(&p).unwrap();
         f.append(&a.line(2)).unwrap();
@@ -297,13 +301,7 @@ mod tests {
 
     #[test]
     fn lines_round_trip_a_torn_last_line_is_ignored_and_garbage_is_counted() {
-        let a = Anchor {
-            journal_id: [7; 16],
-            seq: 42,
-            chain: [9; 32],
-            epoch: 3,
-            seal: [1; 32],
-        };
+        let a = sample();
         let b = Anchor {
             seq: 50,
             epoch: 4,
