@@ -16,7 +16,9 @@ pub struct TestConfig {
     listen: String,
     backends: Vec<(SocketAddr, u32, bool)>,
     listener: Vec<String>,
+    listener_tls: Vec<String>,
     pool: Vec<String>,
+    pool_tls: Vec<String>,
     journal: Vec<String>,
     grace: String,
     anchors: bool,
@@ -36,7 +38,9 @@ impl TestConfig {
             listen: "127.0.0.1:0".into(),
             backends: Vec::new(),
             listener: Vec::new(),
+            listener_tls: Vec::new(),
             pool: Vec::new(),
+            pool_tls: Vec::new(),
             journal: Vec::new(),
             grace: "5s".into(),
             anchors: false,
@@ -64,6 +68,19 @@ impl TestConfig {
     /// `key = value` lines for the [[listener]] table.
     pub fn listener(mut self, kv: &str) -> Self {
         self.listener.push(kv.into());
+        self
+    }
+
+    /// `key = value` lines for the listener's [listener.tls] table (the
+    /// table is written once any is given).
+    pub fn listener_tls(mut self, kv: &str) -> Self {
+        self.listener_tls.push(kv.into());
+        self
+    }
+
+    /// `key = value` lines for the pool's [pool.tls] table.
+    pub fn pool_tls(mut self, kv: &str) -> Self {
+        self.pool_tls.push(kv.into());
         self
     }
 
@@ -133,9 +150,21 @@ impl TestConfig {
         for kv in &self.listener {
             s.push_str(&format!("{kv}\n"));
         }
+        if !self.listener_tls.is_empty() {
+            s.push_str("[listener.tls]\n");
+            for kv in &self.listener_tls {
+                s.push_str(&format!("{kv}\n"));
+            }
+        }
         s.push_str("\n[[pool]]\nname = \"p\"\nconnect-timeout = \"500ms\"\n");
         for kv in &self.pool {
             s.push_str(&format!("{kv}\n"));
+        }
+        if !self.pool_tls.is_empty() {
+            s.push_str("[pool.tls]\n");
+            for kv in &self.pool_tls {
+                s.push_str(&format!("{kv}\n"));
+            }
         }
         s.push_str(
             "\n[pool.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n",
