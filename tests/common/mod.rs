@@ -1,8 +1,10 @@
-//! Test helpers, by concern: [`sink`] (a backend in the test process),
-//! [`procs`] (auditlb, backends and clients as processes), [`ids`] (unique
-//! ids at the backends and in the journal), [`inproc`] (auditlb in the test
-//! process), [`http`] (the admin endpoint), [`config`] (configs built, not
-//! edited), and here polling and scratch directories.
+//! Test helpers, by concern: [`sink`] (a backend in the test process,
+//! plain or TLS), [`procs`] (auditlb, backends and clients as processes),
+//! [`ids`] (unique ids at the backends and in the journal), [`inproc`]
+//! (auditlb in the test process), [`http`] (the admin endpoint), [`config`]
+//! (configs built, not edited), [`pki`] (a test CA, its certificates and
+//! CRLs, and rustls configs for test peers), and here polling and scratch
+//! directories.
 #![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
@@ -21,12 +23,14 @@ mod config;
 mod http;
 mod ids;
 mod inproc;
+mod pki;
 mod procs;
 mod sink;
 pub use config::TestConfig;
 pub use http::*;
 pub use ids::*;
 pub use inproc::*;
+pub use pki::*;
 pub use procs::*;
 pub use sink::*;
 

@@ -1,7 +1,9 @@
-//! A backend in the test process: a real TCP listener that records the
-//! frames it reads, with an independent RFC 6587 reader.
+//! A backend in the test process: a real TCP listener, plain or TLS, that
+//! records the frames it reads, with an independent RFC 6587 reader.
 
 use super::*;
+use tokio::io::AsyncRead;
+use tokio_rustls::TlsAcceptor;
 
 /// Frames a sink received: (connection number, frame bytes).
 pub type Received = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
@@ -21,6 +23,11 @@ pub struct Sink {
     pub frames: Received,
     /// Bytes that did not parse as the expected framing.
     pub garbage: Arc<Mutex<usize>>,
+    /// TLS handshakes that failed, as rustls put it (TLS sinks only; a
+    /// plain TCP connect-and-close, like a TCP health check, counts too).
+    pub tls_errors: Arc<Mutex<Vec<String>>>,
+    /// Present for a TLS sink: each accepted connection shakes hands first.
+    tls: Option<TlsAcceptor>,
     accept: Option<JoinHandle<()>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -40,6 +47,26 @@ impl Sink {
     }
 
     pub fn start_at(addr: SocketAddr, framing: SinkFraming) -> Sink {
+        Self::listen(addr, framing, None)
+    }
+
+    /// A TLS backend on 127.0.0.1 (see [`pki`](super::pki) for configs).
+    pub async fn start_tls(framing: SinkFraming, cfg: Arc<rustls::ServerConfig>) -> Sink {
+        Self::start_tls_at("127.0.0.1:0".parse().unwrap(), framing, cfg)
+    }
+
+    /// A TLS backend on `addr`: the plain sink behind a TLS handshake per
+    /// connection; kill drops connections without close_notify, as a crash
+    /// would, and restart listens with TLS again.
+    pub fn start_tls_at(
+        addr: SocketAddr,
+        framing: SinkFraming,
+        cfg: Arc<rustls::ServerConfig>,
+    ) -> Sink {
+        Self::listen(addr, framing, Some(TlsAcceptor::from(cfg)))
+    }
+
+    fn listen(addr: SocketAddr, framing: SinkFraming, tls: Option<TlsAcceptor>) -> Sink {
         let listener = bind_reuse(addr);
         let addr = listener.local_addr().unwrap();
         let mut sink = Sink {
@@ -47,6 +74,8 @@ impl Sink {
             framing,
             frames: Arc::default(),
             garbage: Arc::default(),
+            tls_errors: Arc::default(),
+            tls,
             accept: None,
             conns: Arc::default(),
         };
@@ -58,6 +87,8 @@ impl Sink {
         let frames = self.frames.clone();
         let garbage = self.garbage.clone();
         let conns = self.conns.clone();
+        let tls_errors = self.tls_errors.clone();
+        let tls = self.tls.clone();
         let framing = self.framing;
         tokio::spawn(async move {
             let mut n = 0u64;
@@ -65,18 +96,27 @@ impl Sink {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                // Dropping the stream later sends RST: a crashed backend.
+                // Dropping the stream later sends RST: a crashed backend
+                // (for TLS too: no close_notify, the socket just goes).
                 SockRef::from(&stream)
                     .set_linger(Some(Duration::ZERO))
                     .unwrap();
                 n += 1;
-                let h = tokio::spawn(read_frames(
-                    stream,
-                    n,
-                    framing,
-                    frames.clone(),
-                    garbage.clone(),
-                ));
+                let (frames, garbage) = (frames.clone(), garbage.clone());
+                let h = match &tls {
+                    None => tokio::spawn(read_frames(stream, n, framing, frames, garbage)),
+                    Some(tls) => {
+                        // The handshake runs in the connection's task, so a
+                        // slow or silent client holds up no other.
+                        let (tls, tls_errors) = (tls.clone(), tls_errors.clone());
+                        tokio::spawn(async move {
+                            match tls.accept(stream).await {
+                                Ok(s) => read_frames(s, n, framing, frames, garbage).await,
+                                Err(e) => tls_errors.lock().unwrap().push(e.to_string()),
+                            }
+                        })
+                    }
+                };
                 conns.lock().unwrap().push(h);
             }
         })
@@ -133,8 +173,8 @@ impl Drop for Sink {
 
 /// An independent RFC 6587 reader (not auditlb's framer), so the tests
 /// check auditlb's output framing against the standard, not against itself.
-async fn read_frames(
-    mut stream: TcpStream,
+async fn read_frames<S: AsyncRead + Unpin>(
+    mut stream: S,
     conn: u64,
     framing: SinkFraming,
     frames: Received,
