@@ -47,7 +47,7 @@ fn main() {
             ..JournalConfig::default()
         };
         let metrics = Metrics::new();
-        let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+        let mut w = Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap();
         let mut batch: Vec<Frame> = (0..1024)
             .map(|_| Frame::new(line.clone(), meta.clone()))
             .collect();

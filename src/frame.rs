@@ -26,6 +26,10 @@ pub struct ConnMeta {
     pub peer: SocketAddr,
     /// `peer` as text, formatted once for the journal's per-frame meta.
     pub peer_text: Arc<str>,
+    /// For a TLS connection: what it negotiated and the verified client
+    /// certificate (the journal records it once per connection, in a
+    /// CONNECTION record its frames refer to).
+    pub tls: Option<Arc<crate::tls::TlsIdentity>>,
     /// `balance = "connection"`: the backend index this client sticks to.
     sticky: AtomicUsize,
 }
@@ -37,8 +41,15 @@ impl ConnMeta {
             listener,
             peer,
             peer_text: peer.to_string().into(),
+            tls: None,
             sticky: AtomicUsize::new(NO_BACKEND),
         }
+    }
+
+    /// A TLS connection's meta.
+    pub fn with_tls(mut self, tls: crate::tls::TlsIdentity) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
     }
 
     pub fn sticky(&self) -> usize {

@@ -42,6 +42,46 @@ impl HealthCheck for TcpConnect {
     }
 }
 
+/// A TCP connect and a TLS handshake within `timeout` (pools with
+/// `[pool.tls]`): a backend whose certificate no longer passes is down
+/// before a frame is sent to it.
+pub struct TlsHandshake {
+    pub timeout: Duration,
+    /// The pool's current TLS material.
+    pub tls: crate::tls::PoolTlsSlot,
+}
+
+impl HealthCheck for TlsHandshake {
+    async fn check(&self, addr: SocketAddr) -> Result<(), String> {
+        let Some(tls) = crate::tls::current(&self.tls) else {
+            return TcpConnect {
+                timeout: self.timeout,
+            }
+            .check(addr)
+            .await;
+        };
+        let attempt = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("health check: connect: {e}"))?;
+            let mut stream = tls
+                .connect(addr, tcp)
+                .await
+                .map_err(|e| format!("health check: TLS handshake: {e}"))?;
+            // close_notify, so the backend logs no error for the probe.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            Ok(())
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "health check: no TLS session within {:?}",
+                self.timeout
+            )),
+        }
+    }
+}
+
 /// Checks one backend with `check` every `interval` until `stop` is
 /// cancelled. The first check runs at once.
 pub async fn run(

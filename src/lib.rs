@@ -63,6 +63,7 @@ pub mod server;
 pub mod session;
 pub mod syslog;
 pub mod time;
+pub mod tls;
 pub mod units;
 pub mod upstream;
 

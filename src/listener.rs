@@ -21,6 +21,7 @@ use crate::config::{Framing, ListenerConfig, Oversize};
 use crate::journal::Ingress;
 use crate::metrics::ListenerMetrics;
 use crate::ratelimit::LogLimiter;
+use crate::tls::ListenerTls;
 
 /// Binds a listening socket the way a proxy should.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,8 @@ pub(crate) struct SessionSettings {
     /// This listener's slot: the journal writer maps it to a pool.
     pub(crate) slot: usize,
     pub(crate) warn_limit: Arc<LogLimiter>,
+    /// TLS material, for a TLS listener.
+    pub(crate) tls: Option<Arc<ListenerTls>>,
 }
 
 /// Counts connections per source IP; a guard gives the slot back.
@@ -124,8 +127,10 @@ pub struct ListenerShared {
 }
 
 impl ListenerShared {
-    /// Applies a reloaded listener config (same name and address).
-    pub fn update(&self, cfg: &ListenerConfig) {
+    /// Applies a reloaded listener config (same name and address) and its
+    /// freshly loaded TLS material: connections accepted from now on get
+    /// them, open ones keep what they started with.
+    pub fn update(&self, cfg: &ListenerConfig, tls: Option<Arc<ListenerTls>>) {
         let mut max = crate::lock(&self.max);
         if cfg.max_connections > *max {
             self.limit.add_permits(cfg.max_connections - *max);
@@ -156,6 +161,7 @@ impl ListenerShared {
             old.tx.clone(),
             old.slot,
             old.warn_limit.clone(),
+            tls,
         ));
     }
 
@@ -174,6 +180,7 @@ impl SessionSettings {
         tx: mpsc::Sender<Ingress>,
         slot: usize,
         warn_limit: Arc<LogLimiter>,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Self {
         Self {
             name: cfg.name.as_str().into(),
@@ -186,6 +193,7 @@ impl SessionSettings {
             tx,
             slot,
             warn_limit,
+            tls,
         }
     }
 }
@@ -198,6 +206,7 @@ impl Listener {
         tx: mpsc::Sender<Ingress>,
         slot: usize,
         metrics: ListenerMetrics,
+        tls: Option<Arc<ListenerTls>>,
     ) -> Self {
         let warn_limit = Arc::new(LogLimiter::new(10, Duration::from_secs(10)));
         Self {
@@ -210,7 +219,7 @@ impl Listener {
                     counts: Mutex::new(HashMap::new()),
                 }),
                 settings: std::sync::RwLock::new(Arc::new(SessionSettings::new(
-                    cfg, metrics, tx, slot, warn_limit,
+                    cfg, metrics, tx, slot, warn_limit, tls,
                 ))),
             }),
         }

@@ -75,6 +75,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the SHA-256 fingerprint of each certificate in a PEM (or DER)
+    /// file, in the form `allow` and `pin` take.
+    Fingerprint {
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,18 +106,45 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listener(s), {} pool(s), {} backend(s))",
-                    config.display(),
-                    c.listeners.len(),
-                    c.pools.len(),
-                    c.pools.iter().map(|p| p.backends.len()).sum::<usize>()
-                );
+            // The TLS files too: what `run` and a reload would load.
+            Ok(c) => match auditlb::tls::load(&c) {
+                Ok(material) => {
+                    println!(
+                        "{}: ok ({} listener(s), {} pool(s), {} backend(s))",
+                        config.display(),
+                        c.listeners.len(),
+                        c.pools.len(),
+                        c.pools.iter().map(|p| p.backends.len()).sum::<usize>()
+                    );
+                    for line in material.summary(&c) {
+                        println!("  tls: {line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    eprintln!(
+                        "{}: {} problem(s):\n  {}",
+                        config.display(),
+                        problems.len(),
+                        problems.join("\n  ")
+                    );
+                    ExitCode::from(1)
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Fingerprint { file } => match auditlb::tls::fingerprint_file(&file) {
+            Ok(certs) => {
+                for (f, subject) in certs {
+                    println!("{f}  {subject}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("auditlb fingerprint: {e}");
                 ExitCode::from(1)
             }
         },

@@ -34,6 +34,10 @@ pub struct Metrics {
     pending_frames: IntGaugeVec,
     delivery_lag: IntGaugeVec,
     oldest_undelivered: prometheus::GaugeVec,
+    tls_handshakes: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
+    /// notAfter of every loaded certificate (Unix seconds), by owner.
+    tls_cert_expiry: prometheus::GaugeVec,
     journal: crate::journal::JournalMetrics,
     /// Config reloads applied (SIGHUP).
     pub reloads: IntCounter,
@@ -276,7 +280,50 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric names are unique");
                 g
             },
+            tls_handshakes: counter(
+                &r,
+                "tls_handshakes_total",
+                "TLS handshakes completed by clients, by TLS version.",
+                &["listener", "version"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "tls_handshake_failures_total",
+                "TLS handshakes refused or failed, by reason: no-certificate, unknown-issuer, expired, revoked, not-allowed, bad-certificate, peer-alert, protocol, timeout, io.",
+                &["listener", "reason"],
+            ),
+            tls_cert_expiry: {
+                let g = prometheus::GaugeVec::new(Opts::new("tls_cert_expiry_seconds", "Unix time at which a loaded certificate expires (notAfter), by the listener or pool that loaded it and its role (cert, client-ca, ca)."), &["listener", "pool", "role", "subject"]).expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric names are unique");
+                g
+            },
             registry: r,
+        }
+    }
+
+    /// Publishes the expiry of every certificate in `m` (replacing what a
+    /// previous config loaded).
+    pub fn set_tls_material(&self, cfg: &crate::config::Config, m: &crate::tls::Material) {
+        self.tls_cert_expiry.reset();
+        let owners = cfg
+            .listeners
+            .iter()
+            .zip(&m.listeners)
+            .map(|(l, t)| ((l.name.as_str(), ""), t.as_ref().map(|t| &t.loaded)))
+            .chain(
+                cfg.pools
+                    .iter()
+                    .zip(&m.pools)
+                    .map(|(p, t)| (("", p.name.as_str()), t.as_ref().map(|t| &t.loaded))),
+            );
+        for ((listener, pool), loaded) in owners {
+            for x in loaded.into_iter().flatten() {
+                if let Some(t) = x.not_after {
+                    self.tls_cert_expiry
+                        .with_label_values(&[listener, pool, x.role, &x.subject])
+                        .set(t as f64);
+                }
+            }
         }
     }
 
@@ -331,6 +378,7 @@ impl Metrics {
             closed_oversize: closed("oversize"),
             closed_error: closed("error"),
             closed_shutdown: closed("shutdown"),
+            closed_handshake: closed("tls_handshake"),
             frames_in: self.frames_in.with_label_values(&[name]),
             bytes_in: self.bytes_in.with_label_values(&[name]),
             truncated: self.frames_truncated.with_label_values(&[name]),
@@ -338,6 +386,9 @@ impl Metrics {
             refused_malformed: refused("malformed"),
             refused_incomplete: refused("incomplete"),
             refused_unjournaled: refused("unjournaled_at_exit"),
+            tls_handshakes: self.tls_handshakes.clone(),
+            tls_failures: self.tls_handshake_failures.clone(),
+            name: name.into(),
         }
     }
 
@@ -408,6 +459,7 @@ pub struct ListenerMetrics {
     pub closed_oversize: IntCounter,
     pub closed_error: IntCounter,
     pub closed_shutdown: IntCounter,
+    pub closed_handshake: IntCounter,
     pub frames_in: IntCounter,
     pub bytes_in: IntCounter,
     pub truncated: IntCounter,
@@ -415,6 +467,25 @@ pub struct ListenerMetrics {
     pub refused_malformed: IntCounter,
     pub refused_incomplete: IntCounter,
     pub refused_unjournaled: IntCounter,
+    tls_handshakes: IntCounterVec,
+    tls_failures: IntCounterVec,
+    name: std::sync::Arc<str>,
+}
+
+impl ListenerMetrics {
+    /// A TLS handshake completed with `version`.
+    pub fn tls_ok(&self, version: &str) {
+        self.tls_handshakes
+            .with_label_values(&[&self.name, version])
+            .inc();
+    }
+
+    /// A TLS handshake failed.
+    pub fn tls_refused(&self, why: crate::tls::Refusal) {
+        self.tls_failures
+            .with_label_values(&[&self.name, why.label()])
+            .inc();
+    }
 }
 
 /// Resolved handles for one backend.

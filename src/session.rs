@@ -1,4 +1,7 @@
-//! Client sessions: one task per client connection. A session reads into a
+//! Client sessions: one task per client connection. On a TLS listener the
+//! session first runs the handshake under `handshake-timeout` (never in
+//! the accept loop), refusing with a typed, counted, logged reason, and
+//! closes with close_notify at the end. A session then reads into a
 //! buffer, cuts frames with its [`Decoder`], and sends each read's frames as
 //! one batch to the journal writer, which routes them to the listener's pool
 //! (backpressure: a full writer queue stops the read). Idle and
@@ -7,12 +10,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +28,7 @@ use crate::frame::{ConnMeta, Frame};
 use crate::framer::{Decoder, Event, FrameError};
 use crate::journal::Ingress;
 use crate::listener::SessionSettings;
+use crate::tls::{ListenerTls, Refusal, TlsIdentity};
 
 /// Most bytes read in one go; also the most a session buffers beyond one
 /// frame.
@@ -44,7 +51,16 @@ enum Close {
     Shutdown,
     /// The journal writer is gone (process stopping).
     Downstream,
+    /// The TLS handshake failed or was refused.
+    Handshake {
+        why: Refusal,
+        sni: Option<String>,
+        detail: String,
+    },
 }
+
+/// How long a closing TLS session waits to get its close_notify out.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) async fn session(
     stream: TcpStream,
@@ -58,17 +74,28 @@ pub(crate) async fn session(
             .with_time(Duration::from_secs(60))
             .with_interval(Duration::from_secs(10)),
     );
-    let meta = Arc::new(ConnMeta::new(
-        NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-        s.name.clone(),
-        peer,
-    ));
+    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let meta = ConnMeta::new(id, s.name.clone(), peer);
     // One span per connection, attached to the future (not entered across
     // awaits, which would leak it into other tasks' logs).
-    let span = tracing::debug_span!("session", listener = %s.name, client = %peer, conn = meta.id);
+    let span = tracing::debug_span!("session", listener = %s.name, client = %peer, conn = id);
     let close = async {
         tracing::debug!("client connected");
-        read_loop(&stream, &meta, s, &stop).await
+        match &s.tls {
+            None => read_loop(stream, &Arc::new(meta), s, &stop).await,
+            Some(tls) => match handshake(stream, tls, &stop).await {
+                Ok((mut stream, identity)) => {
+                    s.metrics.tls_ok(&identity.version);
+                    tracing::debug!(version = %identity.version, cipher = %identity.cipher, sni = ?identity.sni, peer = ?identity.peer.as_ref().map(|p| &p.subject), "TLS session established");
+                    let meta = Arc::new(meta.with_tls(identity));
+                    let close = read_loop(&mut stream, &meta, s, &stop).await;
+                    // close_notify, so the client knows nothing was cut.
+                    let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, stream.shutdown()).await;
+                    close
+                }
+                Err(close) => close,
+            },
+        }
     }
     .instrument(span)
     .await;
@@ -81,6 +108,10 @@ pub(crate) async fn session(
         Close::Oversize(_) => m.closed_oversize.inc(),
         Close::Error(_) => m.closed_error.inc(),
         Close::Shutdown | Close::Downstream => m.closed_shutdown.inc(),
+        Close::Handshake { why, .. } => {
+            m.closed_handshake.inc();
+            m.tls_refused(*why);
+        }
     }
     let reason = match close {
         Close::Eof => {
@@ -89,6 +120,12 @@ pub(crate) async fn session(
         }
         Close::Shutdown | Close::Downstream => {
             tracing::debug!("closed for shutdown");
+            return;
+        }
+        Close::Handshake { why, sni, detail } => {
+            if let Some(skipped) = s.warn_limit.allow() {
+                tracing::warn!(listener = %s.name, client = %peer, sni = sni.as_deref().unwrap_or("-"), reason = why.label(), detail, skipped, "TLS handshake refused");
+            }
             return;
         }
         Close::Idle => format!("idle for {:?}", s.idle_timeout),
@@ -101,8 +138,59 @@ pub(crate) async fn session(
     }
 }
 
-async fn read_loop(
-    stream: &TcpStream,
+/// The server side of a TLS handshake, within the listener's
+/// `handshake-timeout`. The ClientHello is read first, so a refusal can
+/// name the server name the client asked for.
+async fn handshake(
+    stream: TcpStream,
+    tls: &ListenerTls,
+    stop: &CancellationToken,
+) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsIdentity), Close> {
+    let deadline = Instant::now() + tls.handshake_timeout;
+    let timed_out = |sni: Option<String>| Close::Handshake {
+        why: Refusal::Timeout,
+        sni,
+        detail: format!("not finished within {:?}", tls.handshake_timeout),
+    };
+    let failed = |e: io::Error, sni: Option<String>| Close::Handshake {
+        why: Refusal::of_io(&e),
+        sni,
+        detail: e.to_string(),
+    };
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = tokio::select! {
+        _ = stop.cancelled() => return Err(Close::Shutdown),
+        r = tokio::time::timeout_at(deadline, acceptor) => match r {
+            Err(_) => return Err(timed_out(None)),
+            Ok(Err(e)) => return Err(failed(e, None)),
+            Ok(Ok(start)) => start,
+        },
+    };
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let stream = tokio::select! {
+        _ = stop.cancelled() => return Err(Close::Shutdown),
+        r = tokio::time::timeout_at(deadline, start.into_stream(tls.server.clone())) => match r {
+            Err(_) => return Err(timed_out(sni)),
+            Ok(Err(e)) => return Err(failed(e, sni)),
+            Ok(Ok(s)) => s,
+        },
+    };
+    let identity = TlsIdentity::of_server(stream.get_ref().1);
+    Ok((stream, identity))
+}
+
+/// Reads what is buffered right now, without waiting: `None` when nothing
+/// is (used while draining for shutdown).
+async fn read_now<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+async fn read_loop<S: AsyncRead + Unpin>(
+    mut stream: S,
     meta: &Arc<ConnMeta>,
     s: &SessionSettings,
     stop: &CancellationToken,
@@ -202,37 +290,39 @@ async fn read_loop(
             Some(t) => idle_deadline.min(t + s.frame_timeout),
             None => idle_deadline,
         };
-        if draining {
-            // Stopping: take what the kernel already holds, then close.
+        buf.reserve(chunk);
+        let read = if draining {
+            // Stopping: take what is already buffered, then close.
+            match read_now(&mut stream, &mut buf).await {
+                Some(r) => r,
+                None => return Close::Shutdown,
+            }
         } else {
             tokio::select! {
-            _ = stop.cancelled() => draining = true,
-            _ = tokio::time::sleep_until(deadline) => {
-                return if partial_since.is_some_and(|t| t + s.frame_timeout <= Instant::now()) {
-                    Close::FrameTimeout
-                } else {
-                    Close::Idle
-                };
-            }
-            r = stream.readable() => {
-                if let Err(e) = r {
-                    return Close::Error(e);
+                _ = stop.cancelled() => {
+                    draining = true;
+                    continue;
                 }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return if partial_since.is_some_and(|t| t + s.frame_timeout <= Instant::now()) {
+                        Close::FrameTimeout
+                    } else {
+                        Close::Idle
+                    };
+                }
+                r = stream.read_buf(&mut buf) => r,
             }
-            }
-        }
-        buf.reserve(chunk);
-        match stream.try_read_buf(&mut buf) {
+        };
+        match read {
             Ok(0) => eof = true,
             Ok(n) => {
                 s.metrics.bytes_in.inc_by(n as u64);
                 last_read = Instant::now();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if draining {
-                    return Close::Shutdown;
-                }
-            }
+            // A TLS client that closes without close_notify: what it sent
+            // was authenticated record by record, so it is an end, not
+            // damage (most syslog senders close this way).
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => eof = true,
             Err(e) => return Close::Error(e),
         }
     }

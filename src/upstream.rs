@@ -5,6 +5,11 @@
 //! it marks the backend down (passive check), hands every unsettled frame
 //! back to the dispatcher, and reconnects with exponential backoff and
 //! jitter. Spawned by the server, `connections` per backend.
+//!
+//! Over TLS (`[pool.tls]`) `SIOCOUTQ` counts ciphertext: the socket is
+//! wrapped in [`Counted`], and after each batch is written and flushed its
+//! frames are settled against the ciphertext bytes written by then, so a
+//! frame settles only once every TLS record holding it is acknowledged.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -16,7 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -164,6 +169,81 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub tcp_user_timeout: Duration,
     pub metrics: PoolMetrics,
+    /// The pool's TLS material, read at each connect (`None` inside:
+    /// plain TCP).
+    pub tls: crate::tls::PoolTlsSlot,
+}
+
+/// An open backend connection.
+enum Conn {
+    Plain(TcpStream),
+    /// TLS over a socket that counts what is written to it.
+    Tls {
+        stream: Box<tokio_rustls::client::TlsStream<Counted>>,
+        fd: RawFd,
+        wire: Arc<AtomicU64>,
+    },
+}
+
+/// A TCP stream that counts the bytes written to the socket (over TLS:
+/// ciphertext, what `SIOCOUTQ` is measured against).
+pub struct Counted {
+    inner: TcpStream,
+    written: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Why a connected session ended.
@@ -242,12 +322,22 @@ impl Upstream {
                 r = self.connect() => r,
             };
             match connected {
-                Ok(stream) => {
+                Ok(conn) => {
                     self.backend.metrics.connect_ok.inc();
                     backoff.reset();
                     self.shared.connected.store(true, Ordering::Release);
                     self.backend.connection_opened();
-                    let end = self.serve(stream, &abort).await;
+                    let end = match conn {
+                        Conn::Plain(mut stream) => {
+                            let fd = stream.as_raw_fd();
+                            let (rd, wr) = stream.split();
+                            self.serve(rd, wr, fd, None, &abort).await
+                        }
+                        Conn::Tls { stream, fd, wire } => {
+                            let (rd, wr) = tokio::io::split(*stream);
+                            self.serve(rd, wr, fd, Some(&wire), &abort).await
+                        }
+                    };
                     self.shared.connected.store(false, Ordering::Release);
                     self.backend.connection_closed();
                     match end {
@@ -292,7 +382,39 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> io::Result<TcpStream> {
+    /// Connects, and over TLS completes the handshake, each step within
+    /// `connect-timeout`.
+    async fn connect(&self) -> io::Result<Conn> {
+        let stream = self.connect_tcp().await?;
+        let Some(tls) = crate::tls::current(&self.settings.tls) else {
+            return Ok(Conn::Plain(stream));
+        };
+        let fd = stream.as_raw_fd();
+        let wire = Arc::new(AtomicU64::new(0));
+        let counted = Counted {
+            inner: stream,
+            written: wire.clone(),
+        };
+        let addr = self.backend.addr;
+        let stream = tokio::time::timeout(self.settings.connect_timeout, tls.connect(addr, counted))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS session within {:?}", self.settings.connect_timeout),
+                )
+            })?
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+        // What the handshake wrote is not frame data.
+        wire.store(0, Ordering::Relaxed);
+        Ok(Conn::Tls {
+            stream: Box::new(stream),
+            fd,
+            wire,
+        })
+    }
+
+    async fn connect_tcp(&self) -> io::Result<TcpStream> {
         let addr = self.backend.addr;
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -318,12 +440,24 @@ impl Upstream {
         Ok(stream)
     }
 
-    async fn serve(&mut self, mut stream: TcpStream, abort: &CancellationToken) -> End {
-        let fd = stream.as_raw_fd();
+    /// Serves one open connection. `wire`: over TLS, the bytes written to
+    /// the socket (ciphertext); `None` for plain TCP, where frame bytes are
+    /// socket bytes.
+    async fn serve<R, W>(
+        &mut self,
+        mut rd: R,
+        mut wr: W,
+        fd: RawFd,
+        wire: Option<&AtomicU64>,
+        abort: &CancellationToken,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         self.written = 0;
         self.replay.clear();
         self.replay_bytes = 0;
-        let (mut rd, mut wr) = stream.split();
         let mut discard = [0u8; 512];
         let mut tick = tokio::time::interval(SETTLE_TICK);
         self.last_progress = std::time::Instant::now();
@@ -347,9 +481,17 @@ impl Upstream {
                         let bytes = self.encode(batch, &mut parts);
                         // A batch is at most about `queue-bytes`: a backend that
                         // takes less than that in tcp-user-timeout is hung.
+                        let write = async {
+                            write_all_vectored(&mut wr, &parts).await?;
+                            if wire.is_some() {
+                                // Push the TLS records out now.
+                                wr.flush().await?;
+                            }
+                            Ok::<(), io::Error>(())
+                        };
                         let res = tokio::select! {
                             _ = abort.cancelled() => return End::Aborted,
-                            r = write_all_vectored(&mut wr, &parts) => r,
+                            r = write => r,
                             _ = tokio::time::sleep(self.settings.tcp_user_timeout) => {
                                 return End::Failed {
                                     reason: format!("write blocked for {:?}", self.settings.tcp_user_timeout),
@@ -360,6 +502,15 @@ impl Upstream {
                         parts.clear();
                         if let Err(e) = res {
                             return End::Failed { reason: format!("write: {e}"), clean: false };
+                        }
+                        if let Some(wire) = wire {
+                            // Every record of this batch is on the socket:
+                            // its frames end where the ciphertext ends now.
+                            let end = wire.load(Ordering::Relaxed);
+                            for e in self.fifo.iter_mut().rev().take(n as usize) {
+                                e.0 = end;
+                            }
+                            self.written = end;
                         }
                         self.backend.metrics.frames_out.inc_by(n);
                         self.backend.metrics.bytes_out.inc_by(bytes);

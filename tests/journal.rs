@@ -559,7 +559,7 @@ async fn torn_tail_cut_at_every_offset_is_recovered_exactly() {
         anchors: Some(w.anchors.clone()),
         ..cfg_base.clone()
     };
-    let mut run = Writer::open(&crashed, metrics.journal(), &[0; 32]).unwrap();
+    let mut run = Writer::open(&crashed, metrics.journal(), &Default::default()).unwrap();
     run.checkpoint().unwrap();
     drop(run);
     let seg = w.segments().pop().unwrap();
@@ -592,7 +592,7 @@ async fn torn_tail_cut_at_every_offset_is_recovered_exactly() {
             anchors: Some(c.anchors.clone()),
             ..cfg_base.clone()
         };
-        let mut wr = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+        let mut wr = Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap();
         wr.close().unwrap();
         drop(wr);
         let after = std::fs::read(&target).unwrap();
@@ -826,7 +826,7 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
         })
         .collect();
     // A run that checkpointed, wrote more, then died (no close).
-    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap();
     w.append_frames("p", &mut frames[..5]);
     w.flush().unwrap();
     w.checkpoint().unwrap();
@@ -841,7 +841,7 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
     // Restart: the damaged segment is left exactly as it is, a new one
     // starts, the alarm is raised.
     let metrics = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap();
     w.close().unwrap();
     assert_eq!(
         std::fs::read(&seg).unwrap(),
@@ -856,12 +856,12 @@ fn damage_before_the_last_checkpoint_is_never_repaired() {
     assert_eq!(f.segment, seg);
     // The alarm survives a restart until an operator clears it.
     let metrics = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap();
     w.close().unwrap();
     assert_eq!(metrics.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
     std::fs::remove_file(dir.join("ALARM")).unwrap();
     let metrics = auditlb::metrics::Metrics::new();
-    drop(Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap());
+    drop(Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap());
     assert_eq!(metrics.sum("auditlb_journal_tamper_alarm", &[]), 0.0);
 }
 
@@ -871,8 +871,8 @@ fn epochs_continue_across_a_run_that_died_before_its_first_checkpoint() {
     let (dir, cfg) = one_clean_run("epochs");
     let m = auditlb::metrics::Metrics::new();
     // A run killed before any checkpoint.
-    drop(Writer::open(&cfg, m.journal(), &[0; 32]).unwrap());
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    drop(Writer::open(&cfg, m.journal(), &Default::default()).unwrap());
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.close().unwrap();
     let r = verify(&dir, None, None).unwrap();
     assert!(r.failure.is_none(), "{}", r.text());
@@ -1012,7 +1012,7 @@ fn one_clean_run(name: &str) -> (PathBuf, auditlb::config::JournalConfig) {
         ..auditlb::config::JournalConfig::default()
     };
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.checkpoint().unwrap();
     w.close().unwrap();
     (dir, cfg)
@@ -1189,7 +1189,7 @@ fn a_disk_that_keeps_filling_up_never_breaks_the_chain() {
         ..auditlb::config::JournalConfig::default()
     };
     let metrics = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, metrics.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, metrics.journal(), &Default::default()).unwrap();
     // Fill the rest of the file system with 16 KiB files.
     let mut fillers = Vec::new();
     for i in 0.. {
@@ -1280,7 +1280,7 @@ fn awkward_newest_segments_never_stop_auditlb_from_starting() {
         let seg = dir.join(format!("{:020}.seg", next(&dir)));
         std::fs::write(&seg, bytes).unwrap();
         let m = auditlb::metrics::Metrics::new();
-        let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+        let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
         w.close().unwrap();
         drop(w);
         assert_eq!(m.sum("auditlb_journal_tamper_alarm", &[]), 0.0);
@@ -1299,7 +1299,7 @@ fn awkward_newest_segments_never_stop_auditlb_from_starting() {
     bytes[HEADER_LEN + 30] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.close().unwrap();
     assert_eq!(m.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
     assert_eq!(std::fs::read(&seg).unwrap(), bytes, "evidence kept");
@@ -1321,7 +1321,7 @@ fn a_crafted_huge_epoch_is_reported_at_once() {
         ..auditlb::config::JournalConfig::default()
     };
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.checkpoint().unwrap();
     drop(w);
     let seg = list_segments(&journal).unwrap().pop().unwrap().path;
@@ -1342,7 +1342,7 @@ fn a_crafted_huge_epoch_is_reported_at_once() {
     let r = verify(&journal, None, Some(&k0)).unwrap();
     assert_eq!(class(&r), Some(Class::EpochGap), "{}", r.text());
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.close().unwrap();
     assert_eq!(m.sum("auditlb_journal_tamper_alarm", &[]), 1.0);
     assert!(
@@ -1373,7 +1373,7 @@ fn odd_files_named_like_segments_and_escape_sequences() {
     assert!(r.failure.unwrap().message.contains("not a regular file"));
     // The writer skips it too, and starts.
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.close().unwrap();
     std::fs::remove_file(&fifo).unwrap();
     // A RECOVERY reason with an escape sequence is shown escaped.
@@ -1507,7 +1507,7 @@ fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
     };
     let run = |checkpoints: usize| {
         let m = auditlb::metrics::Metrics::new();
-        let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+        let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
         for _ in 0..checkpoints {
             w.checkpoint().unwrap();
         }
@@ -1552,7 +1552,7 @@ fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
     };
     fifo(&journal.join("ALARM"));
     let m = auditlb::metrics::Metrics::new();
-    let w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     drop(w);
     std::fs::remove_file(journal.join("ALARM")).unwrap();
     let fifo_anchors = dir.join("fifo-anchors");
@@ -1561,12 +1561,12 @@ fn anchors_keys_and_odd_files_as_crashes_and_intruders_leave_them() {
         anchors: Some(fifo_anchors.clone()),
         ..cfg.clone()
     };
-    assert!(Writer::open(&bad, m.journal(), &[0; 32]).is_err());
+    assert!(Writer::open(&bad, m.journal(), &Default::default()).is_err());
     assert!(verify(&journal, Some(&fifo_anchors), None).is_err());
     // A file named for a seq near u64::MAX is no segment of the journal.
     std::fs::write(journal.join(format!("{:020}.seg", u64::MAX)), b"x").unwrap();
     let m = auditlb::metrics::Metrics::new();
-    let mut w = Writer::open(&cfg, m.journal(), &[0; 32]).unwrap();
+    let mut w = Writer::open(&cfg, m.journal(), &Default::default()).unwrap();
     w.close().unwrap();
 }
 

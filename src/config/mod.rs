@@ -266,6 +266,107 @@ pub struct ListenerConfig {
     /// long (a stuck or slowloris client). Default 30s.
     #[serde(default = "default_frame_timeout")]
     pub frame_timeout: HumanDuration,
+    /// Syslog over TLS (RFC 5425) on this listener; plain TCP when absent.
+    pub tls: Option<ListenerTlsConfig>,
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// Asked for; a client without one is let in (anonymous), a client
+    /// whose certificate fails the checks is refused.
+    Optional,
+    /// A valid client certificate (and one `allow` admits) is required.
+    Required,
+}
+
+/// Lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V12,
+    #[serde(rename = "1.3")]
+    V13,
+}
+
+/// `[listener.tls]`. Paths are relative to the working directory, like the
+/// journal's. Every file is read again on each reload (SIGHUP).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerTlsConfig {
+    /// PEM: the server certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, RSA PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Default: `required` when `client-ca` or `allow` is set, else `none`.
+    pub client_auth: Option<ClientAuth>,
+    /// PEM: roots that client certificates must chain to. Needed for
+    /// client certificates, unless every client is pinned in `allow`.
+    pub client_ca: Option<PathBuf>,
+    /// PEM CRLs of the client CA; a revoked client certificate is refused.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// Which client certificates are let in (RFC 5425 section 5): any of
+    /// `sha256:AB:CD:..` (a pin: that exact certificate, trusted even
+    /// self-signed), `dns:PATTERN` (a subjectAltName DNS name, or the CN
+    /// when there is none; `*` matches within one label), `cn:PATTERN`
+    /// (the subject CN; `*` matches anything). Empty: any certificate that
+    /// chains to `client-ca`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Default `1.2`.
+    #[serde(default = "default_min_version")]
+    pub min_version: TlsVersion,
+    /// A client that has not finished the handshake in this long is cut.
+    /// Default 10s.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+impl ListenerTlsConfig {
+    /// The effective `client-auth`.
+    pub fn client_auth(&self) -> ClientAuth {
+        self.client_auth.unwrap_or(
+            if self.client_ca.is_some() || !self.allow.is_empty() {
+                ClientAuth::Required
+            } else {
+                ClientAuth::None
+            },
+        )
+    }
+}
+
+/// `[pool.tls]`: TLS towards every backend of the pool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PoolTlsConfig {
+    /// PEM: roots the backends' certificates must chain to. Needed unless
+    /// `pin` is set.
+    pub ca: Option<PathBuf>,
+    /// Sent as SNI and checked against the backend's certificate. Default:
+    /// the backend's IP address (checked against its IP SANs).
+    pub server_name: Option<String>,
+    /// PEM: a client certificate (chain) to present; with `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM: its private key.
+    pub key: Option<PathBuf>,
+    /// `sha256:..` fingerprints: a backend presenting exactly one of these
+    /// certificates is trusted without `ca` or name checks.
+    #[serde(default)]
+    pub pin: Vec<String>,
+    /// Default `1.2`.
+    #[serde(default = "default_min_version")]
+    pub min_version: TlsVersion,
+}
+
+fn default_min_version() -> TlsVersion {
+    TlsVersion::V12
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 /// How a pool picks a backend for each frame.
@@ -338,6 +439,9 @@ pub struct PoolConfig {
     pub replay_window: ByteSize,
     #[serde(default)]
     pub health: HealthConfig,
+    /// TLS towards the backends (and a TLS handshake as the health check);
+    /// plain TCP when absent.
+    pub tls: Option<PoolTlsConfig>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }

@@ -171,6 +171,9 @@ impl Config {
             if l.frame_timeout.0.is_zero() {
                 errs.push(format!("{at}.frame-timeout: must be more than 0"));
             }
+            if let Some(t) = &l.tls {
+                validate_listener_tls(&format!("{at}.tls"), t, &mut errs);
+            }
         }
         let mut pnames = HashSet::new();
         for (i, p) in self.pools.iter().enumerate() {
@@ -240,6 +243,9 @@ impl Config {
                     "{at}.backend: a mirror pool sends every frame to every backend; backup = true has no meaning there"
                 ));
             }
+            if let Some(t) = &p.tls {
+                validate_pool_tls(&format!("{at}.tls"), t, &mut errs);
+            }
             let mut baddrs = HashSet::new();
             for (j, b) in p.backends.iter().enumerate() {
                 let bat = format!("{at}.backend[{j}]");
@@ -263,6 +269,67 @@ impl Config {
             Ok(())
         } else {
             Err(errs)
+        }
+    }
+}
+
+/// What can be told about `[listener.tls]` without reading its files
+/// ([`crate::tls::load`] reads them).
+fn validate_listener_tls(at: &str, t: &ListenerTlsConfig, errs: &mut Vec<String>) {
+    let allow = match crate::tls::Allow::parse(&format!("{at}.allow"), &t.allow) {
+        Ok(a) => a,
+        Err(e) => {
+            errs.extend(e);
+            crate::tls::Allow::default()
+        }
+    };
+    let auth = t.client_auth();
+    if auth == ClientAuth::None {
+        if t.client_ca.is_some() {
+            errs.push(format!(
+                "{at}.client-ca: set, but client-auth = \"none\" asks no client for a certificate"
+            ));
+        }
+        if !t.allow.is_empty() {
+            errs.push(format!(
+                "{at}.allow: set, but client-auth = \"none\" asks no client for a certificate"
+            ));
+        }
+    } else if t.client_ca.is_none() && !allow.has_pins() {
+        errs.push(format!(
+            "{at}.client-ca: needed to check client certificates (or pin them in allow with sha256:..)"
+        ));
+    }
+    if !t.crl.is_empty() && t.client_ca.is_none() {
+        errs.push(format!("{at}.crl: needs client-ca (a CRL speaks for the CA that issued it)"));
+    }
+    if t.handshake_timeout.0.is_zero() {
+        errs.push(format!("{at}.handshake-timeout: must be more than 0"));
+    }
+}
+
+/// What can be told about `[pool.tls]` without reading its files.
+fn validate_pool_tls(at: &str, t: &PoolTlsConfig, errs: &mut Vec<String>) {
+    let mut pins = 0;
+    for (k, p) in t.pin.iter().enumerate() {
+        match crate::tls::Fingerprint::parse(p) {
+            Ok(_) => pins += 1,
+            Err(e) => errs.push(format!("{at}.pin[{k}]: {e}")),
+        }
+    }
+    if t.ca.is_none() && pins == 0 && t.pin.is_empty() {
+        errs.push(format!(
+            "{at}.ca: needed to check the backends' certificates (or pin them with pin = [\"sha256:..\"])"
+        ));
+    }
+    match (&t.cert, &t.key) {
+        (Some(_), None) => errs.push(format!("{at}.key: needed with cert")),
+        (None, Some(_)) => errs.push(format!("{at}.cert: needed with key")),
+        _ => {}
+    }
+    if let Some(n) = &t.server_name {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            errs.push(format!("{at}.server-name: {n:?} is not a DNS name or IP address"));
         }
     }
 }

@@ -9,7 +9,9 @@
 //!   looks like one that held an LF.
 //! - `jsonl`: every record, with its seq, time, type, listener, client,
 //!   backend and the frame byte for byte (JSON string, or base64 when not
-//!   UTF-8).
+//!   UTF-8). A frame that came over TLS also carries `"tls"`: its
+//!   connection's version, cipher, SNI and client certificate (fingerprint,
+//!   subject, SANs), from the CONNECTION record its meta refers to.
 //!
 //! `--from`/`--to` take a seq or an RFC 3339 time; any other text is an
 //! error, never a panic.
@@ -89,6 +91,10 @@ pub fn cat(
         } else {
             Mapped::map_populated(&seg.path)?
         };
+        // CONNECTION records of this segment, as JSON, by seq (a segment
+        // holds the CONNECTION record of every frame in it that refers to
+        // one, so this is bounded by one segment).
+        let mut conns: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
         for step in Records::new(mapped.bytes()) {
             let r = match step {
                 Ok((_, r)) => r,
@@ -100,6 +106,9 @@ pub fn cat(
                     break;
                 }
             };
+            if format == Format::Jsonl && r.kind() == Some(RecordType::Connection) {
+                conns.insert(r.seq, tls_json(&r));
+            }
             if from.is_some_and(|b| !b.allows_from(&r)) || to.is_some_and(|b| !b.allows_to(&r)) {
                 continue;
             }
@@ -111,7 +120,15 @@ pub fn cat(
                     }
                 }
                 Format::Jsonl => {
-                    out.write_all(json_line(&r, backend_of(&delivered, r.seq)).as_bytes())?;
+                    let conn = match r.kind() {
+                        Some(RecordType::Connection) => conns.get(&r.seq),
+                        _ => r
+                            .meta_value(tag::CONN)
+                            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                            .and_then(|v| conns.get(&u64::from_be_bytes(v))),
+                    };
+                    let line = json_line(&r, backend_of(&delivered, r.seq), conn.map(String::as_str));
+                    out.write_all(line.as_bytes())?;
                     n += 1;
                 }
             }
@@ -162,7 +179,34 @@ fn backend_of(ranges: &[(u64, u64, String)], seq: u64) -> Option<&str> {
         .map(|r| r.2.as_str())
 }
 
-fn json_line(r: &Record<'_>, backend: Option<&str>) -> String {
+/// A CONNECTION record's TLS fields as a JSON object.
+fn tls_json(r: &Record<'_>) -> String {
+    let text = |t: u8| {
+        r.meta_value(t)
+            .map_or("null".into(), |v| json_str(&String::from_utf8_lossy(v)))
+    };
+    let sans: Vec<String> = r
+        .meta_values(tag::PEER_SAN)
+        .map(|v| json_str(&String::from_utf8_lossy(v)))
+        .collect();
+    let conn = r
+        .body
+        .get(1..9)
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+    format!(
+        "{{\"connection\":{},\"conn_id\":{conn},\"protocol\":{},\"version\":{},\"cipher\":{},\"sni\":{},\"peer_sha256\":{},\"peer_subject\":{},\"peer_san\":[{}]}}",
+        r.seq,
+        text(tag::PROTOCOL),
+        text(tag::TLS_VERSION),
+        text(tag::CIPHER),
+        text(tag::SNI),
+        text(tag::PEER_SHA256),
+        text(tag::PEER_SUBJECT),
+        sans.join(","),
+    )
+}
+
+fn json_line(r: &Record<'_>, backend: Option<&str>, tls: Option<&str>) -> String {
     let kind = r.kind().map_or("UNKNOWN", RecordType::name);
     let meta = |t: u8| {
         r.meta_value(t)
@@ -203,7 +247,19 @@ fn json_line(r: &Record<'_>, backend: Option<&str>) -> String {
             }
         }
         Some(RecordType::Recovery) => s.push_str(&format!(",\"reason\":{}", meta(tag::REASON))),
+        Some(RecordType::Config) => {
+            let loaded: Vec<String> = r
+                .meta_values(tag::TLS_LOADED)
+                .map(|v| json_str(&String::from_utf8_lossy(v)))
+                .collect();
+            if !loaded.is_empty() {
+                s.push_str(&format!(",\"tls_loaded\":[{}]", loaded.join(",")));
+            }
+        }
         _ => {}
+    }
+    if let Some(t) = tls {
+        s.push_str(&format!(",\"tls\":{t}"));
     }
     s.push_str("}\n");
     s

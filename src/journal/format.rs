@@ -50,6 +50,11 @@ pub enum RecordType {
     Cursor = 10,
     /// Tampering found at start-up (what, where), chained like any record.
     Alarm = 11,
+    /// Who is on the other end of a TLS connection (and what it
+    /// negotiated), written before its first frame in each segment; its
+    /// frames carry this record's seq (meta `CONN`). Body: version byte 1,
+    /// then the process-local connection number (u64) the logs use.
+    Connection = 12,
 }
 
 impl RecordType {
@@ -66,6 +71,7 @@ impl RecordType {
             9 => Self::Config,
             10 => Self::Cursor,
             11 => Self::Alarm,
+            12 => Self::Connection,
             _ => return None,
         })
     }
@@ -83,6 +89,7 @@ impl RecordType {
             Self::Config => "CONFIG",
             Self::Cursor => "DELIVERY_CURSOR",
             Self::Alarm => "ALARM",
+            Self::Connection => "CONNECTION",
         }
     }
 
@@ -96,10 +103,38 @@ impl RecordType {
 pub mod tag {
     pub const LISTENER: u8 = 1;
     pub const CLIENT: u8 = 2;
-    pub const TLS_IDENTITY: u8 = 3;
+    /// On a FRAME: the seq (u64) of its connection's CONNECTION record in
+    /// the same segment.
+    pub const CONN: u8 = 3;
     pub const BACKEND: u8 = 4;
     pub const REASON: u8 = 5;
     pub const POOL: u8 = 6;
+    /// CONNECTION: `syslog+tls`.
+    pub const PROTOCOL: u8 = 7;
+    /// CONNECTION: `TLSv1.3`, `TLSv1.2`.
+    pub const TLS_VERSION: u8 = 8;
+    /// CONNECTION: the cipher suite's IANA name.
+    pub const CIPHER: u8 = 9;
+    /// CONNECTION: the server name the client asked for.
+    pub const SNI: u8 = 10;
+    /// CONNECTION: the client certificate's SHA-256 (`sha256:AB:..`).
+    pub const PEER_SHA256: u8 = 11;
+    /// CONNECTION: the client certificate's subject DN.
+    pub const PEER_SUBJECT: u8 = 12;
+    /// CONNECTION, repeated: a subjectAltName (`dns:..`, `ip:..`,
+    /// `email:..`, `uri:..`).
+    pub const PEER_SAN: u8 = 13;
+    /// CONFIG, repeated: one loaded TLS file (`listener NAME cert
+    /// sha256:.. SUBJECT`).
+    pub const TLS_LOADED: u8 = 14;
+}
+
+/// The body of a CONNECTION record (format version 1).
+pub fn connection_body(conn_id: u64) -> [u8; 9] {
+    let mut b = [0u8; 9];
+    b[0] = 1;
+    b[1..].copy_from_slice(&conn_id.to_be_bytes());
+    b
 }
 
 /// Why bytes are not a segment header or a record (what `verify` reports
@@ -316,6 +351,23 @@ impl<'a> Record<'a> {
             m = &m[3 + len..];
         }
         None
+    }
+
+    /// Every value of meta tag `t` (repeated tags), in order.
+    pub fn meta_values(&self, t: u8) -> impl Iterator<Item = &'a [u8]> {
+        let mut m = self.meta;
+        std::iter::from_fn(move || {
+            while m.len() >= 3 {
+                let len = usize::from(u16::from_be_bytes([m[1], m[2]]));
+                let v = m.get(3..3 + len)?;
+                let tag = m[0];
+                m = &m[3 + len..];
+                if tag == t {
+                    return Some(v);
+                }
+            }
+            None
+        })
     }
 }
 

@@ -57,6 +57,16 @@ pub enum Ingress {
     Reconfigure(Box<Reconfigure>),
 }
 
+/// What a CONFIG record says about the config in force: the SHA-256 of
+/// its text (the body) and one line per TLS file it loaded, with the
+/// file's fingerprint (repeated meta `TLS_LOADED`), since a reload may
+/// change certificates without changing the text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigStamp {
+    pub hash: format::Hash,
+    pub tls: Vec<String>,
+}
+
 /// A change of the writer's routing, sent by a reload. Pool and listener
 /// slots are never reused: a removed pool keeps its slot, closed.
 #[derive(Debug)]
@@ -68,8 +78,8 @@ pub struct Reconfigure {
     pub close_pools: Vec<usize>,
     /// Pool slot of every listener slot (`None`: listener removed).
     pub routes: Vec<Option<usize>>,
-    /// Hash of the new config text, for a CONFIG record.
-    pub config_hash: Option<format::Hash>,
+    /// The new config, for a CONFIG record.
+    pub config: Option<ConfigStamp>,
     /// Answered with the seq of the CONFIG record (or the last seq written)
     /// once the change is written.
     pub done: tokio::sync::oneshot::Sender<u64>,

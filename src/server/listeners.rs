@@ -20,6 +20,7 @@ impl Server {
         cfg: &ListenerConfig,
         sock: TcpListener,
         slot: usize,
+        tls: Option<Arc<crate::tls::ListenerTls>>,
     ) -> std::io::Result<()> {
         let l = Listener::new(
             cfg,
@@ -27,9 +28,10 @@ impl Server {
             self.ingress.clone(),
             slot,
             self.ctx.metrics.listener(&cfg.name),
+            tls,
         );
         let addr = l.local_addr()?;
-        tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, "listening");
+        tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, tls = cfg.tls.is_some(), "listening");
         let stop = self.stop.child_token();
         let sessions = TaskTracker::new();
         let shared = l.shared();

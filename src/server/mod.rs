@@ -91,6 +91,8 @@ pub enum StartError {
     Journal(#[from] journal::writer::JournalError),
     #[error("the journal writer thread died while opening the journal")]
     JournalThread,
+    #[error("TLS material: {}", .0.join("; "))]
+    Tls(Vec<String>),
     #[error("listener {name}: {source}")]
     Listener {
         name: String,
@@ -107,6 +109,11 @@ impl Server {
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
         let background_stop = CancellationToken::new();
+
+        // TLS files first: a bad certificate or key stops the start with
+        // its key path and file named.
+        let material = crate::tls::load(&config).map_err(StartError::Tls)?;
+        metrics.set_tls_material(&config, &material);
 
         // Bind first, so a bad address fails before anything starts.
         let mut bound = Vec::new();
@@ -144,7 +151,10 @@ impl Server {
         let journal_ready = journal::writer::spawn(journal::writer::Start {
             cfg: config.journal.clone(),
             metrics: metrics.journal(),
-            config_hash: config.source_hash,
+            config: journal::ConfigStamp {
+                hash: config.source_hash,
+                tls: material.summary(&config),
+            },
             rx: journal_rx,
             pools: links,
             routes: routes.clone(),
@@ -173,7 +183,13 @@ impl Server {
 
         let mut pools = Vec::new();
         let mut resume = opened.cursors.into_iter();
-        for (slot, (p, ends)) in config.pools.iter().zip(ends).enumerate() {
+        for (slot, ((p, ends), tls)) in config
+            .pools
+            .iter()
+            .zip(ends)
+            .zip(material.pools.iter().cloned())
+            .enumerate()
+        {
             let starts: Vec<u64> = delivery_names(p)
                 .iter()
                 .map(|name| {
@@ -184,7 +200,7 @@ impl Server {
                     cursor
                 })
                 .collect();
-            pools.push(ctx.start_pool(p, slot, ends, &starts));
+            pools.push(ctx.start_pool(p, slot, ends, &starts, tls));
         }
         let view: PoolView = Arc::new(Mutex::new(pools.iter().map(PoolState::runtime).collect()));
 
@@ -225,9 +241,15 @@ impl Server {
             journal_done: opened.done,
             config: config.clone(),
         };
-        for (slot, (cfg, sock)) in config.listeners.iter().zip(bound).enumerate() {
+        for (slot, ((cfg, sock), tls)) in config
+            .listeners
+            .iter()
+            .zip(bound)
+            .zip(material.listeners.iter().cloned())
+            .enumerate()
+        {
             server
-                .start_listener(cfg, sock, slot)
+                .start_listener(cfg, sock, slot, tls)
                 .map_err(|source| StartError::Listener {
                     name: cfg.name.clone(),
                     source,

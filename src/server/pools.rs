@@ -61,6 +61,7 @@ pub(super) fn upstream_shape(p: &PoolConfig) -> impl PartialEq {
         p.connect_timeout,
         p.tcp_user_timeout,
         p.replay_window,
+        p.tls.clone(),
     )
 }
 
@@ -74,6 +75,7 @@ impl PoolSupervisor {
         slot: usize,
         ends: PoolEnds,
         starts: &[u64],
+        tls: Option<Arc<crate::tls::PoolTls>>,
     ) -> PoolState {
         let name: Arc<str> = p.name.as_str().into();
         let pool_metrics = self.metrics.pool(&p.name);
@@ -87,6 +89,7 @@ impl PoolSupervisor {
                 connect_timeout: p.connect_timeout.0,
                 tcp_user_timeout: p.tcp_user_timeout.0,
                 metrics: pool_metrics.clone(),
+                tls: Arc::new(std::sync::RwLock::new(tls)),
             },
             next_backend: 0,
         };
@@ -178,7 +181,7 @@ impl PoolSupervisor {
             self.metrics.backend(&p.name, &b.address),
             wake.clone(),
         ));
-        let health = self.start_health(&backend, p);
+        let health = self.start_health(&backend, p, &state.settings.tls);
         let conns = (0..p.connections)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(UPSTREAM_BATCHES);
@@ -246,7 +249,7 @@ impl PoolSupervisor {
                         let mut m = old_members.remove(k);
                         m.cfg = b.clone();
                         if health_changed {
-                            self.restart_health(&mut m, new);
+                            self.restart_health(&mut m, new, &state.settings.tls);
                         }
                         members.push(m);
                     }
@@ -279,23 +282,42 @@ impl PoolSupervisor {
         applied
     }
 
-    pub(super) fn restart_health(&self, m: &mut BackendHandle, p: &PoolConfig) {
+    pub(super) fn restart_health(&self, m: &mut BackendHandle, p: &PoolConfig, tls: &crate::tls::PoolTlsSlot) {
         m.health.cancel();
         m.backend.set_thresholds(p.health.rise, p.health.fall);
-        m.health = self.start_health(&m.backend, p);
+        m.health = self.start_health(&m.backend, p, tls);
     }
 
     /// A backend's active health checker; cancel the token to stop it.
-    pub(super) fn start_health(&self, backend: &Arc<Backend>, p: &PoolConfig) -> CancellationToken {
+    /// A backend's active health checker (a TCP connect, or a TLS
+    /// handshake for a TLS pool); cancel the token to stop it.
+    pub(super) fn start_health(
+        &self,
+        backend: &Arc<Backend>,
+        p: &PoolConfig,
+        tls: &crate::tls::PoolTlsSlot,
+    ) -> CancellationToken {
         let stop = self.background_stop.child_token();
-        self.background.spawn(health::run(
-            backend.clone(),
-            p.health.interval.0,
-            health::TcpConnect {
-                timeout: p.health.timeout.0,
-            },
-            stop.clone(),
-        ));
+        let timeout = p.health.timeout.0;
+        let interval = p.health.interval.0;
+        if p.tls.is_some() {
+            self.background.spawn(health::run(
+                backend.clone(),
+                interval,
+                health::TlsHandshake {
+                    timeout,
+                    tls: tls.clone(),
+                },
+                stop.clone(),
+            ));
+        } else {
+            self.background.spawn(health::run(
+                backend.clone(),
+                interval,
+                health::TcpConnect { timeout },
+                stop.clone(),
+            ));
+        }
         stop
     }
 

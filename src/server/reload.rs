@@ -206,10 +206,20 @@ impl Server {
                 continue;
             }
             match listener::bind(l) {
-                Ok(sock) => fresh.push((l.clone(), sock)),
+                Ok(sock) => fresh.push((i, l.clone(), sock)),
                 Err(e) => problems.push(format!("listener[{i}].address: {e}")),
             }
         }
+        // Every TLS file is read again (a rotated certificate under the
+        // same path is new material); one bad file refuses the reload and
+        // the running material stays.
+        let material = match crate::tls::load(&new) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.extend(e);
+                crate::tls::Material::default()
+            }
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -225,7 +235,10 @@ impl Server {
             let (link, ends) = handoff::link(&p.name, delivery_names(p), start);
             add_pools.push(link);
             let starts = vec![start; delivery_names(p).len()];
-            self.pools.push(self.ctx.start_pool(p, slot, ends, &starts));
+            self.pools.push(
+                self.ctx
+                    .start_pool(p, slot, ends, &starts, material.pools[i].clone()),
+            );
             report.pools_added += 1;
         }
         let slot_of = |name: &str, pools: &[PoolState]| {
@@ -240,12 +253,20 @@ impl Server {
             }
         }
         let mut fresh_slots = Vec::new();
-        for (l, _) in &fresh {
+        for (_, l, _) in &fresh {
             fresh_slots.push(routes.len());
             routes.push(slot_of(&l.pool, &self.pools));
         }
         let config_seq = match self
-            .reconfigure(add_pools, Vec::new(), routes.clone(), Some(new.source_hash))
+            .reconfigure(
+                add_pools,
+                Vec::new(),
+                routes.clone(),
+                Some(journal::ConfigStamp {
+                    hash: new.source_hash,
+                    tls: material.summary(&new),
+                }),
+            )
             .await
         {
             Some(seq) => seq,
@@ -254,6 +275,15 @@ impl Server {
         self.routes = routes;
         report.config_seq = config_seq;
 
+        // New TLS material for every kept pool: connections made from now
+        // on use it; open ones keep theirs.
+        for (i, p) in new.pools.iter().enumerate() {
+            if let Some(state) = self.pools.iter().find(|s| s.cfg.name == p.name) {
+                *state.settings.tls.write().unwrap_or_else(|e| e.into_inner()) =
+                    material.pools[i].clone();
+            }
+        }
+        self.ctx.metrics.set_tls_material(&new, &material);
         // Changed pools, in place.
         let mut applied = Vec::new();
         for &(k, i) in &plan.changed_pools {
@@ -273,12 +303,21 @@ impl Server {
         // Listeners: changed limits, new ones, removed ones.
         for &(k, i) in &plan.changed_listeners {
             let l = &new.listeners[i];
-            self.listeners[k].shared.update(l);
+            self.listeners[k].shared.update(l, material.listeners[i].clone());
             self.listeners[k].cfg = l.clone();
             report.listeners_changed += 1;
         }
-        for ((l, sock), slot) in fresh.into_iter().zip(fresh_slots) {
-            if let Err(e) = self.start_listener(&l, sock, slot) {
+        // Unchanged TLS listeners still take the files as read now.
+        for (i, kept) in kept.iter().enumerate() {
+            let Some(k) = *kept else { continue };
+            if material.listeners[i].is_some() && !plan.changed_listeners.contains(&(k, i)) {
+                self.listeners[k]
+                    .shared
+                    .update(&new.listeners[i], material.listeners[i].clone());
+            }
+        }
+        for ((i, l, sock), slot) in fresh.into_iter().zip(fresh_slots) {
+            if let Err(e) = self.start_listener(&l, sock, slot, material.listeners[i].clone()) {
                 tracing::error!(listener = %l.name, error = %e, "reload: listener did not start");
             }
             report.listeners_added += 1;
@@ -336,14 +375,14 @@ impl Server {
         add_pools: Vec<handoff::PoolLink>,
         close_pools: Vec<usize>,
         routes: Vec<Option<usize>>,
-        config_hash: Option<journal::format::Hash>,
+        config: Option<journal::ConfigStamp>,
     ) -> Option<u64> {
         let (done, applied) = tokio::sync::oneshot::channel();
         let rc = Reconfigure {
             add_pools,
             close_pools,
             routes,
-            config_hash,
+            config,
             done,
         };
         self.ingress

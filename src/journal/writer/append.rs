@@ -8,6 +8,56 @@ impl Writer {
     pub(super) fn start_segment_records(&mut self, segment_no: u64) {
         let body = crate::journal::format::segment_start_body(segment_no, &self.journal_id);
         self.push(RecordType::SegmentStart, 0, &[], &body);
+        self.announced.clear();
+    }
+
+    /// A CONFIG record: the config's hash, and each TLS file it loaded.
+    pub(super) fn push_config(&mut self, stamp: &crate::journal::ConfigStamp) -> u64 {
+        let meta: Vec<(u8, &[u8])> = stamp
+            .tls
+            .iter()
+            .map(|l| (tag::TLS_LOADED, l.as_bytes()))
+            .collect();
+        self.push(RecordType::Config, 0, &meta, &stamp.hash)
+    }
+
+    /// Writes the CONNECTION record of every TLS connection in `batches`
+    /// not yet announced in this segment.
+    fn announce_connections(&mut self, batches: &[(&str, &mut [Frame])]) {
+        if self.announced.len() >= MAX_ANNOUNCED {
+            self.announced.clear();
+        }
+        let mut last = None;
+        for f in batches.iter().flat_map(|(_, f)| f.iter()) {
+            let Some(tls) = &f.conn.tls else { continue };
+            if last == Some(f.conn.id) || self.announced.contains_key(&f.conn.id) {
+                last = Some(f.conn.id);
+                continue;
+            }
+            last = Some(f.conn.id);
+            let sha;
+            let sans: Vec<String>;
+            let mut meta: Vec<(u8, &[u8])> = vec![
+                (tag::LISTENER, f.conn.listener.as_bytes()),
+                (tag::CLIENT, f.conn.peer_text.as_bytes()),
+                (tag::PROTOCOL, b"syslog+tls"),
+                (tag::TLS_VERSION, tls.version.as_bytes()),
+                (tag::CIPHER, tls.cipher.as_bytes()),
+            ];
+            if let Some(sni) = &tls.sni {
+                meta.push((tag::SNI, sni.as_bytes()));
+            }
+            if let Some(p) = &tls.peer {
+                sha = p.sha256.to_string();
+                sans = p.sans.iter().map(ToString::to_string).collect();
+                meta.push((tag::PEER_SHA256, sha.as_bytes()));
+                meta.push((tag::PEER_SUBJECT, p.subject.as_bytes()));
+                meta.extend(sans.iter().map(|s| (tag::PEER_SAN, s.as_bytes())));
+            }
+            let body = crate::journal::format::connection_body(f.conn.id);
+            let seq = self.push(RecordType::Connection, 0, &meta, &body);
+            self.announced.insert(f.conn.id, seq);
+        }
     }
 
     /// Encodes one record into the batch buffer. Returns its seq.
@@ -46,6 +96,7 @@ impl Writer {
     /// The records are encoded unchained first, so their digests can be
     /// computed on two cores ([`crate::journal::hasher`]), then chained in order.
     pub fn append_batches(&mut self, batches: &mut [(&str, &mut [Frame])]) {
+        self.announce_connections(batches);
         let t = now_ns();
         let n: usize = batches.iter().map(|(_, f)| f.len()).sum();
         let size: usize = batches
@@ -57,16 +108,24 @@ impl Writer {
         let mut ranges = Vec::with_capacity(n);
         for (pool, frames) in batches.iter_mut() {
             for f in frames.iter_mut() {
-                let meta: [(u8, &[u8]); 3] = [
+                let conn = f
+                    .conn
+                    .tls
+                    .as_ref()
+                    .and_then(|_| self.announced.get(&f.conn.id))
+                    .map(|seq| seq.to_be_bytes());
+                let all: [(u8, &[u8]); 4] = [
                     (tag::LISTENER, f.conn.listener.as_bytes()),
                     (tag::CLIENT, f.conn.peer_text.as_bytes()),
                     (tag::POOL, pool.as_bytes()),
+                    (tag::CONN, conn.as_ref().map_or(&[][..], |c| &c[..])),
                 ];
+                let meta = &all[..if conn.is_some() { 4 } else { 3 }];
                 f.seq = self.next_seq;
                 f.time_ns = t;
                 self.next_seq += 1;
                 let start =
-                    encode_unchained(&mut bytes, RecordType::Frame, 0, f.seq, t, &meta, &f.data);
+                    encode_unchained(&mut bytes, RecordType::Frame, 0, f.seq, t, meta, &f.data);
                 ranges.push((start, bytes.len()));
             }
         }

@@ -127,14 +127,23 @@ pub struct Writer {
     /// A segment roll begun and not finished (its SEGMENT_END and the next
     /// SEGMENT_START are in `buf`): finished by the next flush.
     roll: Option<Roll>,
+    /// TLS connections announced in the open segment: connection number
+    /// to the seq of its CONNECTION record. Cleared at each segment start
+    /// (a segment names every connection its frames refer to), and when it
+    /// reaches [`MAX_ANNOUNCED`] (a connection is then announced again).
+    announced: std::collections::HashMap<u64, u64>,
 }
+
+/// Most connections remembered as announced in one segment (16 bytes and
+/// a hash slot each, about 2MiB at most).
+const MAX_ANNOUNCED: usize = 65_536;
 
 impl Writer {
     /// Opens (creating or recovering) the journal and starts a new segment.
     pub fn open(
         cfg: &JournalConfig,
         metrics: JournalMetrics,
-        config_hash: &Hash,
+        config: &crate::journal::ConfigStamp,
     ) -> Result<Writer, JournalError> {
         let dir = &cfg.dir;
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
@@ -247,6 +256,7 @@ impl Writer {
             hostname: hostname(),
             pending: Vec::new(),
             roll: None,
+            announced: std::collections::HashMap::new(),
         };
         w.metrics.segments.inc();
         w.measure();
@@ -260,7 +270,7 @@ impl Writer {
             );
         }
         w.raise_alarms(&resume.alarms);
-        w.push(RecordType::Config, 0, &[], config_hash);
+        w.push_config(config);
         // The run's first checkpoint, on disk, anchored and sealed before
         // anything else is journaled: what follows a run's start is only
         // trusted after an anchored checkpoint of its own (a segment forged
@@ -428,8 +438,8 @@ pub struct Opened {
 pub struct Start {
     pub cfg: JournalConfig,
     pub metrics: JournalMetrics,
-    /// SHA-256 of the config text, for the first CONFIG record.
-    pub config_hash: Hash,
+    /// The config, for the first CONFIG record.
+    pub config: crate::journal::ConfigStamp,
     /// The sessions' batches (and reloads).
     pub rx: mpsc::Receiver<Ingress>,
     /// One link per configured pool, in slot order.
@@ -451,7 +461,7 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
     let Start {
         cfg,
         metrics,
-        config_hash,
+        config,
         mut rx,
         pools,
         mut routes,
@@ -467,7 +477,7 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
                 .iter()
                 .flat_map(|p| p.cursors.iter().map(|c| c.name.clone()))
                 .collect();
-            let mut w = match Writer::open(&cfg, metrics, &config_hash) {
+            let mut w = match Writer::open(&cfg, metrics, &config) {
                 Ok(w) => w,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));

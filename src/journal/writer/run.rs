@@ -108,8 +108,8 @@ pub(super) fn reconfigure(
         }
     }
     *routes = rc.routes;
-    if let Some(hash) = rc.config_hash {
-        w.push(RecordType::Config, 0, &[], &hash);
+    if let Some(stamp) = &rc.config {
+        w.push_config(stamp);
     }
     rc.done
 }
