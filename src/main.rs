@@ -77,9 +77,7 @@ enum Command {
     },
     /// Print the SHA-256 fingerprint of each certificate in a PEM (or DER)
     /// file, in the form `allow` and `pin` take.
-    Fingerprint {
-        file: PathBuf,
-    },
+    Fingerprint { file: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]

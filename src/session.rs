@@ -157,7 +157,8 @@ async fn handshake(
         sni,
         detail: e.to_string(),
     };
-    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let start = tokio::select! {
         _ = stop.cancelled() => return Err(Close::Shutdown),
         r = tokio::time::timeout_at(deadline, acceptor) => match r {
@@ -181,10 +182,15 @@ async fn handshake(
 
 /// Reads what is buffered right now, without waiting: `None` when nothing
 /// is (used while draining for shutdown).
-async fn read_now<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-    std::future::poll_fn(|cx| match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
-        Poll::Ready(r) => Poll::Ready(Some(r)),
-        Poll::Pending => Poll::Ready(None),
+async fn read_now<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Option<io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => Poll::Ready(None),
+        }
     })
     .await
 }

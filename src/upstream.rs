@@ -396,15 +396,16 @@ impl Upstream {
             written: wire.clone(),
         };
         let addr = self.backend.addr;
-        let stream = tokio::time::timeout(self.settings.connect_timeout, tls.connect(addr, counted))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no TLS session within {:?}", self.settings.connect_timeout),
-                )
-            })?
-            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+        let stream =
+            tokio::time::timeout(self.settings.connect_timeout, tls.connect(addr, counted))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no TLS session within {:?}", self.settings.connect_timeout),
+                    )
+                })?
+                .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
         // What the handshake wrote is not frame data.
         wire.store(0, Ordering::Relaxed);
         Ok(Conn::Tls {
@@ -482,12 +483,24 @@ impl Upstream {
                         // A batch is at most about `queue-bytes`: a backend that
                         // takes less than that in tcp-user-timeout is hung.
                         let write = async {
-                            write_all_vectored(&mut wr, &parts).await?;
-                            if wire.is_some() {
-                                // Push the TLS records out now.
-                                wr.flush().await?;
+                            let mut ends = Vec::new();
+                            match wire {
+                                None => write_all_vectored(&mut wr, &parts).await?,
+                                Some(wire) => {
+                                    // In groups of about one TLS record,
+                                    // each flushed: a frame then ends where
+                                    // the ciphertext ends once its group is
+                                    // on the socket (at most a record late,
+                                    // never early).
+                                    for group in tls_groups(&parts) {
+                                        write_all_vectored(&mut wr, &parts[group.clone()]).await?;
+                                        wr.flush().await?;
+                                        let end = wire.load(Ordering::Relaxed);
+                                        ends.extend(std::iter::repeat_n(end, group.len() / PARTS_PER_FRAME));
+                                    }
+                                }
                             }
-                            Ok::<(), io::Error>(())
+                            Ok::<Vec<u64>, io::Error>(ends)
                         };
                         let res = tokio::select! {
                             _ = abort.cancelled() => return End::Aborted,
@@ -500,17 +513,16 @@ impl Upstream {
                             }
                         };
                         parts.clear();
-                        if let Err(e) = res {
-                            return End::Failed { reason: format!("write: {e}"), clean: false };
-                        }
+                        let ends = match res {
+                            Ok(ends) => ends,
+                            Err(e) => return End::Failed { reason: format!("write: {e}"), clean: false },
+                        };
                         if let Some(wire) = wire {
-                            // Every record of this batch is on the socket:
-                            // its frames end where the ciphertext ends now.
-                            let end = wire.load(Ordering::Relaxed);
-                            for e in self.fifo.iter_mut().rev().take(n as usize) {
+                            let skip = self.fifo.len() - ends.len();
+                            for (e, end) in self.fifo.iter_mut().skip(skip).zip(ends) {
                                 e.0 = end;
                             }
-                            self.written = end;
+                            self.written = wire.load(Ordering::Relaxed);
                         }
                         self.backend.metrics.frames_out.inc_by(n);
                         self.backend.metrics.bytes_out.inc_by(bytes);
@@ -718,6 +730,30 @@ fn unacked_bytes(fd: RawFd) -> Option<u64> {
     (rc == 0).then(|| u64::try_from(n).unwrap_or(0))
 }
 
+/// Slices of `parts` per frame: the encoders write two (count header and
+/// frame, or frame and LF).
+const PARTS_PER_FRAME: usize = 2;
+/// Plaintext per flushed group over TLS: one full TLS record.
+const TLS_GROUP_BYTES: usize = 16 * 1024;
+
+/// `parts` cut into whole frames of about [`TLS_GROUP_BYTES`] each.
+fn tls_groups(parts: &[Bytes]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= parts.len() {
+            return None;
+        }
+        let start = at;
+        let mut bytes = 0;
+        while at < parts.len() && (at == start || bytes < TLS_GROUP_BYTES) {
+            let end = (at + PARTS_PER_FRAME).min(parts.len());
+            bytes += parts[at..end].iter().map(Bytes::len).sum::<usize>();
+            at = end;
+        }
+        Some(start..at)
+    })
+}
+
 /// Writes every byte of `parts`, as few `writev` calls as the kernel allows.
 pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -824,6 +860,32 @@ mod tests {
         ) -> std::task::Poll<io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn tls_groups_cover_every_frame_once_in_record_sized_groups() {
+        let parts: Vec<Bytes> = (0..1000)
+            .flat_map(|i| {
+                [
+                    Bytes::from(format!("{} ", 100 + i % 7000)),
+                    Bytes::from(vec![b'x'; 100 + i % 7000]),
+                ]
+            })
+            .collect();
+        let groups: Vec<_> = tls_groups(&parts).collect();
+        assert_eq!(groups.first().unwrap().start, 0);
+        assert_eq!(groups.last().unwrap().end, parts.len());
+        for w in groups.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        for g in &groups {
+            assert_eq!(g.len() % PARTS_PER_FRAME, 0);
+            let bytes: usize = parts[g.clone()].iter().map(Bytes::len).sum();
+            // A group stops at the first frame that reaches the size.
+            let last: usize = parts[g.end - 2..g.end].iter().map(Bytes::len).sum();
+            assert!(bytes - last < TLS_GROUP_BYTES, "{g:?} {bytes}");
+        }
+        assert_eq!(tls_groups(&[]).count(), 0);
     }
 
     #[tokio::test]

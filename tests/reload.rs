@@ -250,36 +250,6 @@ async fn reload_under_traffic_swaps_backends_and_limits_without_loss() {
     );
 }
 
-fn scrape(admin: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn scraped(admin: SocketAddr, line_start: &str) -> Option<f64> {
-    scrape(admin)
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn wait_scraped(admin: SocketAddr, line_start: &str, want: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while scraped(admin, line_start) != Some(want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{line_start} never became {want}:\n{}",
-            scrape(admin)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The `auditlb` binary on SIGHUP: a bad file is refused (counted, old
 /// config kept), a good one moves a listener to a new pool, opens a new
 /// listener and removes the old pool, while a client stays connected.

@@ -53,7 +53,11 @@ async fn send_tls(addr: SocketAddr, cfg: std::sync::Arc<rustls::ClientConfig>, f
 fn jsonl(journal: &Path) -> Vec<String> {
     let mut out = Vec::new();
     cat(journal, None, None, Format::Jsonl, &mut out).unwrap();
-    String::from_utf8(out).unwrap().lines().map(str::to_owned).collect()
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn refused(server: &Server, reason: &str) -> f64 {
@@ -114,11 +118,25 @@ async fn who_gets_in_and_why_the_others_are_refused() {
     }
     // Plain syslog sent to the TLS port is a protocol failure, not frames.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
-    plain.write_all(b"<13>1 - host app - - - plain text\n").await.unwrap();
+    plain
+        .write_all(b"<13>1 - host app - - - plain text\n")
+        .await
+        .unwrap();
     wait_for(5.0, "protocol", || refused(&server, "protocol") == 1.0).await;
-    assert_eq!(metric(&server, "auditlb_tls_handshake_failures_total", &[("listener", "in")]), 6.0);
     assert_eq!(
-        metric(&server, "auditlb_tls_handshakes_total", &[("listener", "in")]),
+        metric(
+            &server,
+            "auditlb_tls_handshake_failures_total",
+            &[("listener", "in")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "auditlb_tls_handshakes_total",
+            &[("listener", "in")]
+        ),
         3.0
     );
     // The certificate expiry of what the listener loaded is published.
@@ -132,7 +150,11 @@ async fn who_gets_in_and_why_the_others_are_refused() {
         .unwrap()
         .as_secs_f64();
     assert!(expiry > now + 300.0 * 86400.0, "{expiry}");
-    assert_eq!(sink.count(), 30, "nothing of the refused clients was routed");
+    assert_eq!(
+        sink.count(),
+        30,
+        "nothing of the refused clients was routed"
+    );
     server.shutdown().await;
 }
 
@@ -159,19 +181,34 @@ async fn the_client_identity_is_in_the_journal_with_every_frame() {
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
         conn.write_all(&octet(&refs)).await.unwrap();
         conn.flush().await.unwrap();
-        wait_for(10.0, "frames at the backend", || sink.count() == (chunk + 1) * 100).await;
+        wait_for(10.0, "frames at the backend", || {
+            sink.count() == (chunk + 1) * 100
+        })
+        .await;
     }
     conn.shutdown().await.unwrap();
     server.shutdown().await;
     let segments = std::fs::read_dir(cfg.journal_dir()).unwrap().count();
-    assert!(segments >= 4, "only {segments} segments: the test needs rolls");
+    assert!(
+        segments >= 4,
+        "only {segments} segments: the test needs rolls"
+    );
 
     let lines = jsonl(&cfg.journal_dir());
-    let frames: Vec<&String> = lines.iter().filter(|l| l.contains("\"type\":\"FRAME\"")).collect();
+    let frames: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"type\":\"FRAME\""))
+        .collect();
     assert_eq!(frames.len(), 2000);
     for f in &frames {
-        assert!(f.contains(&format!("\"peer_sha256\":\"{}\"", client.fingerprint)), "{f}");
-        assert!(f.contains("\"peer_san\":[\"dns:web-1.prod.example.com\"]"), "{f}");
+        assert!(
+            f.contains(&format!("\"peer_sha256\":\"{}\"", client.fingerprint)),
+            "{f}"
+        );
+        assert!(
+            f.contains("\"peer_san\":[\"dns:web-1.prod.example.com\"]"),
+            "{f}"
+        );
         assert!(f.contains("CN=web-1"), "{f}");
         assert!(f.contains("\"version\":\"TLSv1.3\""), "{f}");
         assert!(f.contains("\"sni\":\"localhost\""), "{f}");
@@ -179,11 +216,19 @@ async fn the_client_identity_is_in_the_journal_with_every_frame() {
     }
     // One CONNECTION record per segment the connection sent frames in,
     // not one per frame.
-    let announced = lines.iter().filter(|l| l.contains("\"type\":\"CONNECTION\"")).count();
-    assert!(announced >= 4 && announced <= segments + 1, "{announced} CONNECTION records");
+    let announced = lines
+        .iter()
+        .filter(|l| l.contains("\"type\":\"CONNECTION\""))
+        .count();
+    assert!(
+        announced >= 4 && announced <= segments + 1,
+        "{announced} CONNECTION records"
+    );
     // A CONFIG record names the certificate loaded.
     assert!(
-        lines.iter().any(|l| l.contains("\"type\":\"CONFIG\"") && l.contains(&s.server.fingerprint)),
+        lines
+            .iter()
+            .any(|l| l.contains("\"type\":\"CONFIG\"") && l.contains(&s.server.fingerprint)),
         "no CONFIG record lists {}",
         s.server.fingerprint
     );
@@ -209,7 +254,12 @@ async fn a_slow_handshake_is_cut_at_the_timeout_without_holding_the_accept_loop(
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
     // A real client gets through meanwhile.
-    send_tls(addr, client_config(&s.ca.ca(), Some(&client)), &lines("x", 0..5)).await;
+    send_tls(
+        addr,
+        client_config(&s.ca.ca(), Some(&client)),
+        &lines("x", 0..5),
+    )
+    .await;
     wait_for(5.0, "5 frames", || sink.count() == 5).await;
     wait_for(5.0, "50 timeouts", || refused(&server, "timeout") == 50.0).await;
     server.shutdown().await;
@@ -291,7 +341,10 @@ async fn a_backend_whose_certificate_fails_is_marked_down_by_the_tls_health_chec
     .await;
     let addr = server.listener_addr("in").unwrap();
     send_lf(addr, &lines("h", 0..200)).await;
-    wait_for(10.0, "200 frames at the trusted backend", || good.count() == 200).await;
+    wait_for(10.0, "200 frames at the trusted backend", || {
+        good.count() == 200
+    })
+    .await;
     assert_eq!(bad.count(), 0);
     server.shutdown().await;
 }
@@ -310,4 +363,316 @@ async fn a_pinned_backend_is_trusted_without_a_ca() {
     send_lf(server.listener_addr("in").unwrap(), &lines("p", 0..50)).await;
     wait_for(10.0, "50 frames", || sink.count() == 50).await;
     server.shutdown().await;
+}
+
+/// A TLS backend that completes the handshake and then reads nothing, on
+/// a socket with a small receive buffer: what its kernel acknowledges is
+/// at most that buffer. Returns its address, the effective buffer size,
+/// and a handle that resets the connection (a crash) when dropped.
+async fn stalled_tls_backend(
+    cfg: std::sync::Arc<rustls::ServerConfig>,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<usize>,
+) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(16).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(sock.into()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        let mut held = Vec::new();
+        let mut rcvbuf = 0;
+        let accept_loop = async {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                rcvbuf = socket2::SockRef::from(&tcp).recv_buffer_size().unwrap();
+                // Health checks connect too; keep every session, read none.
+                if let Ok(s) = acceptor.accept(tcp).await {
+                    held.push(s);
+                }
+            }
+        };
+        tokio::select! {
+            _ = killed => {}
+            _ = accept_loop => {}
+        }
+        for s in &held {
+            // A crash: reset, no close_notify.
+            let _ = socket2::SockRef::from(s.get_ref().0).set_linger(Some(Duration::ZERO));
+        }
+        drop(held);
+        rcvbuf
+    });
+    (addr, kill, task)
+}
+
+#[tokio::test]
+async fn over_tls_a_frame_settles_only_when_its_ciphertext_is_acknowledged() {
+    let dir = scratch_dir("tls-settle");
+    let siem = Pki::new(&dir, "siem");
+    let stalled_cert = siem.server("stalled", &["127.0.0.1"]);
+    let (stalled, kill, stalled_task) =
+        stalled_tls_backend(server_config(&stalled_cert, None)).await;
+    let good = Sink::start_tls(
+        SinkFraming::Octet,
+        server_config(&siem.server("good", &["127.0.0.1"]), None),
+    )
+    .await;
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[stalled, good.addr])
+        // Round robin with one connection each: half of the frames go to
+        // the backend that reads nothing. It holds them until cut.
+        .pool("connections = 1")
+        .pool("replay-window = \"256KiB\"")
+        .pool("tcp-user-timeout = \"30s\"")
+        .pool_tls(&format!("ca = \"{}\"", siem.ca().display()));
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 2).await;
+    let addr = server.listener_addr("in").unwrap();
+    let n = 4000usize;
+    let frames: Vec<String> = lines("s", 0..n)
+        .into_iter()
+        .map(|l| format!("{l} {}", "x".repeat(150)))
+        .collect();
+    let frame_len = frames[0].len() as f64;
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
+    c.write_all(&octet(&refs)).await.unwrap();
+    c.shutdown().await.unwrap();
+    // Everything the stalled backend can take is written once its
+    // connection stops moving.
+    let out = || {
+        metric(
+            &server,
+            "auditlb_frames_out_total",
+            &[("backend", &stalled.to_string())],
+        )
+    };
+    wait_for(10.0, "frames written towards the stalled backend", || {
+        out() > 0.0
+    })
+    .await;
+    let mut last = -1.0;
+    wait_for(10.0, "the stalled connection to stop taking frames", || {
+        let now = out();
+        let still = now == last;
+        last = now;
+        std::thread::sleep(Duration::from_millis(200));
+        still
+    })
+    .await;
+    let settled = metric(
+        &server,
+        "auditlb_frames_settled_total",
+        &[("backend", &stalled.to_string())],
+    );
+    let written = out();
+    kill.send(()).unwrap();
+    let rcvbuf = stalled_task.await.unwrap() as f64;
+    // Its kernel acknowledged at most its receive buffer of ciphertext;
+    // frames counted settled beyond that would be frames auditlb thinks
+    // delivered that never left its own send queue.
+    eprintln!("stalled backend: {written} frames written, {settled} settled, receive buffer {rcvbuf} bytes");
+    assert!(
+        settled * frame_len <= rcvbuf,
+        "{settled} frames of {frame_len} bytes settled, but the backend's kernel holds at most {rcvbuf} bytes"
+    );
+    assert!(
+        written > settled,
+        "the test needs frames stuck in the send queue"
+    );
+    // Cut (a reset): every frame reaches the other backend.
+    wait_for(
+        30.0,
+        "every frame at the good backend or acknowledged",
+        || {
+            let got: std::collections::HashSet<Vec<u8>> = good.bodies().into_iter().collect();
+            frames.iter().all(|f| got.contains(f.as_bytes()))
+        },
+    )
+    .await;
+    server.shutdown().await;
+}
+
+/// The leaf certificate the server presented on `s`.
+fn presented(s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    let der = s.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec();
+    fingerprint(&der)
+}
+
+/// Certificates rotated by SIGHUP under traffic: a connection opened
+/// before stays up and keeps delivering, new connections get the new
+/// certificate, a bad key file refuses the reload and the rotated
+/// certificate stays; refusals are logged with client, SNI and reason;
+/// each CONFIG record lists what was loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_sighup_while_a_connection_stays_open() {
+    let s = Setup::new("tls-rotate");
+    let next = s.ca.server("server-next", &["localhost", "127.0.0.1"]);
+    let client = s.ca.client("client", "web-1", &[]);
+    let live_cert = s.dir.join("live.pem");
+    let live_key = s.dir.join("live.key");
+    let install = |i: &Issued| {
+        // As an operator's tooling does: write aside, then rename.
+        std::fs::copy(&i.cert, s.dir.join("tmp.pem")).unwrap();
+        std::fs::copy(&i.key, s.dir.join("tmp.key")).unwrap();
+        std::fs::rename(s.dir.join("tmp.pem"), &live_cert).unwrap();
+        std::fs::rename(s.dir.join("tmp.key"), &live_key).unwrap();
+    };
+    install(&s.server);
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = TestConfig::at(&s.dir)
+        .backend_addrs(&[sink.addr])
+        .admin("127.0.0.1:0")
+        .anchors()
+        .listener_tls(&format!("cert = \"{}\"", live_cert.display()))
+        .listener_tls(&format!("key = \"{}\"", live_key.display()))
+        .listener_tls(&format!("client-ca = \"{}\"", s.ca.ca().display()));
+    let path = cfg.write();
+    let (auditlb, log) = spawn_auditlb_logged(&path);
+    let listen = log.wait_addr("listening", Some("listener=in"));
+    let admin = log.wait_addr("admin endpoint", None);
+    let tls = client_config(&s.ca.ca(), Some(&client));
+
+    let send = |frames: Vec<String>| {
+        let refs: Vec<Vec<u8>> = frames.iter().map(|f| f.as_bytes().to_vec()).collect();
+        let r: Vec<&[u8]> = refs.iter().map(Vec::as_slice).collect();
+        octet(&r)
+    };
+    let mut old = tls_connect(listen, tls.clone(), "localhost").await.unwrap();
+    assert_eq!(presented(&old), s.server.fingerprint);
+    old.write_all(&send(lines("old", 0..100))).await.unwrap();
+    old.flush().await.unwrap();
+    wait_for(10.0, "100 frames", || sink.count() == 100).await;
+
+    // Rotate.
+    install(&next);
+    auditlb.signal(libc::SIGHUP);
+    tokio::task::spawn_blocking(move || wait_scraped(admin, "auditlb_config_reloads_total", 1.0))
+        .await
+        .unwrap();
+    let mut new = tls_connect(listen, tls.clone(), "localhost").await.unwrap();
+    assert_eq!(
+        presented(&new),
+        next.fingerprint,
+        "a new connection gets the new certificate"
+    );
+    // Both connections deliver.
+    old.write_all(&send(lines("old", 100..200))).await.unwrap();
+    old.flush().await.unwrap();
+    new.write_all(&send(lines("new", 0..100))).await.unwrap();
+    new.flush().await.unwrap();
+    wait_for(10.0, "300 frames", || sink.count() == 300).await;
+
+    // A broken key: the reload is refused and the rotated material stays.
+    std::fs::write(
+        &live_key,
+        "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    auditlb.signal(libc::SIGHUP);
+    tokio::task::spawn_blocking(move || {
+        wait_scraped(admin, "auditlb_config_reload_failures_total", 1.0)
+    })
+    .await
+    .unwrap();
+    let third = tls_connect(listen, tls.clone(), "localhost").await.unwrap();
+    assert_eq!(presented(&third), next.fingerprint);
+    drop(third);
+    assert!(
+        log.lines().iter().any(|l| l.contains("reload refused")
+            && l.contains("listener[0].tls.key")
+            && l.contains("live.key")),
+        "no reload refusal naming the key file:\n{}",
+        log.lines().join("\n")
+    );
+    // A client without a certificate: one log line with who, SNI, why.
+    tls_refused(listen, client_config(&s.ca.ca(), None), "localhost").await;
+    tokio::task::spawn_blocking(move || {
+        wait_scraped(
+            admin,
+            "auditlb_tls_handshake_failures_total{listener=\"in\",reason=\"no-certificate\"}",
+            1.0,
+        )
+    })
+    .await
+    .unwrap();
+    let refusal = log
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("TLS handshake refused"))
+        .expect("a refusal log line");
+    assert!(
+        refusal.contains("reason=\"no-certificate\"") || refusal.contains("reason=no-certificate"),
+        "{refusal}"
+    );
+    assert!(
+        refusal.contains("sni=localhost") || refusal.contains("sni=\"localhost\""),
+        "{refusal}"
+    );
+    assert!(refusal.contains("client=127.0.0.1:"), "{refusal}");
+
+    old.shutdown().await.unwrap();
+    new.shutdown().await.unwrap();
+    auditlb.signal(libc::SIGTERM);
+    let mut auditlb = auditlb;
+    assert!(auditlb.child.wait().unwrap().success());
+    let configs: Vec<String> = jsonl(&cfg.journal_dir())
+        .into_iter()
+        .filter(|l| l.contains("\"type\":\"CONFIG\""))
+        .collect();
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert!(configs[0].contains(&s.server.fingerprint) && !configs[0].contains(&next.fingerprint));
+    assert!(configs[1].contains(&next.fingerprint), "{}", configs[1]);
+    let (code, report) = verify_cli(&cfg.journal_dir(), &cfg.anchors_path());
+    assert_eq!(code, 0, "{report}");
+}
+
+#[test]
+fn check_loads_the_tls_files_and_fingerprint_prints_the_pin() {
+    let s = Setup::new("tls-check");
+    let cfg = s.listener_tls(
+        TestConfig::at(&s.dir).backend_addrs(&["127.0.0.1:9".parse().unwrap()]),
+        &[],
+    );
+    let path = cfg.write();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&s.server.fingerprint), "{text}");
+    // The certificate file unreadable as PEM: exit 1, naming key and file.
+    std::fs::write(&s.server.cert, "garbage").unwrap();
+    let (code, text) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("listener[0].tls.cert") && text.contains("server.pem"),
+        "{text}"
+    );
+    let (code, text) = run(&["fingerprint", s.ca.ca().to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let pin = fingerprint(&s.ca.ca_der());
+    assert!(text.starts_with(&pin), "{text} vs {pin}");
+    assert!(text.contains("CN=clients test CA"), "{text}");
+    let (code, text) = run(&["fingerprint", s.dir.join("missing.pem").to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
 }

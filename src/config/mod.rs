@@ -329,13 +329,12 @@ pub struct ListenerTlsConfig {
 impl ListenerTlsConfig {
     /// The effective `client-auth`.
     pub fn client_auth(&self) -> ClientAuth {
-        self.client_auth.unwrap_or(
-            if self.client_ca.is_some() || !self.allow.is_empty() {
+        self.client_auth
+            .unwrap_or(if self.client_ca.is_some() || !self.allow.is_empty() {
                 ClientAuth::Required
             } else {
                 ClientAuth::None
-            },
-        )
+            })
     }
 }
 

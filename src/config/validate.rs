@@ -301,7 +301,9 @@ fn validate_listener_tls(at: &str, t: &ListenerTlsConfig, errs: &mut Vec<String>
         ));
     }
     if !t.crl.is_empty() && t.client_ca.is_none() {
-        errs.push(format!("{at}.crl: needs client-ca (a CRL speaks for the CA that issued it)"));
+        errs.push(format!(
+            "{at}.crl: needs client-ca (a CRL speaks for the CA that issued it)"
+        ));
     }
     if t.handshake_timeout.0.is_zero() {
         errs.push(format!("{at}.handshake-timeout: must be more than 0"));
@@ -329,7 +331,9 @@ fn validate_pool_tls(at: &str, t: &PoolTlsConfig, errs: &mut Vec<String>) {
     }
     if let Some(n) = &t.server_name {
         if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
-            errs.push(format!("{at}.server-name: {n:?} is not a DNS name or IP address"));
+            errs.push(format!(
+                "{at}.server-name: {n:?} is not a DNS name or IP address"
+            ));
         }
     }
 }

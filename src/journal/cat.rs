@@ -127,7 +127,8 @@ pub fn cat(
                             .and_then(|v| <[u8; 8]>::try_from(v).ok())
                             .and_then(|v| conns.get(&u64::from_be_bytes(v))),
                     };
-                    let line = json_line(&r, backend_of(&delivered, r.seq), conn.map(String::as_str));
+                    let line =
+                        json_line(&r, backend_of(&delivered, r.seq), conn.map(String::as_str));
                     out.write_all(line.as_bytes())?;
                     n += 1;
                 }

@@ -282,7 +282,12 @@ impl PoolSupervisor {
         applied
     }
 
-    pub(super) fn restart_health(&self, m: &mut BackendHandle, p: &PoolConfig, tls: &crate::tls::PoolTlsSlot) {
+    pub(super) fn restart_health(
+        &self,
+        m: &mut BackendHandle,
+        p: &PoolConfig,
+        tls: &crate::tls::PoolTlsSlot,
+    ) {
         m.health.cancel();
         m.backend.set_thresholds(p.health.rise, p.health.fall);
         m.health = self.start_health(&m.backend, p, tls);

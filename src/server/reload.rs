@@ -279,8 +279,11 @@ impl Server {
         // on use it; open ones keep theirs.
         for (i, p) in new.pools.iter().enumerate() {
             if let Some(state) = self.pools.iter().find(|s| s.cfg.name == p.name) {
-                *state.settings.tls.write().unwrap_or_else(|e| e.into_inner()) =
-                    material.pools[i].clone();
+                *state
+                    .settings
+                    .tls
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = material.pools[i].clone();
             }
         }
         self.ctx.metrics.set_tls_material(&new, &material);
@@ -303,7 +306,9 @@ impl Server {
         // Listeners: changed limits, new ones, removed ones.
         for &(k, i) in &plan.changed_listeners {
             let l = &new.listeners[i];
-            self.listeners[k].shared.update(l, material.listeners[i].clone());
+            self.listeners[k]
+                .shared
+                .update(l, material.listeners[i].clone());
             self.listeners[k].cfg = l.clone();
             report.listeners_changed += 1;
         }

@@ -214,20 +214,43 @@ mod tests {
         assert_eq!(text.len(), 7 + 32 * 3 - 1);
         assert_eq!(Fingerprint::parse(&text), Ok(f));
         assert_eq!(Fingerprint::parse(&text.to_lowercase()), Ok(f));
-        assert_eq!(Fingerprint::parse(&format!("SHA256:{}", "ab".repeat(32))), Ok(f));
-        for bad in ["sha256:AB", "sha1:AB", "sha256:", &format!("sha256:{}", "zz".repeat(32)), "", "é"] {
+        assert_eq!(
+            Fingerprint::parse(&format!("SHA256:{}", "ab".repeat(32))),
+            Ok(f)
+        );
+        for bad in [
+            "sha256:AB",
+            "sha1:AB",
+            "sha256:",
+            &format!("sha256:{}", "zz".repeat(32)),
+            "",
+            "é",
+        ] {
             assert!(Fingerprint::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn rules_parse_with_clear_errors() {
-        assert_eq!(Rule::parse("dns:*.Prod.example.com"), Ok(Rule::Dns("*.prod.example.com".into())));
+        assert_eq!(
+            Rule::parse("dns:*.Prod.example.com"),
+            Ok(Rule::Dns("*.prod.example.com".into()))
+        );
         assert_eq!(Rule::parse("cn:web-*"), Ok(Rule::Cn("web-*".into())));
-        assert!(matches!(Rule::parse(&format!("sha256:{}", "01".repeat(32))), Ok(Rule::Pin(_))));
-        let e = Allow::parse("listener[0].tls.allow", &["ip:1.2.3.4".into(), "dns:".into(), "web".into()]).unwrap_err();
+        assert!(matches!(
+            Rule::parse(&format!("sha256:{}", "01".repeat(32))),
+            Ok(Rule::Pin(_))
+        ));
+        let e = Allow::parse(
+            "listener[0].tls.allow",
+            &["ip:1.2.3.4".into(), "dns:".into(), "web".into()],
+        )
+        .unwrap_err();
         assert_eq!(e.len(), 3);
-        assert!(e[0].starts_with("listener[0].tls.allow[0]: ") && e[0].contains("unknown kind"), "{e:?}");
+        assert!(
+            e[0].starts_with("listener[0].tls.allow[0]: ") && e[0].contains("unknown kind"),
+            "{e:?}"
+        );
         assert!(e[1].contains("empty pattern"));
         assert!(e[2].contains("expected sha256:"));
     }

@@ -51,7 +51,8 @@ pub struct PeerCert {
 impl PeerCert {
     /// Parses a DER certificate; the error says what is wrong with it.
     pub fn parse(der: &[u8]) -> Result<PeerCert, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
         let subject = cert.subject();
         let common_names = subject
             .iter_common_name()

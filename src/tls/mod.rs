@@ -78,7 +78,11 @@ impl PoolTls {
     }
 
     /// Connects TLS over an open TCP stream to backend `addr`.
-    pub async fn connect<S>(&self, addr: SocketAddr, stream: S) -> io::Result<tokio_rustls::client::TlsStream<S>>
+    pub async fn connect<S>(
+        &self,
+        addr: SocketAddr,
+        stream: S,
+    ) -> io::Result<tokio_rustls::client::TlsStream<S>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -111,12 +115,18 @@ impl Material {
         let mut out = Vec::new();
         for (l, t) in cfg.listeners.iter().zip(&self.listeners) {
             for x in t.iter().flat_map(|t| &t.loaded) {
-                out.push(format!("listener {} {} {} {}", l.name, x.role, x.sha256, x.subject));
+                out.push(format!(
+                    "listener {} {} {} {}",
+                    l.name, x.role, x.sha256, x.subject
+                ));
             }
         }
         for (p, t) in cfg.pools.iter().zip(&self.pools) {
             for x in t.iter().flat_map(|t| &t.loaded) {
-                out.push(format!("pool {} {} {} {}", p.name, x.role, x.sha256, x.subject));
+                out.push(format!(
+                    "pool {} {} {} {}",
+                    p.name, x.role, x.sha256, x.subject
+                ));
             }
         }
         out
@@ -160,7 +170,8 @@ pub fn load(cfg: &Config) -> Result<Material, Vec<String>> {
 }
 
 fn versions(v: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
-    static BOTH: [&rustls::SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+    static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
     static V13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
     match v {
         TlsVersion::V12 => &BOTH,
@@ -169,7 +180,11 @@ fn versions(v: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersio
 }
 
 /// Certificates of a PEM file: at least one, each parseable.
-fn read_certs(at: &str, path: &Path, role: &'static str) -> Result<(Vec<CertificateDer<'static>>, Vec<Loaded>), String> {
+fn read_certs(
+    at: &str,
+    path: &Path,
+    role: &'static str,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<Loaded>), String> {
     let shown = path.display();
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -179,7 +194,8 @@ fn read_certs(at: &str, path: &Path, role: &'static str) -> Result<(Vec<Certific
     }
     let mut loaded = Vec::new();
     for (k, c) in certs.iter().enumerate() {
-        let p = PeerCert::parse(c).map_err(|e| format!("{at}: {shown}: certificate {}: {e}", k + 1))?;
+        let p =
+            PeerCert::parse(c).map_err(|e| format!("{at}: {shown}: certificate {}: {e}", k + 1))?;
         loaded.push(Loaded {
             role,
             path: path.to_owned(),
@@ -192,14 +208,17 @@ fn read_certs(at: &str, path: &Path, role: &'static str) -> Result<(Vec<Certific
 }
 
 fn read_key(at: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{at}: {}: {}", path.display(), pem_error(e)))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{at}: {}: {}", path.display(), pem_error(e)))
 }
 
 fn pem_error(e: rustls::pki_types::pem::Error) -> String {
     use rustls::pki_types::pem::Error as E;
     match e {
         E::Io(e) => format!("cannot read: {e}"),
-        E::NoItemsFound => "no PEM item of the expected kind (CERTIFICATE, PRIVATE KEY, X509 CRL)".into(),
+        E::NoItemsFound => {
+            "no PEM item of the expected kind (CERTIFICATE, PRIVATE KEY, X509 CRL)".into()
+        }
         e => format!("not valid PEM: {e:?}"),
     }
 }
@@ -207,9 +226,12 @@ fn pem_error(e: rustls::pki_types::pem::Error) -> String {
 fn roots(at: &str, certs: Vec<CertificateDer<'static>>) -> Result<Arc<RootCertStore>, String> {
     let mut store = RootCertStore::empty();
     for (k, c) in certs.into_iter().enumerate() {
-        store
-            .add(c)
-            .map_err(|e| format!("{at}: certificate {} is not usable as a trust anchor: {e}", k + 1))?;
+        store.add(c).map_err(|e| {
+            format!(
+                "{at}: certificate {} is not usable as a trust anchor: {e}",
+                k + 1
+            )
+        })?;
     }
     Ok(Arc::new(store))
 }
@@ -221,8 +243,12 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
         errs.extend(e);
         Allow::default()
     });
-    let chain = read_certs(&format!("{at}.cert"), &t.cert, "cert").map_err(|e| errs.push(e)).ok();
-    let key = read_key(&format!("{at}.key"), &t.key).map_err(|e| errs.push(e)).ok();
+    let chain = read_certs(&format!("{at}.cert"), &t.cert, "cert")
+        .map_err(|e| errs.push(e))
+        .ok();
+    let key = read_key(&format!("{at}.key"), &t.key)
+        .map_err(|e| errs.push(e))
+        .ok();
     let provider = provider();
     let mut webpki = None;
     let mut hints = Vec::new();
@@ -235,8 +261,13 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
                 let mut crls = Vec::new();
                 for (k, path) in t.crl.iter().enumerate() {
                     let at_crl = format!("{at}.crl[{k}]");
-                    match CertificateRevocationListDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
-                        Ok(v) if v.is_empty() => errs.push(format!("{at_crl}: {}: no X509 CRL in the file", path.display())),
+                    match CertificateRevocationListDer::pem_file_iter(path)
+                        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    {
+                        Ok(v) if v.is_empty() => errs.push(format!(
+                            "{at_crl}: {}: no X509 CRL in the file",
+                            path.display()
+                        )),
                         Ok(v) => {
                             for c in &v {
                                 loaded.push(Loaded {
@@ -249,15 +280,20 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
                             }
                             crls.extend(v);
                         }
-                        Err(e) => errs.push(format!("{at_crl}: {}: {}", path.display(), pem_error(e))),
+                        Err(e) => {
+                            errs.push(format!("{at_crl}: {}: {}", path.display(), pem_error(e)))
+                        }
                     }
                 }
-                let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(store, provider.clone())
-                    .with_crls(crls)
-                    // A CRL speaks for the certificates its CA issued; a
-                    // client CA without a CRL configured is not a refusal.
-                    .only_check_end_entity_revocation()
-                    .allow_unknown_revocation_status();
+                let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    store,
+                    provider.clone(),
+                )
+                .with_crls(crls)
+                // A CRL speaks for the certificates its CA issued; a
+                // client CA without a CRL configured is not a refusal.
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
                 if t.client_auth() == ClientAuth::Optional {
                     b = b.allow_unauthenticated();
                 }
@@ -288,7 +324,13 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
         .map_err(|e| vec![format!("{at}.min-version: {e}")])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| vec![format!("{at}.key: {}: does not fit {}: {e}", t.key.display(), t.cert.display())])?;
+        .map_err(|e| {
+            vec![format!(
+                "{at}.key: {}: does not fit {}: {e}",
+                t.key.display(),
+                t.cert.display()
+            )]
+        })?;
     Ok(ListenerTls {
         server: Arc::new(server),
         handshake_timeout: t.handshake_timeout.0,
@@ -313,8 +355,15 @@ fn load_pool(at: &str, t: &PoolTlsConfig) -> Result<PoolTls, Vec<String>> {
         match read_certs(&at_ca, ca, "ca").and_then(|(c, l)| Ok((roots(&at_ca, c)?, l))) {
             Ok((store, l)) => {
                 loaded.extend(l);
-                match rustls::client::WebPkiServerVerifier::builder_with_provider(store, provider.clone()).build() {
-                    Ok(v) => webpki = Some(v as Arc<dyn rustls::client::danger::ServerCertVerifier>),
+                match rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    store,
+                    provider.clone(),
+                )
+                .build()
+                {
+                    Ok(v) => {
+                        webpki = Some(v as Arc<dyn rustls::client::danger::ServerCertVerifier>)
+                    }
                     Err(e) => errs.push(format!("{at_ca}: {e}")),
                 }
             }
@@ -323,8 +372,12 @@ fn load_pool(at: &str, t: &PoolTlsConfig) -> Result<PoolTls, Vec<String>> {
     }
     let client_cert = match (&t.cert, &t.key) {
         (Some(c), Some(k)) => {
-            let chain = read_certs(&format!("{at}.cert"), c, "cert").map_err(|e| errs.push(e)).ok();
-            let key = read_key(&format!("{at}.key"), k).map_err(|e| errs.push(e)).ok();
+            let chain = read_certs(&format!("{at}.cert"), c, "cert")
+                .map_err(|e| errs.push(e))
+                .ok();
+            let key = read_key(&format!("{at}.key"), k)
+                .map_err(|e| errs.push(e))
+                .ok();
             chain.zip(key)
         }
         _ => None,
@@ -433,7 +486,9 @@ impl Refusal {
         match e {
             E::NoCertificatesPresented => Refusal::NoCertificate,
             E::InvalidCertificate(c) => match c {
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => Refusal::UnknownIssuer,
+                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+                    Refusal::UnknownIssuer
+                }
                 CertificateError::Expired
                 | CertificateError::ExpiredContext { .. }
                 | CertificateError::NotValidYet
@@ -462,14 +517,15 @@ impl Refusal {
 /// as `sha256:.. subject`.
 pub fn fingerprint_file(path: &Path) -> Result<Vec<(Fingerprint, String)>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    let ders: Vec<Vec<u8>> = if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
-        CertificateDer::pem_slice_iter(&bytes)
-            .map(|r| r.map(|c| c.as_ref().to_vec()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: {}", path.display(), pem_error(e)))?
-    } else {
-        vec![bytes]
-    };
+    let ders: Vec<Vec<u8>> =
+        if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+            CertificateDer::pem_slice_iter(&bytes)
+                .map(|r| r.map(|c| c.as_ref().to_vec()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {}", path.display(), pem_error(e)))?
+        } else {
+            vec![bytes]
+        };
     if ders.is_empty() {
         return Err(format!("{}: no CERTIFICATE in the file", path.display()));
     }
@@ -490,12 +546,30 @@ mod tests {
         use rustls::Error as E;
         let cases = [
             (E::NoCertificatesPresented, Refusal::NoCertificate),
-            (E::InvalidCertificate(CertificateError::UnknownIssuer), Refusal::UnknownIssuer),
-            (E::InvalidCertificate(CertificateError::Expired), Refusal::Expired),
-            (E::InvalidCertificate(CertificateError::Revoked), Refusal::Revoked),
-            (E::InvalidCertificate(CertificateError::ApplicationVerificationFailure), Refusal::NotAllowed),
-            (E::InvalidCertificate(CertificateError::InvalidPurpose), Refusal::BadCertificate),
-            (E::AlertReceived(rustls::AlertDescription::UnknownCA), Refusal::PeerAlert),
+            (
+                E::InvalidCertificate(CertificateError::UnknownIssuer),
+                Refusal::UnknownIssuer,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Expired),
+                Refusal::Expired,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Revoked),
+                Refusal::Revoked,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+                Refusal::NotAllowed,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::InvalidPurpose),
+                Refusal::BadCertificate,
+            ),
+            (
+                E::AlertReceived(rustls::AlertDescription::UnknownCA),
+                Refusal::PeerAlert,
+            ),
             (E::General("x".into()), Refusal::Protocol),
         ];
         for (e, want) in cases {
@@ -503,7 +577,10 @@ mod tests {
             let io = io::Error::new(io::ErrorKind::InvalidData, e);
             assert_eq!(Refusal::of_io(&io), want);
         }
-        assert_eq!(Refusal::of_io(&io::ErrorKind::UnexpectedEof.into()), Refusal::Io);
+        assert_eq!(
+            Refusal::of_io(&io::ErrorKind::UnexpectedEof.into()),
+            Refusal::Io
+        );
         let labels: std::collections::HashSet<_> = Refusal::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), Refusal::ALL.len());
     }
