@@ -1,6 +1,9 @@
 //! Interop with the real tools: util-linux `logger` as the client (octet
-//! counted and plain LF), real `rsyslogd` with `imtcp` as the backend.
-//! `.ci/run` installs rsyslog; without it these tests fail and say so.
+//! counted and plain LF), real `rsyslogd` with `imtcp` as the backend, and
+//! over TLS (RFC 5425, gnutls driver, `x509/name`) rsyslog as the sender
+//! into auditlb and as the backend auditlb forwards to. `.ci/run`
+//! installs rsyslog and rsyslog-gnutls; without them these tests fail and
+//! say so.
 
 mod common;
 
@@ -16,12 +19,42 @@ struct Rsyslog {
     child: Child,
     port: u16,
     out: PathBuf,
+    /// The TLS part of its `imtcp` input, if it listens with TLS.
+    tls: String,
     _dir: tempfile::TempDir,
+}
+
+/// The path of rsyslogd, or a clear failure.
+fn rsyslogd() -> &'static str {
+    ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("rsyslogd not found: install it with `apt-get install rsyslog rsyslog-gnutls` (.ci/run does)")
+}
+
+/// `imtcp`/`omfwd` parameters for the gnutls driver with `x509/name`
+/// (`peers`: the names the other side's certificate must carry).
+fn gtls_input(ca: &Path, cert: &Issued, peers: &str) -> String {
+    format!(
+        r#"StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/name" PermittedPeer=["{peers}"] StreamDriver.CAFile="{}" StreamDriver.CertFile="{}" StreamDriver.KeyFile="{}""#,
+        ca.display(),
+        cert.cert.display(),
+        cert.key.display()
+    )
 }
 
 impl Rsyslog {
     async fn start() -> Rsyslog {
         Self::start_on(None).await
+    }
+
+    /// An rsyslogd whose `imtcp` input speaks TLS (`tls`: its parameters).
+    async fn start_tls(tls: String) -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.log");
+        let mut r = Self::start_in(dir.path().to_owned(), None, out, tls).await;
+        r._dir = dir;
+        r
     }
 
     /// Stops this rsyslogd (SIGTERM: it closes its connections and writes
@@ -33,7 +66,7 @@ impl Rsyslog {
             libc::kill(me.child.id() as i32, libc::SIGTERM);
         }
         let _ = me.child.wait();
-        let mut next = Self::start_in(dir, Some(port), out).await;
+        let mut next = Self::start_in(dir, Some(port), out, me.tls.clone()).await;
         // Keep the directory alive with the new process.
         std::mem::swap(&mut next._dir, &mut me._dir);
         next
@@ -46,16 +79,18 @@ impl Rsyslog {
     async fn start_on(port: Option<u16>) -> Rsyslog {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.log");
-        let mut r = Self::start_in(dir.path().to_owned(), port, out).await;
+        let mut r = Self::start_in(dir.path().to_owned(), port, out, String::new()).await;
         r._dir = dir;
         r
     }
 
-    async fn start_in(d: std::path::PathBuf, port: Option<u16>, out: PathBuf) -> Rsyslog {
-        let rsyslogd = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("rsyslogd not found: install it with `apt-get install rsyslog` (.ci/run does)");
+    async fn start_in(
+        d: std::path::PathBuf,
+        port: Option<u16>,
+        out: PathBuf,
+        tls: String,
+    ) -> Rsyslog {
+        let rsyslogd = rsyslogd();
         let d = d.as_path();
         let conf = d.join("rsyslog.conf");
         let port_file = d.join("port");
@@ -67,7 +102,7 @@ impl Rsyslog {
                 r#"global(workDirectory="{d}")
 main_queue(queue.timeoutShutdown="10000")
 module(load="imtcp")
-input(type="imtcp" address="127.0.0.1" port="{port_arg}" listenPortFileName="{d}/port")
+input(type="imtcp" address="127.0.0.1" port="{port_arg}" listenPortFileName="{d}/port" {tls})
 template(name="raw" type="string" string="%rawmsg%\n")
 action(type="omfile" file="{out}" template="raw" flushOnTXEnd="on" asyncWriting="off")
 "#,
@@ -113,6 +148,7 @@ action(type="omfile" file="{out}" template="raw" flushOnTXEnd="on" asyncWriting=
             child,
             port,
             out,
+            tls,
             _dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -266,5 +302,184 @@ async fn rsyslog_backend_restarted_mid_stream_loses_nothing() {
             &[("to", "down")]
         ) >= 1.0
     );
+    server.shutdown().await;
+}
+
+/// An rsyslogd that takes plain syslog on a local port and forwards it
+/// over TLS (octet counted, `x509/name`, presenting `client`) to `to`,
+/// retrying until it is taken. Returns the process and its input port.
+async fn rsyslog_tls_sender(
+    dir: &Path,
+    to: std::net::SocketAddr,
+    ca: &Path,
+    client: &Issued,
+    server_name: &str,
+) -> (Child, u16) {
+    let conf = dir.join("sender.conf");
+    let port_file = dir.join("sender.port");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global(workDirectory="{d}")
+main_queue(queue.timeoutShutdown="1000")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{port_file}")
+template(name="fwd" type="string" string="%rawmsg%")
+action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp"
+       TCP_Framing="octet-counted" template="fwd"
+       StreamDriver="gtls" StreamDriverMode="1" StreamDriverAuthMode="x509/name"
+       StreamDriverPermittedPeers="{server_name}"
+       streamDriver.CAFile="{ca}" streamDriver.CertFile="{cert}" streamDriver.KeyFile="{key}"
+       action.resumeRetryCount="-1" action.resumeInterval="1")
+"#,
+            d = dir.display(),
+            port_file = port_file.display(),
+            port = to.port(),
+            ca = ca.display(),
+            cert = client.cert.display(),
+            key = client.key.display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(rsyslogd())
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("sender.pid"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sender.stderr")).unwrap())
+        .spawn()
+        .expect("start rsyslogd");
+    wait_for(10.0, "the rsyslog sender to listen", || {
+        std::fs::read_to_string(&port_file)
+            .ok()
+            .is_some_and(|s| s.trim().parse::<u16>().is_ok())
+    })
+    .await;
+    let port = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+/// rsyslog forwarding over TLS (gtls, x509/name, a client certificate)
+/// into auditlb: every message arrives, and the journal holds the
+/// sender's certificate with each of its frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_sends_over_tls_into_auditlb() {
+    let dir = scratch_dir("interop-tls-in");
+    let pki = Pki::new(&dir, "syslog");
+    let server_cert = pki.server("auditlb", &["localhost", "127.0.0.1"]);
+    let sender_cert = pki.client("sender", "client.test", &["client.test"]);
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[sink.addr])
+        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+        .listener_tls(&format!("client-ca = \"{}\"", pki.ca().display()))
+        .listener_tls("allow = [\"dns:client.test\"]");
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let listen = server.listener_addr("in").unwrap();
+    let (mut sender, port) =
+        rsyslog_tls_sender(&dir, listen, &pki.ca(), &sender_cert, "localhost").await;
+    let n = 500;
+    let lines: Vec<String> = (0..n)
+        .map(|i| format!("<13>1 2026-11-27T00:00:00Z myhost myapp - - - tls message {i}"))
+        .collect();
+    {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for l in &lines {
+            writeln!(c, "{l}").unwrap();
+        }
+    }
+    wait_for(20.0, "every message at the backend", || sink.count() >= n).await;
+    let got: Vec<String> = sink
+        .bodies()
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect();
+    assert_eq!(got, lines, "in order, byte for byte, once each");
+    assert_eq!(
+        metric(
+            &server,
+            "auditlb_tls_handshakes_total",
+            &[("listener", "in")]
+        ),
+        1.0
+    );
+    let _ = sender.kill();
+    let _ = sender.wait();
+    server.shutdown().await;
+    let mut out = Vec::new();
+    auditlb::journal::cat::cat(
+        &cfg.journal_dir(),
+        None,
+        None,
+        auditlb::journal::cat::Format::Jsonl,
+        &mut out,
+    )
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let frames: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"FRAME\""))
+        .collect();
+    assert_eq!(frames.len(), n);
+    for f in frames {
+        assert!(
+            f.contains(&sender_cert.fingerprint) && f.contains("CN=client.test"),
+            "{f}"
+        );
+    }
+}
+
+/// auditlb forwarding over TLS, with its own client certificate, into an
+/// rsyslog `imtcp` TLS listener that checks it (x509/name); the listener
+/// restarted mid-stream loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditlb_forwards_over_tls_into_rsyslog() {
+    let dir = scratch_dir("interop-tls-out");
+    let pki = Pki::new(&dir, "siem");
+    let rs_cert = pki.server("rsyslog", &["siem.test", "localhost"]);
+    let me = pki.client("auditlb", "auditlb.test", &["auditlb.test"]);
+    let rs = Rsyslog::start_tls(gtls_input(&pki.ca(), &rs_cert, "auditlb.test")).await;
+    let backend = format!("127.0.0.1:{}", rs.port).parse().unwrap();
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .pool_tls(&format!("ca = \"{}\"", pki.ca().display()))
+        .pool_tls("server-name = \"siem.test\"")
+        .pool_tls(&format!("cert = \"{}\"", me.cert.display()))
+        .pool_tls(&format!("key = \"{}\"", me.key.display()));
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let listen = server.listener_addr("in").unwrap();
+    let n = 30_000u64;
+    let gen = tokio::task::spawn_blocking(move || gen_ids(listen, 2, n, &["--rate", "20000"]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rs = rs.restart().await;
+    let out = gen.await.unwrap();
+    assert!(out.contains(&format!("sent={n}")), "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<u64> = rs
+            .lines()
+            .iter()
+            .filter_map(|l| l.rsplit(" id=").next()?.trim().parse().ok())
+            .collect();
+        if (0..n).all(|i| got.contains(&i)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} ids in rsyslog's file",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.shutdown().await;
 }
