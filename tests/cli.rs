@@ -43,7 +43,10 @@ fn every_shipped_config_passes_check() {
             checked += 1;
         }
     }
-    assert!(checked >= 2, "conf/auditlb.toml and conf/tls.toml not found");
+    assert!(
+        checked >= 2,
+        "conf/auditlb.toml and conf/tls.toml not found"
+    );
 }
 
 #[test]

@@ -103,18 +103,21 @@ async fn who_gets_in_and_why_the_others_are_refused() {
     }
     wait_for(10.0, "30 frames at the backend", || sink.count() == 30).await;
 
-    // Refused, each with its reason.
-    let cases: [(&str, Option<&Issued>); 5] = [
-        ("no-certificate", None),
-        ("unknown-issuer", Some(&stranger)),
-        ("expired", Some(&expired)),
-        ("revoked", Some(&revoked)),
-        ("not-allowed", Some(&outsider)),
+    // Refused, each with its reason, and the client told why (the alert).
+    let cases: [(&str, Option<&Issued>, &str); 5] = [
+        ("no-certificate", None, "CertificateRequired"),
+        ("unknown-issuer", Some(&stranger), "UnknownCA"),
+        ("expired", Some(&expired), "CertificateExpired"),
+        ("revoked", Some(&revoked), "CertificateRevoked"),
+        ("not-allowed", Some(&outsider), "AccessDenied"),
     ];
-    for (reason, c) in cases {
+    for (reason, c, alert) in cases {
         let e = tls_refused(addr, client_config(&ca, c), "localhost").await;
         wait_for(5.0, reason, || refused(&server, reason) == 1.0).await;
-        eprintln!("{reason}: the client saw {e}");
+        assert!(
+            e.to_string().contains(alert),
+            "{reason}: the client saw {e}"
+        );
     }
     // Plain syslog sent to the TLS port is a protocol failure, not frames.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -675,4 +678,52 @@ fn check_loads_the_tls_files_and_fingerprint_prints_the_pin() {
     assert!(text.contains("CN=clients test CA"), "{text}");
     let (code, text) = run(&["fingerprint", s.dir.join("missing.pem").to_str().unwrap()]);
     assert_eq!(code, 1, "{text}");
+}
+
+/// `client-auth = "optional"`: an anonymous client gets in (journaled
+/// without a certificate), a bad certificate is still refused; LF framing
+/// over TLS works; `min-version = "1.3"` refuses a TLS 1.2-only client.
+#[tokio::test]
+async fn optional_client_auth_lf_framing_and_min_version() {
+    let s = Setup::new("tls-optional");
+    let expired = s.ca.expired_client("expired", "web-3");
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = s.listener_tls(
+        TestConfig::at(&s.dir).backend_addrs(&[sink.addr]),
+        &["client-auth = \"optional\"", "min-version = \"1.3\""],
+    );
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    let mut anon = tls_connect(addr, client_config(&s.ca.ca(), None), "localhost")
+        .await
+        .unwrap();
+    anon.write_all(b"<13>1 - h app - - - anonymous one\n<13>1 - h app - - - anonymous two\n")
+        .await
+        .unwrap();
+    anon.shutdown().await.unwrap();
+    wait_for(5.0, "2 LF frames", || sink.count() == 2).await;
+    tls_refused(addr, client_config(&s.ca.ca(), Some(&expired)), "localhost").await;
+    wait_for(5.0, "expired", || refused(&server, "expired") == 1.0).await;
+    let v12 = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(load_roots(&s.ca.ca()))
+        .with_no_client_auth();
+    let e = tls_refused(addr, std::sync::Arc::new(v12), "localhost").await;
+    wait_for(5.0, "protocol", || refused(&server, "protocol") == 1.0).await;
+    assert!(e.to_string().contains("ProtocolVersion"), "{e}");
+    server.shutdown().await;
+    let lines = jsonl(&cfg.journal_dir());
+    let frames: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"type\":\"FRAME\""))
+        .collect();
+    assert_eq!(frames.len(), 2);
+    for f in frames {
+        assert!(
+            f.contains("\"peer_sha256\":null") && f.contains("\"version\":\"TLSv1.3\""),
+            "{f}"
+        );
+    }
 }

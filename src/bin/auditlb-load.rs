@@ -2,12 +2,16 @@
 //! both stop after a bounded count or time.
 //!
 //! ```text
-//! auditlb-load gen  --to 127.0.0.1:6514 --connections 4 --frames 200000 --size 200 \
+//! auditlb-load gen  --to 127.0.0.1:1514 --connections 4 --frames 200000 --size 200 \
 //!                   [--framing lf|octet] [--rate FRAMES_PER_S] [--id-base N]
+//!                   [--tls-ca FILE [--tls-name NAME]]
 //! auditlb-load sink --listen 127.0.0.1:0 [--framing lf|octet] [--log FILE]
 //!                   [--close-after N] [--stall-after N] [--seconds S] [--expect N]
-//!                   [--rcvbuf BYTES]
+//!                   [--rcvbuf BYTES] [--tls-cert FILE --tls-key FILE]
 //! ```
+//! With `--tls-ca` the generator speaks TLS (checking the server against
+//! that CA and `--tls-name`, default `localhost`); with `--tls-cert` and
+//! `--tls-key` the sink does (a `--log` is then written after each read).
 //! Every generated frame is an RFC 5424 line ending in ` id=N` (N unique
 //! across connections). The sink prints `listening ADDR`, counts frames and
 //! ids, appends every byte it reads to `--log`.N (one file per connection)
@@ -33,7 +37,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: auditlb-load gen --to ADDR [--connections N] [--frames N] [--size B] [--framing lf|octet] [--rate F] [--id-base N]\n       auditlb-load sink --listen ADDR [--framing lf|octet] [--log FILE] [--close-after N] [--stall-after N] [--rcvbuf BYTES] [--seconds S] [--expect N]");
+    eprintln!("usage: auditlb-load gen --to ADDR [--connections N] [--frames N] [--size B] [--framing lf|octet] [--rate F] [--id-base N] [--tls-ca FILE [--tls-name NAME]]\n       auditlb-load sink --listen ADDR [--framing lf|octet] [--log FILE] [--close-after N] [--stall-after N] [--rcvbuf BYTES] [--seconds S] [--expect N] [--tls-cert FILE --tls-key FILE]");
     std::process::exit(2);
 }
 
@@ -72,6 +76,73 @@ impl Args {
     }
 }
 
+/// A byte stream, plain or TLS.
+trait Stream: Read + Write + Send {
+    /// Ends the sending side (TLS: close_notify first).
+    fn finish(&mut self);
+}
+
+impl Stream for TcpStream {
+    fn finish(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Stream for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn finish(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+fn pem_certs(path: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|e| fail(&format!("{path}: {e:?}")))
+}
+
+/// The generator's TLS client config, from `--tls-ca`.
+fn client_tls(
+    a: &Args,
+) -> Option<(
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    let ca = a.get("--tls-ca")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(ca) {
+        roots.add(c).unwrap_or_else(|e| fail(&format!("{ca}: {e}")));
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(auditlb::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(
+        a.get("--tls-name").unwrap_or("localhost").to_owned(),
+    )
+    .unwrap_or_else(|_| usage());
+    Some((Arc::new(cfg), name))
+}
+
+/// The sink's TLS server config, from `--tls-cert` and `--tls-key`.
+fn server_tls(a: &Args) -> Option<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = a.get("--tls-cert")?;
+    let key = a.get("--tls-key").unwrap_or_else(|| usage());
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+        .unwrap_or_else(|e| fail(&format!("{key}: {e:?}")));
+    let cfg = rustls::ServerConfig::builder_with_provider(auditlb::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(pem_certs(cert), key)
+        .unwrap_or_else(|e| fail(&format!("{cert}: {e}")));
+    Some(Arc::new(cfg))
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().cloned() else {
@@ -93,13 +164,24 @@ fn generate(a: &Args) {
     let octet = a.octet();
     let rate = a.num("--rate", 0);
     let base = a.num("--id-base", 0);
+    let tls = client_tls(a);
     let started = Instant::now();
     let handles: Vec<_> = (0..conns)
         .map(|c| {
+            let tls = tls.clone();
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(to)
+                let tcp = TcpStream::connect(to)
                     .unwrap_or_else(|e| fail(&format!("connect to {to}: {e}")));
-                s.set_nodelay(true).ok();
+                tcp.set_nodelay(true).ok();
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut s: Box<dyn Stream> = match tls {
+                    None => Box::new(tcp),
+                    Some((cfg, name)) => {
+                        let conn = rustls::ClientConnection::new(cfg, name)
+                            .unwrap_or_else(|e| fail(&format!("TLS: {e}")));
+                        Box::new(rustls::StreamOwned::new(conn, tcp))
+                    }
+                };
                 let mine: Vec<u64> = (0..frames).filter(|i| i % conns == c).collect();
                 let per_conn_rate = if rate > 0 {
                     rate as f64 / conns as f64
@@ -141,10 +223,9 @@ fn generate(a: &Args) {
                         }
                     }
                 }
-                let _ = s.shutdown(std::net::Shutdown::Write);
+                s.finish();
                 // Wait for the server to close: everything was read.
                 let mut sink = [0u8; 64];
-                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
                 while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
             })
         })
@@ -178,6 +259,7 @@ fn sink(a: &Args) {
     let expect = a.num("--expect", 0);
     // One log file per connection (`FILE.N`): streams must not interleave.
     let log: Option<String> = a.get("--log").map(str::to_owned);
+    let tls = server_tls(a);
     let listener = {
         // Bound receive buffer (inherited by accepted sockets), so what a
         // stalled sink holds unread is known: --rcvbuf, default 1MiB.
@@ -206,7 +288,19 @@ fn sink(a: &Args) {
         let (tally, first, done, log) = (tally.clone(), first.clone(), done.clone(), log.clone());
         std::thread::spawn(move || {
             for (n, conn) in listener.incoming().enumerate() {
-                let Ok(mut s) = conn else { continue };
+                let Ok(tcp) = conn else { continue };
+                let tls = match &tls {
+                    Some(cfg) => match rustls::ServerConnection::new(cfg.clone()) {
+                        Ok(c) => Some(rustls::StreamOwned::new(
+                            c,
+                            tcp.try_clone().expect("clone socket"),
+                        )),
+                        Err(_) => continue,
+                    },
+                    None => None,
+                };
+                let mut s = tcp;
+                let mut tls = tls;
                 let (tally, first, done) = (tally.clone(), first.clone(), done.clone());
                 let mut log = log.as_ref().map(|p| {
                     // A restarted sink must not reuse a file: skip taken numbers.
@@ -244,12 +338,18 @@ fn sink(a: &Args) {
                         // resets the connection and auditlb sends them again.
                         // Reading first would lose them behind a clean FIN, as
                         // any backend that dies holding data it read would.
-                        let got = match &mut log {
-                            Some(l) => s.peek(&mut buf).and_then(|n| {
+                        let got = match (&mut tls, &mut log) {
+                            (Some(t), log) => t.read(&mut buf).and_then(|n| {
+                                if let Some(l) = log {
+                                    l.write_all(&buf[..n])?;
+                                }
+                                Ok(n)
+                            }),
+                            (None, Some(l)) => s.peek(&mut buf).and_then(|n| {
                                 l.write_all(&buf[..n])?;
                                 s.read_exact(&mut buf[..n]).map(|()| n)
                             }),
-                            None => s.read(&mut buf),
+                            (None, None) => s.read(&mut buf),
                         };
                         let n = match got {
                             Ok(0) | Err(_) => return,
