@@ -1,7 +1,7 @@
 //! auditlb: a Layer-4 load balancer for syslog and line-framed log streams.
 //!
 //! ```text
-//! client ──TCP──▶ listener ──▶ session (framer) ──batch──▶ journal writer (one thread)
+//! client ──TCP/TLS──▶ listener ──▶ session (TLS handshake, framer) ──batch──▶ journal writer
 //!                 listener.rs   session.rs, framer.rs     journal/writer/: seq, chain, write(2),
 //!                                                          sync policy, checkpoints, anchors, roll
 //!                                                               │ written frames, per pool
@@ -13,9 +13,10 @@
 //!                                                   rounds with balance.rs, delivery cursor
 //!                                   ┌───────────────────────────┼──────────────┐
 //!                                   ▼                           ▼              ▼
-//!                              upstream A                  upstream B     upstream C ──TCP──▶ backends
+//!                              upstream A                  upstream B     upstream C ──TCP/TLS──▶ backends
 //!                              upstream.rs: persistent connections, vectored writes,
-//!                              FIFO of (seq, end offset) settled by TCP ACK (SIOCOUTQ);
+//!                              FIFO of (seq, end offset; over TLS the ciphertext offset)
+//!                              settled by TCP ACK (SIOCOUTQ);
 //!                              on failure the unsettled suffix (and after a reset the
 //!                              replay window) goes back to the dispatcher
 //! health.rs (checks) ──▶ backend.rs (up/down with rise/fall, pending bytes) ──▶ dispatcher
@@ -26,6 +27,8 @@
 //! journal/recover/ plans start-up recovery; journal/verify/ and journal/cat.rs read
 //! journals back (`auditlb verify`, `cat`); journal/anchors.rs binds a journal to its
 //! anchors file; journal/delivery.rs keeps delivery cursors.
+//! tls/ loads certificates, keys, CAs and CRLs into rustls configs (at start, `check`
+//! and every reload), decides who gets in and classifies refusals.
 //! Small pieces: frame.rs (the unit of work), syslog.rs (header fields for hashing),
 //! units.rs (sizes, durations), time.rs (clock and RFC 3339), ratelimit.rs (log floods).
 //! ```
@@ -34,6 +37,9 @@
 //! - `config/`: `mod.rs` the TOML shape and defaults, `validate.rs` checks by key path.
 //! - `server/`: `mod.rs` start and stop, `pools.rs` pool supervisor, dispatch groups and
 //!   backend handles, `listeners.rs`, `reload.rs` the reload plan, `status.rs` readiness.
+//! - `tls/`: `mod.rs` loading material and refusal reasons, `allow.rs` pins and name
+//!   patterns, `identity.rs` certificate fields and what a connection negotiated,
+//!   `verify.rs` the client and backend certificate verifiers.
 //! - `listener.rs` accept loops; `session.rs` one client connection; `framer.rs` cutting
 //!   frames; `admin.rs` the HTTP endpoint; `metrics.rs` the registry.
 //! - `dispatcher/`: `mod.rs` the task and routing rounds, `intake.rs` live batches or the

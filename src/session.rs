@@ -208,13 +208,17 @@ async fn read_loop<S: AsyncRead + Unpin>(
     let mut last_read = Instant::now();
     let mut partial_since: Option<Instant> = None;
     let mut eof = false;
+    // The TLS stream ended without close_notify: what was authenticated is
+    // whole records, but a frame left open at the end was cut (perhaps by
+    // someone on the path), so it is not taken as a frame.
+    let mut cut = false;
     let mut draining = false;
     loop {
         // Cut every complete frame out of what we have.
         let mut completed = false;
         let mut failure = None;
         loop {
-            let r = if eof {
+            let r = if eof && !cut {
                 dec.finish(&mut buf)
             } else {
                 dec.decode(&mut buf)
@@ -275,6 +279,13 @@ async fn read_loop<S: AsyncRead + Unpin>(
             return close;
         }
         if eof {
+            if cut && dec.in_frame(&buf) {
+                s.metrics.refused_incomplete.inc();
+                record_gap(s, meta, "incomplete").await;
+                return Close::Malformed(
+                    "TLS stream ended without close_notify inside a frame: the cut frame is refused".into(),
+                );
+            }
             return Close::Eof;
         }
         if buf.is_empty() {
@@ -326,9 +337,13 @@ async fn read_loop<S: AsyncRead + Unpin>(
                 last_read = Instant::now();
             }
             // A TLS client that closes without close_notify: what it sent
-            // was authenticated record by record, so it is an end, not
-            // damage (most syslog senders close this way).
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => eof = true,
+            // was authenticated record by record, so whole frames are kept
+            // (many syslog senders close this way); a frame left open is
+            // refused above.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                eof = true;
+                cut = true;
+            }
             Err(e) => return Close::Error(e),
         }
     }

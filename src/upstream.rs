@@ -472,7 +472,11 @@ impl Upstream {
                 biased;
                 _ = abort.cancelled() => return End::Aborted,
                 r = rd.read(&mut discard) => match r {
-                    Ok(0) => return End::Failed { reason: "backend closed the connection".into(), clean: true },
+                    // Over TCP a FIN means the backend read what its kernel
+                    // took (unread data would have made it a reset). Over
+                    // TLS its close_notify comes first and hides that
+                    // reset: a TLS close is never taken as clean.
+                    Ok(0) => return End::Failed { reason: "backend closed the connection".into(), clean: wire.is_none() },
                     Ok(_) => {} // backends have nothing to say; ignore it
                     Err(e) => return End::Failed { reason: format!("read: {e}"), clean: false },
                 },

@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use auditlb::journal::cat::{cat, Format};
 use auditlb::server::Server;
@@ -726,4 +729,380 @@ async fn optional_client_auth_lf_framing_and_min_version() {
             "{f}"
         );
     }
+}
+
+fn inq(fd: i32) -> i32 {
+    let mut n: libc::c_int = 0;
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    n
+}
+
+fn parse_octet(buf: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(sp) = buf[pos..].iter().position(|&b| b == b' ') {
+        let len: usize = std::str::from_utf8(&buf[pos..pos + sp])
+            .unwrap()
+            .parse()
+            .unwrap();
+        if buf.len() < pos + sp + 1 + len {
+            break;
+        }
+        out.push(buf[pos + sp + 1..pos + sp + 1 + len].to_vec());
+        pos += sp + 1 + len;
+    }
+    out
+}
+
+/// A backend whose first data connection gets frames into its kernel
+/// (acknowledged), never reads them, and closes the way a TLS peer closes
+/// on shutdown: close_notify (TLS) then close(2). Later connections read
+/// everything. Returns the frames read by the later connections.
+async fn closer(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let closed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (got, closed_once, tls) = (g.clone(), closed_once.clone(), tls.clone());
+            tokio::spawn(async move {
+                let fd = tcp.as_raw_fd();
+                let mut s: Box<dyn Duplex> = match tls {
+                    Some(cfg) => match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                        Ok(mut t) => {
+                            tokio::time::sleep(Duration::from_millis(800)).await;
+                            if inq(fd) > 1000
+                                && !closed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                eprintln!("closer(tls): {} bytes unread in the kernel; close_notify, close", inq(fd));
+                                // As a TLS peer closing on shutdown does (rustls,
+                                // gnutls_bye, SSL_shutdown): close_notify ...
+                                t.get_mut().1.send_close_notify();
+                                let _ = t.flush().await;
+                                return; // ... then close(2), unread data in the kernel: RST
+                            }
+                            Box::new(t)
+                        }
+                        Err(_) => return,
+                    },
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                        if inq(fd) > 1000
+                            && !closed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            eprintln!(
+                                "closer(plain): {} bytes unread in the kernel; close",
+                                inq(fd)
+                            );
+                            return; // close(2), unread data in the kernel: RST
+                        }
+                        Box::new(tcp)
+                    }
+                };
+                let mut buf = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(4), s.read_to_end(&mut buf)).await;
+                got.lock().unwrap().extend(parse_octet(&buf));
+            });
+        }
+    });
+    (addr, got)
+}
+
+trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// Frames missing at a backend that closes its first connection with
+/// unread data in its kernel (see [`closer`]), over TLS or plain TCP.
+async fn lost_when_backend_closes(tls: bool) -> usize {
+    let dir = scratch_dir(if tls {
+        "tls-closenotify"
+    } else {
+        "plain-close-unread"
+    });
+    let siem = Pki::new(&dir, "siem");
+    let cert = siem.server("b", &["127.0.0.1"]);
+    let (addr, got) = closer(tls.then(|| server_config(&cert, None))).await;
+    let mut cfg = TestConfig::at(&dir)
+        .backend_addrs(&[addr])
+        .pool("connections = 1")
+        .pool("replay-window = \"1MiB\"");
+    if tls {
+        cfg = cfg.pool_tls(&format!("ca = \"{}\"", siem.ca().display()));
+    }
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let l = server.listener_addr("in").unwrap();
+    let frames = lines("c", 0..200);
+    let mut c = tokio::net::TcpStream::connect(l).await.unwrap();
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
+    c.write_all(&octet(&refs)).await.unwrap();
+    c.shutdown().await.unwrap();
+    let missing = || {
+        let have: std::collections::HashSet<Vec<u8>> =
+            got.lock().unwrap().iter().cloned().collect();
+        frames
+            .iter()
+            .filter(|f| !have.contains(f.as_bytes()))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while missing() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let missing = missing();
+    eprintln!(
+        "tls={tls}: settled {} replayed {} missing {missing}",
+        metric(&server, "auditlb_frames_settled_total", &[]),
+        metric(&server, "auditlb_frames_replayed_total", &[]),
+    );
+    server.shutdown().await;
+    missing
+}
+
+#[tokio::test]
+async fn a_tls_backend_closing_with_close_notify_and_unread_data_loses_nothing() {
+    assert_eq!(lost_when_backend_closes(true).await, 0);
+}
+
+#[tokio::test]
+async fn a_plain_backend_closing_with_unread_data_loses_nothing() {
+    assert_eq!(lost_when_backend_closes(false).await, 0);
+}
+
+/// A self-signed client certificate (EKU clientAuth) valid from an hour ago
+/// until `secs` from now.
+fn short_lived_self_signed(dir: &std::path::Path, file: &str, cn: &str, secs: u64) -> Issued {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = epoch + Duration::from_secs(now - 3600);
+    p.not_after = epoch + Duration::from_secs(now + secs);
+    let key = KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    Issued {
+        cert: c,
+        key: k,
+        der: cert.der().to_vec(),
+        fingerprint: fingerprint(cert.der()),
+        serial: 0,
+    }
+}
+
+/// No session resumption: a resumed TLS session runs no certificate check,
+/// so an expired (or revoked, or no longer allowed) client would stay in on
+/// its ticket. Every connection is a full handshake, and a pinned
+/// certificate that expired is refused on the next connection.
+#[tokio::test]
+async fn every_connection_is_verified_in_full_no_resumption() {
+    let dir = scratch_dir("tls-no-resumption");
+    let ca = Pki::new(&dir, "clients");
+    let server_cert = ca.server("server", &["localhost", "127.0.0.1"]);
+    let pinned = short_lived_self_signed(&dir, "pinned", "pinned-client", 2);
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[sink.addr])
+        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+        .listener_tls(&format!("allow = [\"{}\"]", pinned.fingerprint));
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    // One client config, so it would offer its tickets if it had any.
+    let client = client_config(&ca.ca(), Some(&pinned));
+    for round in 0..2 {
+        let mut s = tls_connect(addr, client.clone(), "localhost")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "round {round}"
+        );
+        let frames = lines("r", round * 5..(round + 1) * 5);
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
+        s.write_all(&octet(&refs)).await.unwrap();
+        s.shutdown().await.unwrap();
+        wait_for(5.0, "5 more frames", || sink.count() == (round + 1) * 5).await;
+    }
+    // The certificate expires; the same client, with whatever it kept, is
+    // refused.
+    let not_after = std::time::UNIX_EPOCH
+        + Duration::from_secs(
+            auditlb::tls::PeerCert::parse(&pinned.der)
+                .unwrap()
+                .not_after as u64
+                + 1,
+        );
+    while std::time::SystemTime::now() < not_after {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tls_refused(addr, client.clone(), "localhost").await;
+    wait_for(5.0, "refused as expired", || {
+        refused(&server, "expired") == 1.0
+    })
+    .await;
+    assert_eq!(sink.count(), 10);
+    server.shutdown().await;
+}
+
+/// RFC 5425 / RFC 6125: when a certificate has subjectAltName dNSNames, the
+/// CN is not looked at. A CA-issued certificate whose SAN says
+/// `db-1.dev.example.com` followed by one malformed entry (webpki does not
+/// parse client SANs, so the chain verifies) must not get in by its CN
+/// under `dns:*.prod.example.com`: a SAN that does not parse is a bad
+/// certificate, not an absent SAN.
+#[tokio::test]
+async fn a_san_that_does_not_parse_is_refused_not_read_as_absent() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, CustomExtension, DistinguishedName,
+        DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let dir = scratch_dir("tls-san-unparsed");
+    let server_ca = Pki::new(&dir, "servers");
+    let server_cert = server_ca.server("server", &["localhost"]);
+    // The client CA.
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "clients test CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let ca_path = dir.join("clients-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    // The client: CN in prod, SAN (db-1.dev.example.com, then a bad entry) in dev.
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "web-1.prod.example.com");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let good = b"db-1.dev.example.com";
+    let mut names = vec![0x82, good.len() as u8];
+    names.extend_from_slice(good);
+    // A last entry whose length runs past the SEQUENCE.
+    names.extend_from_slice(&[0x82, 0x10, b'a', b'b', b'c']);
+    let mut san = vec![0x30, names.len() as u8];
+    san.extend(names);
+    p.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], san)];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca).unwrap();
+    let client = Issued {
+        cert: dir.join("client.pem"),
+        key: dir.join("client.key"),
+        der: cert.der().to_vec(),
+        fingerprint: fingerprint(cert.der()),
+        serial: 0,
+    };
+    std::fs::write(&client.cert, cert.pem()).unwrap();
+    std::fs::write(&client.key, key.serialize_pem()).unwrap();
+    assert!(auditlb::tls::PeerCert::parse(cert.der()).is_err());
+
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[sink.addr])
+        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+        .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
+        .listener_tls("allow = [\"dns:*.prod.example.com\"]");
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    let r = async {
+        let mut s = tls_connect(
+            addr,
+            client_config(&server_ca.ca(), Some(&client)),
+            "localhost",
+        )
+        .await?;
+        let frames = lines("san", 0..5);
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
+        s.write_all(&octet(&refs)).await?;
+        s.shutdown().await
+    }
+    .await;
+    eprintln!("client: {r:?}");
+    wait_for(5.0, "the refusal", || {
+        refused(&server, "bad-certificate") == 1.0
+    })
+    .await;
+    let got = sink.count();
+    server.shutdown().await;
+    assert_eq!(
+        got, 0,
+        "a certificate whose SAN is db-1.dev.example.com got in by its CN"
+    );
+}
+
+/// TLS truncation: a connection that ends without close_notify (an
+/// on-path attacker can drop the records that follow and send a FIN) keeps
+/// its whole frames, but an unterminated tail is refused (a GAP record),
+/// never journaled and forwarded as a frame under the client's identity.
+#[tokio::test]
+async fn a_truncated_tls_stream_keeps_whole_frames_and_refuses_the_cut_one() {
+    let dir = scratch_dir("tls-truncation");
+    let ca = Pki::new(&dir, "clients");
+    let server_cert = ca.server("server", &["localhost"]);
+    let client = ca.client("client", "web-1", &[]);
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[sink.addr])
+        .listener("framing = \"lf\"")
+        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+        .listener_tls(&format!("client-ca = \"{}\"", ca.ca().display()));
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    let mut s = tls_connect(addr, client_config(&ca.ca(), Some(&client)), "localhost")
+        .await
+        .unwrap();
+    // One record: a whole line and the first half of the next.
+    s.write_all(b"<13>1 - h app - - - whole\n<13>1 - h app - - - transfer approved for account 12")
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    // The rest of the line never arrives: FIN, no close_notify.
+    s.get_mut().0.shutdown().await.unwrap();
+    wait_for(5.0, "the cut frame refused", || {
+        metric(
+            &server,
+            "auditlb_frames_refused_total",
+            &[("reason", "incomplete")],
+        ) == 1.0
+    })
+    .await;
+    wait_for(5.0, "the whole frame", || sink.count() == 1).await;
+    let bodies: Vec<String> = sink
+        .bodies()
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect();
+    eprintln!("at the backend: {bodies:?}");
+    server.shutdown().await;
+    assert_eq!(
+        bodies,
+        ["<13>1 - h app - - - whole"],
+        "the truncated tail was forwarded as a frame"
+    );
 }

@@ -59,7 +59,12 @@ impl PeerCert {
             .filter_map(|a| a.as_str().ok().map(str::to_owned))
             .collect();
         let mut sans = Vec::new();
-        if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        // A subjectAltName that does not parse is an error, not an absent
+        // one: `dns:` rules fall back to the CN only when there is no SAN.
+        let san = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("subjectAltName does not parse: {e}"))?;
+        if let Some(ext) = san {
             for n in &ext.value.general_names {
                 match n {
                     GeneralName::DNSName(s) => sans.push(San::Dns((*s).to_owned())),

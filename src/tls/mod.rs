@@ -331,6 +331,13 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
                 t.cert.display()
             )]
         })?;
+    // No session resumption: a resumed session skips every certificate
+    // check (an expired, revoked or no longer allowed client would stay in
+    // on its ticket). Syslog connections are long-lived, so each pays one
+    // full handshake.
+    let mut server = server;
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
     Ok(ListenerTls {
         server: Arc::new(server),
         handshake_timeout: t.handshake_timeout.0,
@@ -418,6 +425,9 @@ fn load_pool(at: &str, t: &PoolTlsConfig) -> Result<PoolTls, Vec<String>> {
         }
         None => builder.with_no_client_auth(),
     };
+    // Every connection to a backend verifies its certificate in full.
+    let mut client = client;
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(PoolTls {
         client: Arc::new(client),
         server_name,

@@ -36,6 +36,7 @@ impl Writer {
             }
             last = Some(f.conn.id);
             let sha;
+            let subject;
             let sans: Vec<String>;
             let mut meta: Vec<(u8, &[u8])> = vec![
                 (tag::LISTENER, f.conn.listener.as_bytes()),
@@ -49,9 +50,18 @@ impl Writer {
             }
             if let Some(p) = &tls.peer {
                 sha = p.sha256.to_string();
-                sans = p.sans.iter().map(ToString::to_string).collect();
+                // Bounded so the record's meta (64KiB at most) always
+                // holds every field: a huge subject or SAN list is cut,
+                // visibly; the fingerprint names the certificate exactly.
+                sans = p
+                    .sans
+                    .iter()
+                    .take(MAX_SANS)
+                    .map(|s| clip(&s.to_string(), MAX_NAME))
+                    .collect();
                 meta.push((tag::PEER_SHA256, sha.as_bytes()));
-                meta.push((tag::PEER_SUBJECT, p.subject.as_bytes()));
+                subject = clip(&p.subject, MAX_NAME);
+                meta.push((tag::PEER_SUBJECT, subject.as_bytes()));
                 meta.extend(sans.iter().map(|s| (tag::PEER_SAN, s.as_bytes())));
             }
             let body = crate::journal::format::connection_body(f.conn.id);
@@ -157,5 +167,36 @@ impl Writer {
             ],
             &count.to_be_bytes(),
         );
+    }
+}
+
+/// Most SANs, and bytes of a subject or SAN, a CONNECTION record holds
+/// (32 x 1KiB plus a 1KiB subject: far below the 64KiB of meta).
+const MAX_SANS: usize = 32;
+const MAX_NAME: usize = 1024;
+
+/// `s` cut to at most `max` bytes at a character boundary, marked `...`
+/// when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn clip_cuts_at_a_char_boundary_and_marks_it() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(600);
+        let c = clip(&long, 1024);
+        assert!(c.len() <= 1024 && c.ends_with("...") && c.starts_with("éé"));
     }
 }
