@@ -175,9 +175,31 @@ impl Decoder {
         }
     }
 
+    /// True when `buf` holds part of a frame not yet reported in any way
+    /// (a frame being skipped for its size was already reported as
+    /// truncated or dropped).
+    pub fn partial(&self, buf: &BytesMut) -> bool {
+        matches!(self.skip, Skip::None) && buf.iter().any(|&b| b != b'\n' && b != b'\r')
+    }
+
     /// Called at end of stream: delivers a last unterminated LF line, or
     /// reports an octet-counted frame cut short.
     pub fn finish(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, FrameError> {
+        self.end(buf, true)
+    }
+
+    /// Called when a stream was cut rather than ended (TLS without
+    /// close_notify): as [`Decoder::finish`], except that an unterminated
+    /// LF line is not a frame but [`FrameError::Incomplete`].
+    pub fn finish_cut(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, FrameError> {
+        self.end(buf, false)
+    }
+
+    fn end(
+        &mut self,
+        buf: &mut BytesMut,
+        lf_tail_is_frame: bool,
+    ) -> Result<Option<Event>, FrameError> {
         if let Some(e) = self.decode(buf)? {
             return Ok(Some(e));
         }
@@ -200,6 +222,15 @@ impl Decoder {
                 self.scanned = 0;
                 if line.is_empty() {
                     return Ok(None);
+                }
+                if !lf_tail_is_frame {
+                    if line.iter().all(|&b| b == b'\r') {
+                        return Ok(None);
+                    }
+                    return Err(FrameError::Incomplete {
+                        have: line.len(),
+                        want: 0,
+                    });
                 }
                 match self.complete_line(line)? {
                     Step::Event(e) => Ok(Some(e)),
@@ -624,6 +655,47 @@ mod tests {
 
     /// Pseudo-random garbage must never panic, loop, or exceed the buffer
     /// bound, in any framing and policy.
+    #[test]
+    fn a_cut_stream_refuses_its_open_line_and_keeps_the_rest() {
+        for oversize in [Oversize::Truncate, Oversize::Drop] {
+            let mut d = Decoder::new(Framing::Lf, 16, oversize);
+            let mut buf = BytesMut::from(&b"whole\nhalf a li"[..]);
+            assert!(
+                matches!(d.finish_cut(&mut buf), Ok(Some(Event::Frame(f))) if &f[..] == b"whole")
+            );
+            assert!(d.partial(&buf));
+            assert!(matches!(
+                d.finish_cut(&mut buf),
+                Err(FrameError::Incomplete { have: 9, want: 0 })
+            ));
+            assert!(!d.partial(&buf));
+            // A line being skipped for its size was reported already: at
+            // the cut it ends as it would at an EOF, not as incomplete.
+            let mut d = Decoder::new(Framing::Lf, 4, oversize);
+            let mut buf = BytesMut::from(&b"much too long"[..]);
+            assert!(matches!(d.decode(&mut buf), Ok(None)));
+            assert!(!d.partial(&buf));
+            let ev = d.finish_cut(&mut buf).unwrap();
+            assert!(
+                matches!(ev, Some(Event::Dropped { .. } | Event::Truncated { .. })),
+                "{ev:?}"
+            );
+        }
+        // Octet counting: the same as an EOF.
+        let mut d = Decoder::new(Framing::OctetCounted, 64, Oversize::Drop);
+        let mut buf = BytesMut::from(&b"5 hello10 abc"[..]);
+        assert!(matches!(d.finish_cut(&mut buf), Ok(Some(Event::Frame(_)))));
+        assert!(matches!(
+            d.finish_cut(&mut buf),
+            Err(FrameError::Incomplete { have: 3, want: 10 })
+        ));
+        // Only line ends left: nothing to refuse.
+        let mut d = Decoder::new(Framing::Lf, 64, Oversize::Drop);
+        let mut buf = BytesMut::from(&b"a\n\r"[..]);
+        assert!(matches!(d.finish_cut(&mut buf), Ok(Some(Event::Frame(_)))));
+        assert!(matches!(d.finish_cut(&mut buf), Ok(None)));
+    }
+
     #[test]
     fn garbage_never_panics() {
         let mut rng = fastrand::Rng::with_seed(7);

@@ -124,6 +124,9 @@ pub struct ListenerShared {
     max: Mutex<usize>,
     per_source: Arc<SourceLimit>,
     settings: std::sync::RwLock<Arc<SessionSettings>>,
+    /// The TLS material in force, watched by open sessions: after a reload
+    /// each checks that it would still be let in, and closes if not.
+    tls_now: tokio::sync::watch::Sender<Option<Arc<ListenerTls>>>,
 }
 
 impl ListenerShared {
@@ -153,6 +156,7 @@ impl ListenerShared {
             cfg.max_connections_per_source.unwrap_or(0),
             Ordering::Relaxed,
         );
+        self.tls_now.send_replace(tls.clone());
         let mut settings = self.settings.write().unwrap_or_else(|p| p.into_inner());
         let old = settings.clone();
         *settings = Arc::new(SessionSettings::new(
@@ -218,6 +222,7 @@ impl Listener {
                     max: AtomicUsize::new(cfg.max_connections_per_source.unwrap_or(0)),
                     counts: Mutex::new(HashMap::new()),
                 }),
+                tls_now: tokio::sync::watch::Sender::new(tls.clone()),
                 settings: std::sync::RwLock::new(Arc::new(SessionSettings::new(
                     cfg, metrics, tx, slot, warn_limit, tls,
                 ))),
@@ -278,12 +283,13 @@ impl Listener {
             settings.metrics.accepted.inc();
             let stop = stop.clone();
             let mine = own.token();
+            let reloads = self.shared.tls_now.subscribe();
             tasks.spawn(async move {
                 let _permit = permit;
                 let _slot = slot;
                 let _mine = mine;
                 settings.metrics.open.inc();
-                crate::session::session(stream, peer, &settings, stop).await;
+                crate::session::session(stream, peer, &settings, stop, reloads).await;
                 settings.metrics.open.dec();
             });
         }

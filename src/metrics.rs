@@ -36,6 +36,7 @@ pub struct Metrics {
     oldest_undelivered: prometheus::GaugeVec,
     tls_handshakes: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    tls_handshake_waits: IntCounterVec,
     /// notAfter of every loaded certificate (Unix seconds), by owner.
     tls_cert_expiry: prometheus::GaugeVec,
     journal: crate::journal::JournalMetrics,
@@ -292,8 +293,14 @@ impl Metrics {
                 "TLS handshakes refused or failed, by reason: no-certificate, unknown-issuer, expired, revoked, not-allowed, bad-certificate, peer-alert, protocol, timeout, io.",
                 &["listener", "reason"],
             ),
+            tls_handshake_waits: counter(
+                &r,
+                "tls_handshake_waits_total",
+                "TLS handshakes that had to wait for one of the listener's max-handshakes slots.",
+                &["listener"],
+            ),
             tls_cert_expiry: {
-                let g = prometheus::GaugeVec::new(Opts::new("tls_cert_expiry_seconds", "Unix time at which a loaded certificate expires (notAfter), by the listener or pool that loaded it and its role (cert, client-ca, ca)."), &["listener", "pool", "role", "subject"]).expect("valid metric definition");
+                let g = prometheus::GaugeVec::new(Opts::new("tls_cert_expiry_seconds", "Unix time at which a loaded certificate expires (notAfter), by the listener or pool that loaded it and its role (cert, client-ca, ca)."), &["listener", "pool", "role", "subject", "sha256"]).expect("valid metric definition");
                 r.register(Box::new(g.clone())).expect("metric names are unique");
                 g
             },
@@ -320,7 +327,13 @@ impl Metrics {
             for x in loaded.into_iter().flatten() {
                 if let Some(t) = x.not_after {
                     self.tls_cert_expiry
-                        .with_label_values(&[listener, pool, x.role, &x.subject])
+                        .with_label_values(&[
+                            listener,
+                            pool,
+                            x.role,
+                            &x.subject,
+                            &x.sha256.to_string(),
+                        ])
                         .set(t as f64);
                 }
             }
@@ -379,6 +392,7 @@ impl Metrics {
             closed_error: closed("error"),
             closed_shutdown: closed("shutdown"),
             closed_handshake: closed("tls_handshake"),
+            closed_revalidation: closed("tls_revalidation"),
             frames_in: self.frames_in.with_label_values(&[name]),
             bytes_in: self.bytes_in.with_label_values(&[name]),
             truncated: self.frames_truncated.with_label_values(&[name]),
@@ -388,6 +402,7 @@ impl Metrics {
             refused_unjournaled: refused("unjournaled_at_exit"),
             tls_handshakes: self.tls_handshakes.clone(),
             tls_failures: self.tls_handshake_failures.clone(),
+            tls_waits: self.tls_handshake_waits.clone(),
             name: name.into(),
         }
     }
@@ -460,6 +475,7 @@ pub struct ListenerMetrics {
     pub closed_error: IntCounter,
     pub closed_shutdown: IntCounter,
     pub closed_handshake: IntCounter,
+    pub closed_revalidation: IntCounter,
     pub frames_in: IntCounter,
     pub bytes_in: IntCounter,
     pub truncated: IntCounter,
@@ -469,6 +485,7 @@ pub struct ListenerMetrics {
     pub refused_unjournaled: IntCounter,
     tls_handshakes: IntCounterVec,
     tls_failures: IntCounterVec,
+    tls_waits: IntCounterVec,
     name: std::sync::Arc<str>,
 }
 
@@ -478,6 +495,11 @@ impl ListenerMetrics {
         self.tls_handshakes
             .with_label_values(&[&self.name, version])
             .inc();
+    }
+
+    /// A TLS handshake waited for a `max-handshakes` slot.
+    pub fn tls_waited(&self) {
+        self.tls_waits.with_label_values(&[&self.name]).inc();
     }
 
     /// A TLS handshake failed.

@@ -28,7 +28,42 @@ use crate::frame::{ConnMeta, Frame};
 use crate::framer::{Decoder, Event, FrameError};
 use crate::journal::Ingress;
 use crate::listener::SessionSettings;
-use crate::tls::{ListenerTls, Refusal, TlsIdentity};
+use crate::tls::{ListenerTls, PeerChain, Refusal, TlsIdentity};
+
+/// The listener's TLS material after each reload, and who this session's
+/// peer is: a session that a reload would no longer let in is closed.
+struct Recheck {
+    reloads: tokio::sync::watch::Receiver<Option<Arc<ListenerTls>>>,
+    /// `None`: a plain TCP session.
+    peer: Option<PeerChain>,
+    /// The listener is gone (no more reloads to watch).
+    done: bool,
+}
+
+impl Recheck {
+    /// Would the material now in force let this session in?
+    fn check(&mut self) -> Result<(), String> {
+        let now = self.reloads.borrow_and_update().clone();
+        match (now, &self.peer) {
+            // A listener that no longer speaks TLS: open sessions go on.
+            (None, _) => Ok(()),
+            (Some(_), None) => Err("the listener now requires TLS".into()),
+            (Some(t), Some(chain)) => t.admits(chain).map_err(|r| {
+                format!(
+                    "after a reload the client is no longer admitted: {}",
+                    r.label()
+                )
+            }),
+        }
+    }
+
+    async fn changed(&mut self) {
+        if self.done || self.reloads.changed().await.is_err() {
+            self.done = true;
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// Most bytes read in one go; also the most a session buffers beyond one
 /// frame.
@@ -51,6 +86,10 @@ enum Close {
     Shutdown,
     /// The journal writer is gone (process stopping).
     Downstream,
+    /// A reload brought TLS material that would not let this client in
+    /// (revoked, no longer allowed, plain TCP on a listener that now
+    /// requires TLS).
+    Revalidation(String),
     /// The TLS handshake failed or was refused.
     Handshake {
         why: Refusal,
@@ -67,6 +106,7 @@ pub(crate) async fn session(
     peer: SocketAddr,
     s: &SessionSettings,
     stop: CancellationToken,
+    reloads: tokio::sync::watch::Receiver<Option<Arc<ListenerTls>>>,
 ) {
     let _ = stream.set_nodelay(true);
     let _ = SockRef::from(&stream).set_tcp_keepalive(
@@ -81,14 +121,29 @@ pub(crate) async fn session(
     let span = tracing::debug_span!("session", listener = %s.name, client = %peer, conn = id);
     let close = async {
         tracing::debug!("client connected");
+        let mut recheck = Recheck {
+            reloads,
+            peer: None,
+            done: false,
+        };
+        // What this session started with; only reloads after it count.
+        recheck.reloads.mark_unchanged();
         match &s.tls {
-            None => read_loop(stream, &Arc::new(meta), s, &stop).await,
-            Some(tls) => match handshake(stream, tls, &stop).await {
+            None => read_loop(stream, &Arc::new(meta), s, &stop, &mut recheck).await,
+            Some(tls) => match handshake(stream, tls, &stop, &s.metrics).await {
                 Ok((mut stream, identity)) => {
                     s.metrics.tls_ok(&identity.version);
+                    recheck.peer = Some(PeerChain(
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                            .unwrap_or_default(),
+                    ));
                     tracing::debug!(version = %identity.version, cipher = %identity.cipher, sni = ?identity.sni, peer = ?identity.peer.as_ref().map(|p| &p.subject), "TLS session established");
                     let meta = Arc::new(meta.with_tls(identity));
-                    let close = read_loop(&mut stream, &meta, s, &stop).await;
+                    let close = read_loop(&mut stream, &meta, s, &stop, &mut recheck).await;
                     // close_notify, so the client knows nothing was cut.
                     let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, stream.shutdown()).await;
                     close
@@ -112,6 +167,7 @@ pub(crate) async fn session(
             m.closed_handshake.inc();
             m.tls_refused(*why);
         }
+        Close::Revalidation(_) => m.closed_revalidation.inc(),
     }
     let reason = match close {
         Close::Eof => {
@@ -130,7 +186,7 @@ pub(crate) async fn session(
         }
         Close::Idle => format!("idle for {:?}", s.idle_timeout),
         Close::FrameTimeout => format!("frame not completed within {:?}", s.frame_timeout),
-        Close::Malformed(e) | Close::Oversize(e) => e,
+        Close::Malformed(e) | Close::Oversize(e) | Close::Revalidation(e) => e,
         Close::Error(e) => format!("read: {e}"),
     };
     if let Some(skipped) = s.warn_limit.allow() {
@@ -145,6 +201,7 @@ async fn handshake(
     stream: TcpStream,
     tls: &ListenerTls,
     stop: &CancellationToken,
+    metrics: &crate::metrics::ListenerMetrics,
 ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, TlsIdentity), Close> {
     let deadline = Instant::now() + tls.handshake_timeout;
     let timed_out = |sni: Option<String>| Close::Handshake {
@@ -156,6 +213,22 @@ async fn handshake(
         why: Refusal::of_io(&e),
         sni,
         detail: e.to_string(),
+    };
+    // At most `max-handshakes` at once: each may hold 64KiB of handshake
+    // messages. Waiting for a turn counts against the timeout (the earlier
+    // handshakes end by their own, earlier, deadlines).
+    let _turn = match tls.handshakes.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            metrics.tls_waited();
+            tokio::select! {
+                _ = stop.cancelled() => return Err(Close::Shutdown),
+                p = tokio::time::timeout_at(deadline, tls.handshakes.clone().acquire_owned()) => match p {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(timed_out(None)),
+                },
+            }
+        }
     };
     let acceptor =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
@@ -195,15 +268,44 @@ async fn read_now<S: AsyncRead + Unpin>(
     .await
 }
 
+/// Reads frames until the connection ends. Whatever the end, part of a
+/// frame still held (a reset, a timeout, a stop, a TLS record that fails)
+/// is refused with a GAP record, like a frame cut at an EOF.
 async fn read_loop<S: AsyncRead + Unpin>(
-    mut stream: S,
+    stream: S,
     meta: &Arc<ConnMeta>,
     s: &SessionSettings,
     stop: &CancellationToken,
+    recheck: &mut Recheck,
 ) -> Close {
     let mut dec = Decoder::new(s.framing, s.max_frame, s.oversize);
-    let chunk = READ_CHUNK.min(dec.max_buffer()).max(4096);
     let mut buf = BytesMut::new();
+    let close = read_frames(stream, &mut dec, &mut buf, meta, s, stop, recheck).await;
+    if matches!(
+        close,
+        Close::Idle
+            | Close::FrameTimeout
+            | Close::Error(_)
+            | Close::Shutdown
+            | Close::Revalidation(_)
+    ) && dec.partial(&buf)
+    {
+        s.metrics.refused_incomplete.inc();
+        record_gap(s, meta, "incomplete").await;
+    }
+    close
+}
+
+async fn read_frames<S: AsyncRead + Unpin>(
+    mut stream: S,
+    dec: &mut Decoder,
+    buf: &mut BytesMut,
+    meta: &Arc<ConnMeta>,
+    s: &SessionSettings,
+    stop: &CancellationToken,
+    recheck: &mut Recheck,
+) -> Close {
+    let chunk = READ_CHUNK.min(dec.max_buffer()).max(4096);
     let mut batch: Vec<Frame> = Vec::new();
     let mut last_read = Instant::now();
     let mut partial_since: Option<Instant> = None;
@@ -218,10 +320,10 @@ async fn read_loop<S: AsyncRead + Unpin>(
         let mut completed = false;
         let mut failure = None;
         loop {
-            let r = if eof && !cut {
-                dec.finish(&mut buf)
-            } else {
-                dec.decode(&mut buf)
+            let r = match (eof, cut) {
+                (false, _) => dec.decode(buf),
+                (true, false) => dec.finish(buf),
+                (true, true) => dec.finish_cut(buf),
             };
             match r {
                 Ok(Some(ev)) => {
@@ -279,21 +381,14 @@ async fn read_loop<S: AsyncRead + Unpin>(
             return close;
         }
         if eof {
-            if cut && dec.in_frame(&buf) {
-                s.metrics.refused_incomplete.inc();
-                record_gap(s, meta, "incomplete").await;
-                return Close::Malformed(
-                    "TLS stream ended without close_notify inside a frame: the cut frame is refused".into(),
-                );
-            }
             return Close::Eof;
         }
         if buf.is_empty() {
             // Let an idle connection hold no buffer at all.
-            buf = BytesMut::new();
+            *buf = BytesMut::new();
         }
         let now = Instant::now();
-        partial_since = if dec.in_frame(&buf) {
+        partial_since = if dec.in_frame(buf) {
             if completed {
                 Some(now)
             } else {
@@ -310,7 +405,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
         buf.reserve(chunk);
         let read = if draining {
             // Stopping: take what is already buffered, then close.
-            match read_now(&mut stream, &mut buf).await {
+            match read_now(&mut stream, buf).await {
                 Some(r) => r,
                 None => return Close::Shutdown,
             }
@@ -320,6 +415,12 @@ async fn read_loop<S: AsyncRead + Unpin>(
                     draining = true;
                     continue;
                 }
+                _ = recheck.changed() => {
+                    if let Err(why) = recheck.check() {
+                        return Close::Revalidation(why);
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     return if partial_since.is_some_and(|t| t + s.frame_timeout <= Instant::now()) {
                         Close::FrameTimeout
@@ -327,7 +428,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
                         Close::Idle
                     };
                 }
-                r = stream.read_buf(&mut buf) => r,
+                r = stream.read_buf(buf) => r,
             }
         };
         match read {

@@ -324,6 +324,15 @@ pub struct ListenerTlsConfig {
     /// Default 10s.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: HumanDuration,
+    /// Handshakes in progress at once on this listener; more wait (within
+    /// `handshake-timeout`). Each can hold up to 64KiB of handshake
+    /// messages, so this bounds that memory. Default 256, 1 to 100000.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+}
+
+fn default_max_handshakes() -> usize {
+    256
 }
 
 impl ListenerTlsConfig {

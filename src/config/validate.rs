@@ -308,6 +308,12 @@ fn validate_listener_tls(at: &str, t: &ListenerTlsConfig, errs: &mut Vec<String>
     if t.handshake_timeout.0.is_zero() {
         errs.push(format!("{at}.handshake-timeout: must be more than 0"));
     }
+    if t.max_handshakes == 0 || t.max_handshakes > 100_000 {
+        errs.push(format!(
+            "{at}.max-handshakes: {} is out of range (1 to 100000)",
+            t.max_handshakes
+        ));
+    }
 }
 
 /// What can be told about `[pool.tls]` without reading its files.

@@ -57,7 +57,34 @@ pub struct Loaded {
 pub struct ListenerTls {
     pub server: Arc<ServerConfig>,
     pub handshake_timeout: Duration,
+    /// Handshakes in progress (`max-handshakes` permits).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// The client certificate checks, kept to re-check open connections
+    /// when a reload brings new CAs, CRLs or `allow` rules.
+    verifier: Arc<ClientVerifier>,
     pub loaded: Vec<Loaded>,
+}
+
+/// Who the peer of an open TLS connection proved to be, as needed to
+/// check it again.
+#[derive(Debug, Clone)]
+pub struct PeerChain(pub Vec<CertificateDer<'static>>);
+
+impl ListenerTls {
+    /// Would a connection with this client chain (empty: anonymous) be let
+    /// in under this material now? `Err` says why not.
+    pub fn admits(&self, chain: &PeerChain) -> Result<(), Refusal> {
+        use rustls::server::danger::ClientCertVerifier;
+        match chain.0.split_first() {
+            None if self.verifier.client_auth_mandatory() => Err(Refusal::NoCertificate),
+            None => Ok(()),
+            Some((ee, rest)) => self
+                .verifier
+                .verify_client_cert(ee, rest, rustls::pki_types::UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| Refusal::of_rustls(&e)),
+        }
+    }
 }
 
 /// A pool's TLS material.
@@ -290,9 +317,10 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
                     provider.clone(),
                 )
                 .with_crls(crls)
-                // A CRL speaks for the certificates its CA issued; a
-                // client CA without a CRL configured is not a refusal.
-                .only_check_end_entity_revocation()
+                // Every certificate of the chain is checked against the
+                // CRLs of its issuer (a revoked intermediate revokes what
+                // it issued); a CA without a CRL configured is not a
+                // refusal.
                 .allow_unknown_revocation_status();
                 if t.client_auth() == ClientAuth::Optional {
                     b = b.allow_unauthenticated();
@@ -322,7 +350,7 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
     let server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(t.min_version))
         .map_err(|e| vec![format!("{at}.min-version: {e}")])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| {
             vec![format!(
@@ -341,6 +369,8 @@ fn load_listener(at: &str, t: &ListenerTlsConfig) -> Result<ListenerTls, Vec<Str
     Ok(ListenerTls {
         server: Arc::new(server),
         handshake_timeout: t.handshake_timeout.0,
+        handshakes: Arc::new(tokio::sync::Semaphore::new(t.max_handshakes)),
+        verifier,
         loaded: all,
     })
 }

@@ -74,6 +74,15 @@ impl ClientCertVerifier for ClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         if self.allow.pins(&Fingerprint::of(end_entity)) {
+            // A pin trusts the certificate without a CA, but a CA that
+            // issued it and revoked it still has the last word.
+            if let Some(v) = &self.webpki {
+                if let Err(e @ Error::InvalidCertificate(CertificateError::Revoked)) =
+                    v.verify_client_cert(end_entity, intermediates, now)
+                {
+                    return Err(e);
+                }
+            }
             check_dates(end_entity, now)?;
             return Ok(ClientCertVerified::assertion());
         }
