@@ -774,28 +774,7 @@ async fn metrics_move_by_exactly_the_frames_sent_and_pass_promtool() {
     }
     // The exposition passes Prometheus' own linter.
     let body = after.split("\r\n\r\n").nth(1).unwrap().to_owned();
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool not found: install Debian's prometheus package (.ci/run does)");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = promtool_check(&body);
+    assert!(ok, "promtool: {out}");
     server.shutdown().await;
 }

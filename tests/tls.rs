@@ -872,39 +872,6 @@ async fn a_plain_backend_closing_with_unread_data_loses_nothing() {
     assert_eq!(lost_when_backend_closes(false).await, 0);
 }
 
-/// A self-signed client certificate (EKU clientAuth) valid from an hour ago
-/// until `secs` from now.
-fn short_lived_self_signed(dir: &std::path::Path, file: &str, cn: &str, secs: u64) -> Issued {
-    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = epoch + Duration::from_secs(now - 3600);
-    p.not_after = epoch + Duration::from_secs(now + secs);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    let (c, k) = (
-        dir.join(format!("{file}.pem")),
-        dir.join(format!("{file}.key")),
-    );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    Issued {
-        cert: c,
-        key: k,
-        der: cert.der().to_vec(),
-        fingerprint: fingerprint(cert.der()),
-        serial: 0,
-    }
-}
-
 /// No session resumption: a resumed TLS session runs no certificate check,
 /// so an expired (or revoked, or no longer allowed) client would stay in on
 /// its ticket. Every connection is a full handshake, and a pinned
@@ -914,7 +881,9 @@ async fn every_connection_is_verified_in_full_no_resumption() {
     let dir = scratch_dir("tls-no-resumption");
     let ca = Pki::new(&dir, "clients");
     let server_cert = ca.server("server", &["localhost", "127.0.0.1"]);
-    let pinned = short_lived_self_signed(&dir, "pinned", "pinned-client", 2);
+    let mut p = client_params("pinned-client");
+    validity(&mut p, -HOUR, 2);
+    let pinned = self_signed_params(&dir, "pinned", p);
     let sink = Sink::start(SinkFraming::Octet).await;
     let cfg = TestConfig::at(&dir)
         .backend_addrs(&[sink.addr])
@@ -970,54 +939,26 @@ async fn every_connection_is_verified_in_full_no_resumption() {
 /// certificate, not an absent SAN.
 #[tokio::test]
 async fn a_san_that_does_not_parse_is_refused_not_read_as_absent() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, CustomExtension, DistinguishedName,
-        DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    };
     let dir = scratch_dir("tls-san-unparsed");
     let server_ca = Pki::new(&dir, "servers");
     let server_cert = server_ca.server("server", &["localhost"]);
-    // The client CA.
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "clients test CA");
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let ca_path = dir.join("clients-ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    // The client: CN in prod, SAN (db-1.dev.example.com, then a bad entry) in dev.
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "web-1.prod.example.com");
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let clients = Pki::new(&dir, "clients");
+    // CN in prod; the SAN: db-1.dev.example.com, then an entry whose
+    // length runs past the SEQUENCE.
+    let mut p = client_params("web-1.prod.example.com");
     let good = b"db-1.dev.example.com";
     let mut names = vec![0x82, good.len() as u8];
     names.extend_from_slice(good);
-    // A last entry whose length runs past the SEQUENCE.
     names.extend_from_slice(&[0x82, 0x10, b'a', b'b', b'c']);
     let mut san = vec![0x30, names.len() as u8];
     san.extend(names);
-    p.custom_extensions = vec![CustomExtension::from_oid_content(&[2, 5, 29, 17], san)];
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &ca).unwrap();
-    let client = Issued {
-        cert: dir.join("client.pem"),
-        key: dir.join("client.key"),
-        der: cert.der().to_vec(),
-        fingerprint: fingerprint(cert.der()),
-        serial: 0,
-    };
-    std::fs::write(&client.cert, cert.pem()).unwrap();
-    std::fs::write(&client.key, key.serialize_pem()).unwrap();
-    assert!(auditlb::tls::PeerCert::parse(cert.der()).is_err());
-
+    p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+        &[2, 5, 29, 17],
+        san,
+    )];
+    let client = clients.issue_params("client", p);
+    assert!(auditlb::tls::PeerCert::parse(&client.der).is_err());
+    let ca_path = clients.ca();
     let sink = Sink::start(SinkFraming::Octet).await;
     let cfg = TestConfig::at(&dir)
         .backend_addrs(&[sink.addr])

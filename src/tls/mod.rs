@@ -163,36 +163,48 @@ impl Material {
 /// Loads every listener's and pool's TLS files. Each problem starts with
 /// its key path and names the file.
 pub fn load(cfg: &Config) -> Result<Material, Vec<String>> {
-    let mut m = Material::default();
     let mut errs = Vec::new();
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        m.listeners.push(match &l.tls {
-            Some(t) => match load_listener(&format!("listener[{i}].tls"), t) {
-                Ok(x) => Some(Arc::new(x)),
-                Err(e) => {
-                    errs.extend(e);
-                    None
-                }
-            },
-            None => None,
-        });
-    }
-    for (i, p) in cfg.pools.iter().enumerate() {
-        m.pools.push(match &p.tls {
-            Some(t) => match load_pool(&format!("pool[{i}].tls"), t) {
-                Ok(x) => Some(Arc::new(x)),
-                Err(e) => {
-                    errs.extend(e);
-                    None
-                }
-            },
-            None => None,
-        });
-    }
+    let listeners = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            collect(
+                &mut errs,
+                l.tls
+                    .as_ref()
+                    .map(|t| load_listener(&format!("listener[{i}].tls"), t)),
+            )
+        })
+        .collect();
+    let pools = cfg
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            collect(
+                &mut errs,
+                p.tls
+                    .as_ref()
+                    .map(|t| load_pool(&format!("pool[{i}].tls"), t)),
+            )
+        })
+        .collect();
     if errs.is_empty() {
-        Ok(m)
+        Ok(Material { listeners, pools })
     } else {
         Err(errs)
+    }
+}
+
+/// One table's material, its problems added to `errs`.
+fn collect<T>(errs: &mut Vec<String>, r: Option<Result<T, Vec<String>>>) -> Option<Arc<T>> {
+    match r? {
+        Ok(x) => Some(Arc::new(x)),
+        Err(e) => {
+            errs.extend(e);
+            None
+        }
     }
 }
 

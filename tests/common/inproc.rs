@@ -89,3 +89,29 @@ pub async fn with_one_backend(
     let addr = server.listener_addr("in").unwrap();
     (sink, server, addr)
 }
+
+/// An octet sink and an in-process auditlb forwarding to it, connected.
+pub struct Served {
+    pub sink: Sink,
+    pub server: Server,
+    /// The listener "in".
+    pub addr: SocketAddr,
+    pub cfg: TestConfig,
+}
+
+/// Starts an octet sink and an auditlb in `dir` whose config `build` makes
+/// from the default test config pointed at the sink; waits until it is
+/// connected.
+pub async fn serve(dir: &std::path::Path, build: impl FnOnce(TestConfig) -> TestConfig) -> Served {
+    let sink = Sink::start(SinkFraming::Octet).await;
+    let cfg = build(TestConfig::at(dir).backend_addrs(&[sink.addr]));
+    let server = start(&cfg.toml()).await;
+    wait_connected(&server, 1).await;
+    let addr = server.listener_addr("in").unwrap();
+    Served {
+        sink,
+        server,
+        addr,
+        cfg,
+    }
+}

@@ -31,6 +31,9 @@ pub struct Pki {
     dir: PathBuf,
     ca_path: PathBuf,
     ca: CertifiedIssuer<'static, KeyPair>,
+    /// For an intermediate CA: itself as issued by its parent (its serial,
+    /// for the parent's CRL); leaves it issues carry it in their chain.
+    pub as_issued: Option<Issued>,
     /// The next serial to issue; the CA itself is serial 1.
     next_serial: AtomicU64,
     /// The next CRL number, so each CRL this CA signs supersedes the last.
@@ -62,15 +65,15 @@ fn unix_now() -> u64 {
 /// Sets `not_before` and `not_after` to now plus the given seconds (rcgen
 /// takes `time::OffsetDateTime`, reached here from its own `date_time_ymd`
 /// and a std `Duration`, so the tests need no `time` dependency).
-fn validity(params: &mut CertificateParams, from: i64, to: i64) {
+pub fn validity(params: &mut CertificateParams, from: i64, to: i64) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     let now = unix_now();
     params.not_before = epoch + Duration::from_secs(now.saturating_add_signed(from));
     params.not_after = epoch + Duration::from_secs(now.saturating_add_signed(to));
 }
 
-const HOUR: i64 = 3600;
-const DAY: i64 = 24 * HOUR;
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 24 * HOUR;
 
 /// `sha256:AB:CD:...` of `der`: uppercase hex, colon separated.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -127,32 +130,81 @@ fn leaf_params(
     p
 }
 
+/// Client leaf parameters for a test to change before [`Pki::issue_params`]
+/// or [`self_signed_params`]: CN = `cn`, EKU clientAuth, no SAN, valid from
+/// an hour ago for a year.
+pub fn client_params(cn: &str) -> CertificateParams {
+    leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, 0)
+}
+
+/// CA parameters: CN = `cn`, keyCertSign (to issue) and cRLSign (so
+/// webpki takes its CRLs), valid from a day ago for `days`.
+fn ca_params(cn: &str, serial: u64, days: i64) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.serial_number = Some(SerialNumber::from(serial));
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.use_authority_key_identifier_extension = true;
+    validity(&mut p, -DAY, days * DAY);
+    p
+}
+
 impl Pki {
     /// A CA "CN=<name> test CA", its certificate written as
     /// `dir/<name>-ca.pem`.
     pub fn new(dir: &Path, name: &str) -> Pki {
+        Pki::root(dir, name, &format!("{name} test CA"), 10 * 365)
+    }
+
+    /// A root CA with subject CN `cn`, valid for `days`, written as
+    /// `dir/<file>-ca.pem`.
+    pub fn root(dir: &Path, file: &str, cn: &str, days: i64) -> Pki {
         std::fs::create_dir_all(dir).unwrap();
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("{name} test CA"));
-        p.distinguished_name = dn;
-        p.serial_number = Some(SerialNumber::from(1u64));
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // keyCertSign to issue, cRLSign so webpki accepts its CRLs.
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        validity(&mut p, -DAY, 10 * 365 * DAY);
+        let mut p = ca_params(cn, 1, days);
+        p.use_authority_key_identifier_extension = false;
         let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-        let ca_path = dir.join(format!("{name}-ca.pem"));
+        let ca_path = dir.join(format!("{file}-ca.pem"));
         std::fs::write(&ca_path, ca.pem()).unwrap();
         Pki {
             dir: dir.to_path_buf(),
             ca_path,
             ca,
+            as_issued: None,
             next_serial: AtomicU64::new(2),
+            next_crl: AtomicU64::new(1),
+        }
+    }
+
+    /// An intermediate CA "CN=<name> intermediate CA" issued by this one;
+    /// the leaves it issues carry it in their certificate file (the chain
+    /// a client sends), and this CA's CRL can revoke it (`as_issued`).
+    pub fn intermediate(&self, name: &str) -> Pki {
+        let serial = self.serial();
+        let key = KeyPair::generate().unwrap();
+        let p = ca_params(&format!("{name} intermediate CA"), serial, 365);
+        let ca = CertifiedIssuer::signed_by(p, key, &self.ca).unwrap();
+        let ca_path = self.dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let as_issued = Issued {
+            cert: ca_path.clone(),
+            key: PathBuf::new(),
+            der: ca.der().to_vec(),
+            fingerprint: fingerprint(ca.der()),
+            serial,
+        };
+        Pki {
+            dir: self.dir.clone(),
+            ca_path,
+            ca,
+            as_issued: Some(as_issued),
+            next_serial: AtomicU64::new(1000),
             next_crl: AtomicU64::new(1),
         }
     }
@@ -176,11 +228,25 @@ impl Pki {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Signs `params` for a fresh key and writes `dir/<file>.pem|.key`.
+    /// Signs `params` for a fresh key and writes `dir/<file>.pem|.key`
+    /// (an intermediate's certificate follows the leaf in the `.pem`).
     fn issue(&self, file: &str, params: CertificateParams, serial: u64) -> Issued {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        write_issued(&self.dir, file, cert.der(), &cert.pem(), &key, serial)
+        let mut pem = cert.pem();
+        if self.as_issued.is_some() {
+            pem.push_str(&self.ca.pem());
+        }
+        write_issued(&self.dir, file, cert.der(), &pem, &key, serial)
+    }
+
+    /// Signs leaf parameters a test built (see [`client_params`]), with
+    /// the next serial of this CA.
+    pub fn issue_params(&self, file: &str, mut params: CertificateParams) -> Issued {
+        let serial = self.serial();
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.use_authority_key_identifier_extension = true;
+        self.issue(file, params, serial)
     }
 
     /// A server certificate: `names` are DNS names or IP literals (an IP
@@ -246,10 +312,15 @@ impl Pki {
 /// A self-signed client certificate (EKU clientAuth), CN = `cn`: one no
 /// test CA vouches for. Writes `dir/<file>.pem` and `dir/<file>.key`.
 pub fn self_signed(dir: &Path, file: &str, cn: &str) -> Issued {
+    self_signed_params(dir, file, client_params(cn))
+}
+
+/// A self-signed certificate from parameters a test built.
+pub fn self_signed_params(dir: &Path, file: &str, mut p: CertificateParams) -> Issued {
     static SERIAL: AtomicU64 = AtomicU64::new(1_000_000);
     std::fs::create_dir_all(dir).unwrap();
     let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-    let mut p = leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, serial);
+    p.serial_number = Some(SerialNumber::from(serial));
     p.use_authority_key_identifier_extension = false;
     let key = KeyPair::generate().unwrap();
     let cert = p.self_signed(&key).unwrap();
