@@ -10,10 +10,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -253,19 +251,22 @@ async fn handshake(
     Ok((stream, identity))
 }
 
-/// Reads what is buffered right now, without waiting: `None` when nothing
-/// is (used while draining for shutdown).
+/// While draining for shutdown: how long a read may wait for what the
+/// client already sent. A read that returns less than asked makes tokio
+/// forget the socket's readiness until the reactor sees it again, so "no
+/// data this instant" is not "no data": a short wait lets the kernel's
+/// buffer (and TLS records in flight on loopback) be taken in full.
+const DRAIN_READ_WAIT: Duration = Duration::from_millis(20);
+
+/// Reads what the client already sent, waiting at most [`DRAIN_READ_WAIT`]:
+/// `None` when nothing came (used while draining for shutdown).
 async fn read_now<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
 ) -> Option<io::Result<usize>> {
-    std::future::poll_fn(|cx| {
-        match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf) {
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-            Poll::Pending => Poll::Ready(None),
-        }
-    })
-    .await
+    tokio::time::timeout(DRAIN_READ_WAIT, stream.read_buf(buf))
+        .await
+        .ok()
 }
 
 /// Reads frames until the connection ends. Whatever the end, part of a

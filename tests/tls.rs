@@ -84,20 +84,24 @@ async fn who_gets_in_and_why_the_others_are_refused() {
     let stranger_ca = Pki::new(&s.dir, "stranger");
     let stranger = stranger_ca.client("stranger", "web-5", &["web-5.prod.example.com"]);
 
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = s.listener_tls(
-        TestConfig::at(&s.dir).backend_addrs(&[sink.addr]),
-        &[
-            &format!("crl = [\"{}\"]", crl.display()),
-            &format!(
-                "allow = [\"dns:*.prod.example.com\", \"cn:web-2\", \"{}\"]",
-                pinned.fingerprint
-            ),
-        ],
-    );
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&s.dir, |c| {
+        s.listener_tls(
+            c,
+            &[
+                &format!("crl = [\"{}\"]", crl.display()),
+                &format!(
+                    "allow = [\"dns:*.prod.example.com\", \"cn:web-2\", \"{}\"]",
+                    pinned.fingerprint
+                ),
+            ],
+        )
+    })
+    .await;
     let ca = s.ca.ca();
 
     // Admitted: by DNS SAN pattern, by CN, and a pinned self-signed one.
@@ -246,14 +250,15 @@ async fn the_client_identity_is_in_the_journal_with_every_frame() {
 async fn a_slow_handshake_is_cut_at_the_timeout_without_holding_the_accept_loop() {
     let s = Setup::new("tls-timeout");
     let client = s.ca.client("client", "web-1", &[]);
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = s.listener_tls(
-        TestConfig::at(&s.dir).backend_addrs(&[sink.addr]),
-        &["handshake-timeout = \"300ms\""],
-    );
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&s.dir, |c| {
+        s.listener_tls(c, &["handshake-timeout = \"300ms\""])
+    })
+    .await;
     // 50 clients that connect and say nothing.
     let mut idle = Vec::new();
     for _ in 0..50 {
@@ -690,14 +695,15 @@ fn check_loads_the_tls_files_and_fingerprint_prints_the_pin() {
 async fn optional_client_auth_lf_framing_and_min_version() {
     let s = Setup::new("tls-optional");
     let expired = s.ca.expired_client("expired", "web-3");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = s.listener_tls(
-        TestConfig::at(&s.dir).backend_addrs(&[sink.addr]),
-        &["client-auth = \"optional\"", "min-version = \"1.3\""],
-    );
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg,
+    } = serve(&s.dir, |c| {
+        s.listener_tls(c, &["client-auth = \"optional\"", "min-version = \"1.3\""])
+    })
+    .await;
     let mut anon = tls_connect(addr, client_config(&s.ca.ca(), None), "localhost")
         .await
         .unwrap();
@@ -884,15 +890,17 @@ async fn every_connection_is_verified_in_full_no_resumption() {
     let mut p = client_params("pinned-client");
     validity(&mut p, -HOUR, 2);
     let pinned = self_signed_params(&dir, "pinned", p);
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[sink.addr])
-        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-        .listener_tls(&format!("allow = [\"{}\"]", pinned.fingerprint));
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&dir, |c| {
+        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+            .listener_tls(&format!("allow = [\"{}\"]", pinned.fingerprint))
+    })
+    .await;
     // One client config, so it would offer its tickets if it had any.
     let client = client_config(&ca.ca(), Some(&pinned));
     for round in 0..2 {
@@ -959,16 +967,18 @@ async fn a_san_that_does_not_parse_is_refused_not_read_as_absent() {
     let client = clients.issue_params("client", p);
     assert!(auditlb::tls::PeerCert::parse(&client.der).is_err());
     let ca_path = clients.ca();
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[sink.addr])
-        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-        .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
-        .listener_tls("allow = [\"dns:*.prod.example.com\"]");
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&dir, |c| {
+        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+            .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
+            .listener_tls("allow = [\"dns:*.prod.example.com\"]")
+    })
+    .await;
     let r = async {
         let mut s = tls_connect(
             addr,
@@ -1005,16 +1015,18 @@ async fn a_truncated_tls_stream_keeps_whole_frames_and_refuses_the_cut_one() {
     let ca = Pki::new(&dir, "clients");
     let server_cert = ca.server("server", &["localhost"]);
     let client = ca.client("client", "web-1", &[]);
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[sink.addr])
-        .listener("framing = \"lf\"")
-        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-        .listener_tls(&format!("client-ca = \"{}\"", ca.ca().display()));
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&dir, |c| {
+        c.listener("framing = \"lf\"")
+            .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+            .listener_tls(&format!("client-ca = \"{}\"", ca.ca().display()))
+    })
+    .await;
     let mut s = tls_connect(addr, client_config(&ca.ca(), Some(&client)), "localhost")
         .await
         .unwrap();
@@ -1046,4 +1058,27 @@ async fn a_truncated_tls_stream_keeps_whole_frames_and_refuses_the_cut_one() {
         ["<13>1 - h app - - - whole"],
         "the truncated tail was forwarded as a frame"
     );
+}
+
+/// A stop right after a TLS client sent its frames: what it sent is read
+/// (records already on the socket included) and delivered before exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_a_tls_client_sent_delivers_everything() {
+    let s = Setup::new("tls-stop-drain");
+    let client = s.ca.client("client", "web-1", &[]);
+    let Served {
+        sink, server, addr, ..
+    } = serve(&s.dir, |c| s.listener_tls(c, &[])).await;
+    let n = 20_000;
+    send_tls(
+        addr,
+        client_config(&s.ca.ca(), Some(&client)),
+        &lines("stop", 0..n),
+    )
+    .await;
+    server.shutdown().await;
+    wait_for(5.0, "every frame delivered before exit", || {
+        sink.count() == n
+    })
+    .await;
 }

@@ -647,16 +647,18 @@ async fn connection_records_big_identity_cat_from_and_tamper() {
         .collect();
     let big = self_signed_params(&t.dir, "big", p);
     eprintln!("client cert: {} bytes", big.der.len());
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&t.dir)
-        .backend_addrs(&[sink.addr])
-        .anchors()
-        .listener_tls(&format!("cert = \"{}\"", t.server.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", t.server.key.display()))
-        .listener_tls(&format!("allow = [\"{}\"]", big.fingerprint));
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg,
+    } = serve(&t.dir, |c| {
+        c.anchors()
+            .listener_tls(&format!("cert = \"{}\"", t.server.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", t.server.key.display()))
+            .listener_tls(&format!("allow = [\"{}\"]", big.fingerprint))
+    })
+    .await;
     let mut s = tls_connect(addr, client_config(&t.ca.ca(), Some(&big)), "localhost")
         .await
         .unwrap();
@@ -746,11 +748,12 @@ async fn connection_records_big_identity_cat_from_and_tamper() {
 #[tokio::test]
 async fn no_resumption_over_tls12_either() {
     let t = Tls::new("a2-tls12-resume");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = t.listener(TestConfig::at(&t.dir).backend_addrs(&[sink.addr]));
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&t.dir, |c| t.listener(c)).await;
     let client = Arc::new(
         rustls::ClientConfig::builder_with_provider(ring_provider())
             .with_protocol_versions(&[&rustls::version::TLS12])
@@ -826,16 +829,18 @@ async fn dns_rule_and_a_san_without_dns_names() {
     p.subject_alt_names = vec![rcgen::SanType::IpAddress("10.9.9.9".parse().unwrap())];
     let client = clients.issue_params("client", p);
     let ca_path = clients.ca();
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[sink.addr])
-        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-        .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
-        .listener_tls("allow = [\"dns:*.prod.example.com\"]");
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&dir, |c| {
+        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+            .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
+            .listener_tls("allow = [\"dns:*.prod.example.com\"]")
+    })
+    .await;
     let r = async {
         let mut s = tls_connect(
             addr,
@@ -858,13 +863,15 @@ async fn dns_rule_and_a_san_without_dns_names() {
 #[tokio::test]
 async fn handshakes_in_flight_across_reload_and_shutdown() {
     let t = Tls::new("a2-inflight");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = t
-        .listener(TestConfig::at(&t.dir).backend_addrs(&[sink.addr]))
-        .listener_tls("handshake-timeout = \"30s\"");
-    let mut server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        mut server,
+        addr,
+        cfg,
+    } = serve(&t.dir, |c| {
+        t.listener(c).listener_tls("handshake-timeout = \"30s\"")
+    })
+    .await;
     let mut silent = Vec::new();
     for _ in 0..20 {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -956,15 +963,15 @@ async fn memory_per_stalled_handshake() {
 #[tokio::test]
 async fn a_partial_frame_at_shutdown_leaves_a_trace() {
     let t = Tls::new("a2-shutdown-partial");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = t.listener(
-        TestConfig::at(&t.dir)
-            .backend_addrs(&[sink.addr])
-            .listener("framing = \"octet-counted\""),
-    );
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg,
+    } = serve(&t.dir, |c| {
+        t.listener(c.listener("framing = \"octet-counted\""))
+    })
+    .await;
     let mut s = tls_connect(addr, t.client_cfg(), "localhost")
         .await
         .unwrap();
@@ -1023,16 +1030,18 @@ async fn a_client_under_a_revoked_intermediate_is_refused() {
         .await;
         server.shutdown().await;
     }
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[sink.addr])
-        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-        .listener_tls(&format!("client-ca = \"{}\"", root_path.display()))
-        .listener_tls(&format!("crl = [\"{}\"]", crl_path.display()));
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&dir, |c| {
+        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
+            .listener_tls(&format!("client-ca = \"{}\"", root_path.display()))
+            .listener_tls(&format!("crl = [\"{}\"]", crl_path.display()))
+    })
+    .await;
     let r = async {
         let mut s = tls_connect(
             addr,
@@ -1066,14 +1075,17 @@ async fn a_client_under_a_revoked_intermediate_is_refused() {
 #[tokio::test]
 async fn handshakes_beyond_max_handshakes_wait_their_turn() {
     let t = Tls::new("tls-busy");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = t
-        .listener(TestConfig::at(&t.dir).backend_addrs(&[sink.addr]))
-        .listener_tls("max-handshakes = 1")
-        .listener_tls("handshake-timeout = \"1s\"");
-    let server = start(&cfg.toml()).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg: _,
+    } = serve(&t.dir, |c| {
+        t.listener(c)
+            .listener_tls("max-handshakes = 1")
+            .listener_tls("handshake-timeout = \"1s\"")
+    })
+    .await;
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     wait_for(5.0, "the silent session", || {
         metric(&server, "auditlb_connections_open", &[]) == 1.0
