@@ -459,12 +459,17 @@ async fn reload_switches_a_pool_to_tls_and_back_on_the_same_address() {
     let addr = server.listener_addr("in").unwrap();
     send_plain_frames(addr, "p1", 50).await.unwrap();
     wait_for(5.0, "p1", || bodies_with(&plain_sink, "p1") == 50).await;
-    // The backend becomes TLS on the same address; auditlb reloads.
+    // The backend goes, auditlb reloads, the backend comes back speaking
+    // TLS on the same address. (Until the reload auditlb still speaks the
+    // old mode to whatever listens there.)
     plain_sink.kill();
     drop(plain_sink);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut tls_sink = Sink::start_tls_at(addr_b, SinkFraming::Octet, server_config(&cert, None));
+    wait_for(5.0, "the old backend gone", || {
+        std::net::TcpStream::connect(addr_b).is_err()
+    })
+    .await;
     server.reload(tls.parse()).await.unwrap();
+    let mut tls_sink = Sink::start_tls_at(addr_b, SinkFraming::Octet, server_config(&cert, None));
     send_plain_frames(addr, "t1", 50).await.unwrap();
     wait_for(10.0, "t1 over TLS", || bodies_with(&tls_sink, "t1") == 50).await;
     assert_eq!(*tls_sink.garbage.lock().unwrap(), 0);
@@ -473,9 +478,12 @@ async fn reload_switches_a_pool_to_tls_and_back_on_the_same_address() {
     // And back.
     tls_sink.kill();
     drop(tls_sink);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let plain_sink = Sink::start_at(addr_b, SinkFraming::Octet);
+    wait_for(5.0, "the TLS backend gone", || {
+        std::net::TcpStream::connect(addr_b).is_err()
+    })
+    .await;
     server.reload(plain.parse()).await.unwrap();
+    let plain_sink = Sink::start_at(addr_b, SinkFraming::Octet);
     send_plain_frames(addr, "p2", 50).await.unwrap();
     wait_for(10.0, "p2 plain", || bodies_with(&plain_sink, "p2") == 50).await;
     let garbage = *plain_sink.garbage.lock().unwrap();
