@@ -188,9 +188,17 @@ fn generate(a: &Args) {
                 } else {
                     0.0
                 };
+                // Frames per write: 64 at full speed; with --rate at most
+                // 100 writes a second per connection, so a fleet of slow
+                // clients sends a line at a time, as syslog clients do.
+                let per_write = if per_conn_rate > 0.0 {
+                    ((per_conn_rate / 100.0) as usize).clamp(1, 64)
+                } else {
+                    64
+                };
                 let t0 = Instant::now();
-                let mut buf = Vec::with_capacity(1 << 16);
-                for (k, chunk) in mine.chunks(64).enumerate() {
+                let mut buf = Vec::with_capacity(per_write * (size + 16));
+                for (k, chunk) in mine.chunks(per_write).enumerate() {
                     buf.clear();
                     for &i in chunk {
                         // ts= (send time) lets the sink measure latency.
@@ -217,7 +225,8 @@ fn generate(a: &Args) {
                         return;
                     }
                     if per_conn_rate > 0.0 {
-                        let due = Duration::from_secs_f64(((k + 1) * 64) as f64 / per_conn_rate);
+                        let due =
+                            Duration::from_secs_f64(((k + 1) * per_write) as f64 / per_conn_rate);
                         if let Some(wait) = due.checked_sub(t0.elapsed()) {
                             std::thread::sleep(wait);
                         }
