@@ -93,6 +93,27 @@ impl Frame {
     }
 }
 
+/// Copies the frames of one read into one allocation of exactly their
+/// size, so none keeps the session's read buffer alive: a 200-byte frame
+/// then holds 200 bytes (plus its share of one header), not the 64KiB
+/// read it came from, however long it waits in a queue or a replay
+/// window; and the session reads into the same buffer again instead of a
+/// fresh one. One copy per frame, cheap beside hashing it.
+pub fn pack(frames: &mut [Frame]) {
+    let total: usize = frames.iter().map(Frame::len).sum();
+    let mut arena = BytesMut::with_capacity(total);
+    for f in frames.iter() {
+        arena.put_slice(&f.data);
+    }
+    let arena = arena.freeze();
+    let mut at = 0;
+    for f in frames.iter_mut() {
+        let n = f.len();
+        f.data = arena.slice(at..at + n);
+        at += n;
+    }
+}
+
 /// What an LF inside a frame becomes where each frame must be one line: an
 /// LF-framed backend (`framing = "lf"`) and `auditlb cat --format raw`.
 /// `#012` is the octal escape rsyslog writes for a control character.
@@ -120,6 +141,36 @@ pub fn escape_lf(data: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_keeps_every_frame_and_lets_the_read_buffer_go() {
+        let conn = Arc::new(ConnMeta::new(1, "l".into(), "127.0.0.1:9".parse().unwrap()));
+        let mut read = BytesMut::with_capacity(64 * 1024);
+        read.put_slice(b"one\ntwo\n\nthree");
+        let mut frames = Vec::new();
+        for n in [3, 3, 0, 5] {
+            let f = read.split_to(n).freeze();
+            frames.push(Frame::new(f, conn.clone()));
+            if !read.is_empty() && read[0] == b'\n' {
+                let _ = read.split_to(1);
+            }
+        }
+        pack(&mut frames);
+        let got: Vec<&[u8]> = frames.iter().map(|f| &f.data[..]).collect();
+        assert_eq!(got, [&b"one"[..], b"two", b"", b"three"]);
+        // One allocation of 11 bytes holds them all, back to back.
+        let base = frames[0].data.as_ptr() as usize;
+        let mut at = 0;
+        for f in &frames {
+            assert_eq!(f.data.as_ptr() as usize, base + at);
+            at += f.len();
+        }
+        // Nothing refers to the read buffer any more: it can take the next
+        // read in place.
+        read.clear();
+        assert!(read.try_reclaim(64 * 1024));
+        pack(&mut []);
+    }
 
     #[test]
     fn escapes_every_lf_and_nothing_else() {

@@ -66,6 +66,14 @@ impl Recheck {
 /// Most bytes read in one go; also the most a session buffers beyond one
 /// frame.
 const READ_CHUNK: usize = 64 * 1024;
+/// A batch whose frames hold fewer bytes than this is copied out of the
+/// read buffer ([`crate::frame::pack`]): a quarter of a read. Measured with
+/// a fleet of 2,000 clients sending a 200-byte line every 0.5 s: peak RSS
+/// 210 MiB with every frame a view of its 64KiB read, 46 MiB packed. At
+/// full speed (reads full of frames) copying bought nothing and cost peak
+/// memory (85 -> 110 MiB, medians of 3), so big batches stay views.
+const PACK_BELOW: usize = READ_CHUNK / 4;
+
 /// A batch is sent to the journal writer at the latest when it holds this
 /// many frames.
 const BATCH_FRAMES: usize = 1024;
@@ -453,7 +461,12 @@ async fn read_frames<S: AsyncRead + Unpin>(
 
 /// Hands the batch to the journal writer. False when it is gone.
 async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
-    let frames = std::mem::take(batch);
+    let mut frames = std::mem::take(batch);
+    // A few frames would keep a whole read buffer alive: copy them out. A
+    // read full of frames uses its buffer well and goes on as it is.
+    if frames.iter().map(Frame::len).sum::<usize>() <= PACK_BELOW {
+        crate::frame::pack(&mut frames);
+    }
     let n = frames.len() as u64;
     s.metrics.frames_in.inc_by(n);
     let sent = s.tx.send(Ingress::Frames {

@@ -1,6 +1,6 @@
 //! The one contract between the journal writer and the pools: what the
 //! writer hands a pool's dispatcher ([`Batch`], charged against a bound in
-//! frames), what a pool hands back (its delivery [`Cursor`]s and the
+//! bytes), what a pool hands back (its delivery [`Cursor`]s and the
 //! [`SettledLog`] of which backend settled what), and the two marks the
 //! writer leaves for a pool that fell behind or was removed ([`Missed`],
 //! [`ClosedAt`]). [`link`] makes both ends for one pool; [`Offer`] is the
@@ -17,15 +17,26 @@ use tokio::sync::mpsc;
 use crate::frame::Frame;
 
 /// Batches that may wait in one pool's channel; the bound that counts is
-/// [`QUEUED_FRAMES`], beyond which a pool reads from the files.
+/// [`QUEUED_BYTES`], beyond which a pool reads from the files.
 pub const POOL_BATCHES: usize = 256;
 
-/// Most frames of one pool waiting in memory between the writer and its
-/// dispatcher; past it the writer offers none and the dispatcher reads
-/// them from the files. Batches vary in size, so the bound is in frames
-/// (at 32k the dispatcher of a full-speed run spilled often, which costs
-/// more CPU than the memory it saves).
-pub const QUEUED_FRAMES: u64 = 128 * 1024;
+/// Most bytes of frames of one pool (of one backend of a `mirror` pool)
+/// waiting in memory between the writer and its dispatcher, each frame
+/// counted with [`FRAME_OVERHEAD`]; past it the writer offers none and
+/// the dispatcher reads them from the files. 32MiB holds about 110k
+/// frames of 200 bytes (at 32k frames a full-speed run spilled often,
+/// which costs more CPU than the memory it saves) and as little as 500
+/// frames of 64KiB.
+pub const QUEUED_BYTES: u64 = 32 << 20;
+
+/// What a queued frame costs besides its bytes: the `Frame` itself and
+/// its share of a batch vector.
+pub const FRAME_OVERHEAD: u64 = 96;
+
+/// The bytes `frames` count against [`QUEUED_BYTES`].
+pub fn cost(frames: &[Frame]) -> u64 {
+    frames.iter().map(|f| f.len() as u64 + FRAME_OVERHEAD).sum()
+}
 
 /// What the journal hands a pool's dispatcher.
 #[derive(Debug)]
@@ -42,7 +53,7 @@ pub struct Batch {
     pub charge: Option<Charge>,
 }
 
-/// A batch's share of a pool's queued frames, given back on drop.
+/// A batch's share of a pool's queued bytes, given back on drop.
 #[derive(Debug)]
 pub struct Charge {
     queued: Arc<AtomicU64>,
@@ -50,10 +61,11 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// Takes `n` frames of the bound, or `None` when they do not fit.
+    /// Takes `n` bytes of the bound, or `None` when they do not fit (a
+    /// batch bigger than the bound fits an empty queue).
     fn take(queued: &Arc<AtomicU64>, n: u64) -> Option<Charge> {
         let now = queued.load(Ordering::Acquire);
-        if now > 0 && now + n > QUEUED_FRAMES {
+        if now > 0 && now + n > QUEUED_BYTES {
             return None;
         }
         queued.fetch_add(n, Ordering::AcqRel);
@@ -224,7 +236,7 @@ pub struct Offer {
     closed_at: ClosedAt,
     /// The last seq whose frames were offered to the pool.
     covered: u64,
-    /// Frames offered and not yet taken in by the dispatcher.
+    /// Bytes of frames offered and not yet taken in by the dispatcher.
     queued: Arc<AtomicU64>,
     /// Written and not yet offered.
     frames: Vec<Frame>,
@@ -262,7 +274,7 @@ impl Offer {
         let span = self.covered + 1..=last;
         self.covered = last;
         let Some(tx) = &self.tx else { return };
-        let kept = match Charge::take(&self.queued, n) {
+        let kept = match Charge::take(&self.queued, cost(&frames)) {
             None => false,
             Some(charge) => !matches!(
                 tx.try_send(Batch {
@@ -299,20 +311,47 @@ impl Offer {
     }
 }
 
+/// One backend's dispatcher of a `mirror` pool, as [`fan_out`] feeds it.
+pub struct MirrorOut {
+    pub tx: mpsc::Sender<Batch>,
+    pub missed: Missed,
+    /// Bytes waiting for this backend's dispatcher (its own
+    /// [`QUEUED_BYTES`]).
+    queued: Arc<AtomicU64>,
+}
+
+impl MirrorOut {
+    pub fn new(tx: mpsc::Sender<Batch>, missed: Missed) -> MirrorOut {
+        MirrorOut {
+            tx,
+            missed,
+            queued: Arc::default(),
+        }
+    }
+}
+
 /// `mirror`: every batch from the journal goes to every backend's
-/// dispatcher. One that is behind gets none (its channel is full) and reads
+/// dispatcher, each charged against that backend's own bound in bytes.
+/// One that is behind (its channel or its share full) gets none and reads
 /// from the journal instead, so it never holds up the others.
-pub async fn fan_out(mut rx: mpsc::Receiver<Batch>, outs: Vec<(mpsc::Sender<Batch>, Missed)>) {
+pub async fn fan_out(mut rx: mpsc::Receiver<Batch>, outs: Vec<MirrorOut>) {
     while let Some(b) = rx.recv().await {
-        for (out, missed) in &outs {
-            let batch = Batch {
-                span: b.span.clone(),
-                charge: None,
-                frames: b.frames.clone(),
+        let bytes = cost(&b.frames);
+        for out in &outs {
+            let kept = match Charge::take(&out.queued, bytes) {
+                None => false,
+                Some(charge) => !matches!(
+                    out.tx.try_send(Batch {
+                        span: b.span.clone(),
+                        charge: Some(charge),
+                        frames: b.frames.clone(),
+                    }),
+                    Err(mpsc::error::TrySendError::Full(_))
+                ),
             };
-            if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(batch) {
+            if !kept {
                 if let Some(span) = &b.span {
-                    missed.note(*span.end());
+                    out.missed.note(*span.end());
                 }
             }
         }
@@ -348,22 +387,19 @@ mod tests {
         assert_eq!(a.span, Some(5..=9));
         assert_eq!(b.span, Some(10..=15));
         assert!(!ends.missed.reaches(1));
-        // Past the bound in frames: not kept, the pool is told to read.
-        offer.stage(&mut (0..QUEUED_FRAMES).map(|s| frame(16 + s)).collect());
-        offer.offer(16 + QUEUED_FRAMES, &spilled);
+        // Past the bound in bytes: not kept, the pool is told to read.
+        let over = QUEUED_BYTES / (1 + FRAME_OVERHEAD);
+        offer.stage(&mut (0..over).map(|s| frame(16 + s)).collect());
+        offer.offer(16 + over, &spilled);
         drop(a);
         drop(b);
-        offer.stage(
-            &mut (0..QUEUED_FRAMES)
-                .map(|s| frame(17 + QUEUED_FRAMES + s))
-                .collect(),
-        );
-        offer.offer(17 + 2 * QUEUED_FRAMES, &spilled);
+        offer.stage(&mut (0..over).map(|s| frame(17 + over + s)).collect());
+        offer.offer(17 + 2 * over, &spilled);
         // The first big batch came while 3 frames were queued: over the
         // bound, not kept. The second fits an empty queue whatever its size.
-        assert_eq!(spilled.get(), QUEUED_FRAMES);
-        assert!(ends.missed.reaches(16 + QUEUED_FRAMES));
-        assert!(!ends.missed.reaches(17 + QUEUED_FRAMES));
+        assert_eq!(spilled.get(), over);
+        assert!(ends.missed.reaches(16 + over));
+        assert!(!ends.missed.reaches(17 + over));
         offer.close(99);
         assert_eq!(ends.closed_at.bound(), 99);
         // Settled seqs come back per backend.
@@ -376,5 +412,59 @@ mod tests {
         assert!(link.settled.drain().is_empty());
         ends.cursors[0].publish(7);
         assert_eq!(link.cursors[0].get(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_mirror_backend_that_takes_nothing_is_bounded_in_bytes() {
+        let meta = Arc::new(crate::frame::ConnMeta::new(
+            1,
+            "in".into(),
+            "127.0.0.1:1".parse().unwrap(),
+        ));
+        let (tx, rx) = mpsc::channel(4);
+        let (fast_tx, mut fast_rx) = mpsc::channel(POOL_BATCHES);
+        let (slow_tx, mut slow_rx) = mpsc::channel(POOL_BATCHES);
+        let (fast_missed, slow_missed) = (Missed::default(), Missed::default());
+        let task = tokio::spawn(fan_out(
+            rx,
+            vec![
+                MirrorOut::new(fast_tx, fast_missed.clone()),
+                MirrorOut::new(slow_tx, slow_missed.clone()),
+            ],
+        ));
+        // 40 batches of 1MiB of frames: the slow backend (taking nothing)
+        // may hold 32MiB of them, not 40.
+        let payload = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut fast_got = 0;
+        for i in 0..40u64 {
+            let frames: Vec<Frame> = (0..16)
+                .map(|_| Frame::new(payload.clone(), meta.clone()))
+                .collect();
+            tx.send(Batch {
+                span: Some(i * 16 + 1..=(i + 1) * 16),
+                frames,
+                charge: None,
+            })
+            .await
+            .unwrap();
+            // The fast one takes each batch (dropping its charge).
+            let b = fast_rx.recv().await.unwrap();
+            fast_got += b.frames.len();
+        }
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(fast_got, 640);
+        assert!(!fast_missed.reaches(1));
+        let mut held = 0u64;
+        while let Ok(b) = slow_rx.try_recv() {
+            held += cost(&b.frames);
+        }
+        assert!(
+            held <= QUEUED_BYTES,
+            "{held} bytes held for the slow backend"
+        );
+        assert!(held >= QUEUED_BYTES - (1 << 20) - 16 * FRAME_OVERHEAD);
+        // What it could not hold it reads from the files.
+        assert!(slow_missed.reaches(640));
     }
 }

@@ -114,7 +114,7 @@ impl PoolSupervisor {
                 let (t, r) = mpsc::channel(handoff::POOL_BATCHES);
                 let own = handoff::Missed::default();
                 missed_by.push(own.clone());
-                inputs.push((t, own));
+                inputs.push(handoff::MirrorOut::new(t, own));
                 r
             } else {
                 rx.take().expect("one dispatcher for a balanced pool")
