@@ -94,10 +94,6 @@ impl ConnShared {
 #[derive(Default)]
 pub struct Handback {
     frames: Mutex<Vec<Frame>>,
-    /// Seqs of settled frames to send again (a replay window), for the
-    /// dispatcher to read back from the journal. Bounded like the replay
-    /// windows they come from.
-    replays: Mutex<Vec<u64>>,
     /// Seqs of frames settled since the dispatcher last looked, for its
     /// delivery cursor. Bounded like the frames: each was in flight.
     settled: Mutex<Vec<(u32, u64)>>,
@@ -109,21 +105,9 @@ impl Handback {
     pub fn new(wake: Arc<Notify>) -> Self {
         Self {
             frames: Mutex::new(Vec::new()),
-            replays: Mutex::new(Vec::new()),
             settled: Mutex::new(Vec::new()),
             wake,
         }
-    }
-
-    /// Settled frames to send again, by seq: the dispatcher reads them
-    /// back from the journal.
-    pub fn replay(&self, seqs: impl IntoIterator<Item = u64>) {
-        crate::lock(&self.replays).extend(seqs);
-        self.wake.notify_one();
-    }
-
-    pub fn take_replays(&self) -> Vec<u64> {
-        std::mem::take(&mut *crate::lock(&self.replays))
     }
 
     pub fn push(&self, frames: impl IntoIterator<Item = Frame>) {
@@ -287,11 +271,8 @@ pub struct Upstream {
     written: u64,
     /// The most recently settled frames, covering up to `replay-window`
     /// bytes: acknowledged by the backend's kernel but perhaps never read by
-    /// the backend, so sent again after a reset. Only (seq, length) are
-    /// kept, 16 bytes a frame: after a reset the dispatcher reads the
-    /// frames back from the journal, so memory does not grow with
-    /// `replay-window`.
-    replay: VecDeque<(u64, u32)>,
+    /// the backend, so sent again after a reset.
+    replay: VecDeque<Frame>,
     replay_bytes: u64,
     /// Scratch for reporting settled seqs.
     settled_seqs: Vec<u64>,
@@ -650,44 +631,42 @@ impl Upstream {
         self.shared.oldest_ns.store(t, Ordering::Relaxed);
     }
 
-    /// Keeps a settled frame's place in the replay window, dropping the
-    /// oldest beyond it. Frames outside the journal (seq 0: in-band
-    /// checkpoint messages) are not replayed.
+    /// Keeps a settled frame in the replay window, dropping the oldest
+    /// beyond it.
     fn remember(&mut self, f: Frame) {
         let window = self.settings.replay_window;
-        if window == 0 || f.seq == 0 {
+        if window == 0 {
             return;
         }
-        let len = u32::try_from(f.len()).unwrap_or(u32::MAX);
-        self.replay_bytes += u64::from(len);
-        self.replay.push_back((f.seq, len));
-        while let Some(&(_, len)) = self.replay.front() {
-            if self.replay_bytes - u64::from(len) < window {
+        self.replay_bytes += f.len() as u64;
+        self.replay.push_back(f);
+        while let Some(front) = self.replay.front() {
+            let len = front.len() as u64;
+            if self.replay_bytes - len < window {
                 break;
             }
-            self.replay_bytes -= u64::from(len);
+            self.replay_bytes -= len;
             self.replay.pop_front();
         }
     }
 
     /// After a reset or timeout: the replay window goes back to the
-    /// dispatcher, which reads those frames from the journal and sends them
-    /// ahead of the unsettled ones (duplicates, counted).
+    /// dispatcher, ahead of the unsettled frames (duplicates, counted).
     fn hand_back_replay(&mut self) {
-        let n = self.replay.len();
+        let frames: Vec<Frame> = self.replay.drain(..).collect();
         self.replay_bytes = 0;
-        if n == 0 {
+        if frames.is_empty() {
             return;
         }
         tracing::info!(
             pool = %self.backend.pool,
             backend = %self.backend.addr,
-            frames = n,
+            frames = frames.len(),
             "connection reset: sending the replay window again"
         );
-        self.settings.metrics.replayed.inc_by(n as u64);
-        self.handback
-            .replay(self.replay.drain(..).map(|(seq, _)| seq));
+        self.settings.metrics.replayed.inc_by(frames.len() as u64);
+        // Settled frames are no longer charged anywhere.
+        self.handback.push(frames);
     }
 
     /// Returns frames to the dispatcher (no longer charged to this

@@ -301,10 +301,6 @@ impl Dispatcher {
             if !back.is_empty() {
                 self.requeue(back);
             }
-            let replays = self.handback.take_replays();
-            if !replays.is_empty() {
-                self.replay(replays);
-            }
             self.metrics.pending.set(self.pending.len() as i64);
             if !self.pending.is_empty() {
                 match self.route_round(&abort).await {
@@ -364,12 +360,8 @@ impl Dispatcher {
                     // their charge: what came back since the top of the
                     // loop is routed, not dropped with the dispatcher.
                     let back = self.handback.take();
-                    let replays = self.handback.take_replays();
-                    if !back.is_empty() || !replays.is_empty() {
+                    if !back.is_empty() {
                         self.requeue(back);
-                        if !replays.is_empty() {
-                            self.replay(replays);
-                        }
                         continue;
                     }
                     self.collect_settled();
@@ -396,7 +388,6 @@ impl Dispatcher {
         self.publish_cursor();
         let mut left = self.pending.len()
             + self.handback.take().len()
-            + self.handback.take_replays().len()
             + self.intake.take_parked().map_or(0, |b| b.frames.len());
         self.rx.close();
         while let Ok(b) = self.rx.try_recv() {
@@ -472,36 +463,6 @@ impl Dispatcher {
 
     /// Handed-back frames are older than anything pending: they go first, in
     /// sequence order.
-    /// Reads settled frames to send again (a reset connection's replay
-    /// window) back from the journal and queues them first. Frames the
-    /// journal no longer yields (a damaged segment: the alarm is raised by
-    /// the reader) cannot be sent again; that is logged.
-    fn replay(&mut self, mut seqs: Vec<u64>) {
-        seqs.sort_unstable();
-        seqs.dedup();
-        let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
-        let mut reader = self.tail.fork(first);
-        let mut found = Vec::with_capacity(seqs.len());
-        while reader.next_seq() <= last {
-            match reader.read(last, ROUND_FRAMES) {
-                Ok(frames) if frames.is_empty() => break,
-                Ok(frames) => found.extend(
-                    frames
-                        .into_iter()
-                        .filter(|f| seqs.binary_search(&f.seq).is_ok()),
-                ),
-                Err(e) => {
-                    tracing::error!(pool = %self.pool, error = %e, first, last, "cannot read the replay window back from the journal");
-                    break;
-                }
-            }
-        }
-        if found.len() < seqs.len() {
-            tracing::warn!(pool = %self.pool, wanted = seqs.len(), found = found.len(), first, last, "part of a replay window could not be read back from the journal");
-        }
-        self.requeue(found);
-    }
-
     fn requeue(&mut self, mut back: Vec<Frame>) {
         back.sort_unstable_by_key(|f| f.seq);
         for f in back.into_iter().rev() {

@@ -111,15 +111,6 @@ impl PoolTail {
     }
 
     /// The seq of the next record this tail will look at.
-    /// A second reader of the same pool's frames from `from_seq`, with
-    /// the same checks (used to read a replay window back).
-    pub fn fork(&self, from_seq: u64) -> PoolTail {
-        let mut t = PoolTail::new(self.dir.clone(), self.pool.clone(), from_seq);
-        t.checked_before = self.checked_before;
-        t.alarm = self.alarm.clone();
-        t
-    }
-
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
