@@ -339,7 +339,7 @@ fn sink(a: &Args) {
         sock.set_recv_buffer_size(a.num("--rcvbuf", 1 << 20) as usize)
             .ok();
         sock.bind(&listen.into())
-            .and_then(|()| sock.listen(128))
+            .and_then(|()| sock.listen(4096))
             .unwrap_or_else(|e| fail(&format!("listen on {listen}: {e}")));
         TcpListener::from(sock)
     };
