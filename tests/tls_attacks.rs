@@ -100,73 +100,89 @@ async fn send_plain(addr: SocketAddr, bytes: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(3), c.read(&mut b)).await;
 }
 
+/// What became of a stream: refusals by reason, truncations, GAP records.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    oversize: f64,
+    truncated: f64,
+    incomplete: f64,
+    gaps: usize,
+}
+
+/// Sends `wire` to an octet-counted listener with `max-frame = 16B` and
+/// `oversize`, over TLS and then cut (FIN, no close_notify), or over plain
+/// TCP and closed; waits for `delivered` frames and the session's end.
+async fn stream_end(
+    name: &str,
+    oversize: &str,
+    wire: &[u8],
+    tls: bool,
+    delivered: usize,
+) -> Outcome {
+    let t = Tls::new(name);
+    let listener =
+        format!("framing = \"octet-counted\"\nmax-frame = \"16B\"\noversize = \"{oversize}\"");
+    let Served {
+        sink,
+        server,
+        addr,
+        cfg,
+    } = serve(&t.dir, |c| {
+        let c = c.listener(&listener);
+        if tls {
+            t.listener(c)
+        } else {
+            c
+        }
+    })
+    .await;
+    if tls {
+        send_then_cut(addr, t.client_cfg(), wire).await;
+    } else {
+        send_plain(addr, wire).await;
+    }
+    wait_for(5.0, "the delivered frames", || sink.count() == delivered).await;
+    wait_closed(&server, 1.0).await;
+    let outcome = Outcome {
+        oversize: refused(&server, "oversize"),
+        truncated: metric(&server, "auditlb_frames_truncated_total", &[]),
+        incomplete: refused(&server, "incomplete"),
+        gaps: 0,
+    };
+    server.shutdown().await;
+    let g = gaps(&cfg.journal_dir());
+    eprintln!("{outcome:?}\n{}", g.join("\n"));
+    Outcome {
+        gaps: g.len(),
+        ..outcome
+    }
+}
+
 /// One oversize octet-counted frame under `oversize = drop`, whose body is
 /// still being skipped when the TLS stream is cut. The frame was already
 /// refused (and journaled as a GAP "oversize") when its count was read; the
 /// cut must not refuse the same frame a second time as "incomplete".
-/// Over plain TCP the same stream ends with one refusal.
+/// Over plain TCP the same stream ends with one refusal too.
 #[tokio::test]
 async fn cut_while_skipping_a_dropped_oversize_frame_refuses_it_once() {
-    let t = Tls::new("a2-cut-drop");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = t
-        .listener(
-            TestConfig::at(&t.dir)
-                .backend_addrs(&[sink.addr])
-                .listener("framing = \"octet-counted\"\nmax-frame = \"16B\"\noversize = \"drop\""),
-        )
-        .toml();
-    let server = start(&cfg).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
     // "5 hello" is whole; "100 " announces a 100-byte frame (dropped), of
-    // which 20 bytes arrive before the cut.
+    // which 20 bytes arrive before the end.
     let mut wire = b"5 hello100 ".to_vec();
     wire.extend_from_slice(&[b'x'; 20]);
-    send_then_cut(addr, t.client_cfg(), &wire).await;
-    wait_for(5.0, "the whole frame", || sink.count() == 1).await;
-    wait_closed(&server, 1.0).await;
-    let oversize = refused(&server, "oversize");
-    let incomplete = refused(&server, "incomplete");
-    server.shutdown().await;
-    let g = gaps(&TestConfig::at(&t.dir).journal_dir());
-    eprintln!(
-        "oversize={oversize} incomplete={incomplete}\n{}",
-        g.join("\n")
+    let once = Outcome {
+        oversize: 1.0,
+        truncated: 0.0,
+        incomplete: 0.0,
+        gaps: 1,
+    };
+    assert_eq!(
+        stream_end("a2-cut-drop", "drop", &wire, true, 1).await,
+        once
     );
     assert_eq!(
-        (oversize, incomplete, g.len()),
-        (1.0, 0.0, 1),
-        "one dropped frame refused twice (oversize and incomplete, two GAP records)"
+        stream_end("a2-plain-drop", "drop", &wire, false, 1).await,
+        once
     );
-}
-
-/// Control: the same stream over plain TCP.
-#[tokio::test]
-async fn plain_control_dropped_oversize_frame_then_fin() {
-    let dir = scratch_dir("a2-plain-drop");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[sink.addr])
-        .listener("framing = \"octet-counted\"\nmax-frame = \"16B\"\noversize = \"drop\"")
-        .toml();
-    let server = start(&cfg).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
-    let mut wire = b"5 hello100 ".to_vec();
-    wire.extend_from_slice(&[b'x'; 20]);
-    send_plain(addr, &wire).await;
-    wait_for(5.0, "the whole frame", || sink.count() == 1).await;
-    wait_closed(&server, 1.0).await;
-    let oversize = refused(&server, "oversize");
-    let incomplete = refused(&server, "incomplete");
-    server.shutdown().await;
-    let g = gaps(&TestConfig::at(&dir).journal_dir());
-    eprintln!(
-        "oversize={oversize} incomplete={incomplete}\n{}",
-        g.join("\n")
-    );
-    assert_eq!((oversize, incomplete, g.len()), (1.0, 0.0, 1));
 }
 
 /// `oversize = truncate`: the first max-frame bytes of an oversize frame
@@ -175,35 +191,16 @@ async fn plain_control_dropped_oversize_frame_then_fin() {
 /// refused: it was delivered.
 #[tokio::test]
 async fn cut_while_skipping_a_truncated_frame_does_not_refuse_a_delivered_frame() {
-    let t = Tls::new("a2-cut-trunc");
-    let sink = Sink::start(SinkFraming::Octet).await;
-    let cfg = t
-        .listener(
-            TestConfig::at(&t.dir).backend_addrs(&[sink.addr]).listener(
-                "framing = \"octet-counted\"\nmax-frame = \"16B\"\noversize = \"truncate\"",
-            ),
-        )
-        .toml();
-    let server = start(&cfg).await;
-    wait_connected(&server, 1).await;
-    let addr = server.listener_addr("in").unwrap();
     let mut wire = b"100 ".to_vec();
     wire.extend_from_slice(&[b'y'; 40]);
-    send_then_cut(addr, t.client_cfg(), &wire).await;
-    wait_for(5.0, "the truncated frame", || sink.count() == 1).await;
-    wait_closed(&server, 1.0).await;
-    let truncated = metric(&server, "auditlb_frames_truncated_total", &[]);
-    let incomplete = refused(&server, "incomplete");
-    server.shutdown().await;
-    let g = gaps(&TestConfig::at(&t.dir).journal_dir());
-    eprintln!(
-        "truncated={truncated} incomplete={incomplete}\n{}",
-        g.join("\n")
-    );
     assert_eq!(
-        (truncated, incomplete, g.len()),
-        (1.0, 0.0, 0),
-        "a frame forwarded (truncated) is also journaled as refused incomplete"
+        stream_end("a2-cut-trunc", "truncate", &wire, true, 1).await,
+        Outcome {
+            oversize: 0.0,
+            truncated: 1.0,
+            incomplete: 0.0,
+            gaps: 0,
+        }
     );
 }
 
