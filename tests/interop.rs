@@ -377,9 +377,7 @@ async fn rsyslog_sends_over_tls_into_auditlb() {
     let sink = Sink::start(SinkFraming::Octet).await;
     let cfg = TestConfig::at(&dir)
         .backend_addrs(&[sink.addr])
-        .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-        .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-        .listener_tls(&format!("client-ca = \"{}\"", pki.ca().display()))
+        .tls_server(&server_cert, Some(&pki.ca()))
         .listener_tls("allow = [\"dns:client.test\"]");
     let server = start(&cfg.toml()).await;
     wait_connected(&server, 1).await;

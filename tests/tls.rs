@@ -973,24 +973,17 @@ async fn a_san_that_does_not_parse_is_refused_not_read_as_absent() {
         addr,
         cfg: _,
     } = serve(&dir, |c| {
-        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-            .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
+        c.tls_server(&server_cert, Some(&ca_path))
             .listener_tls("allow = [\"dns:*.prod.example.com\"]")
     })
     .await;
-    let r = async {
-        let mut s = tls_connect(
-            addr,
-            client_config(&server_ca.ca(), Some(&client)),
-            "localhost",
-        )
-        .await?;
-        let frames = lines("san", 0..5);
-        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
-        s.write_all(&octet(&refs)).await?;
-        s.shutdown().await
-    }
+    let frames = lines("san", 0..5);
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_bytes()).collect();
+    let r = tls_send(
+        addr,
+        client_config(&server_ca.ca(), Some(&client)),
+        &octet(&refs),
+    )
     .await;
     eprintln!("client: {r:?}");
     wait_for(5.0, "the refusal", || {
@@ -1022,9 +1015,7 @@ async fn a_truncated_tls_stream_keeps_whole_frames_and_refuses_the_cut_one() {
         cfg: _,
     } = serve(&dir, |c| {
         c.listener("framing = \"lf\"")
-            .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-            .listener_tls(&format!("client-ca = \"{}\"", ca.ca().display()))
+            .tls_server(&server_cert, Some(&ca.ca()))
     })
     .await;
     let mut s = tls_connect(addr, client_config(&ca.ca(), Some(&client)), "localhost")

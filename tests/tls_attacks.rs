@@ -840,23 +840,11 @@ async fn dns_rule_and_a_san_without_dns_names() {
         addr,
         cfg: _,
     } = serve(&dir, |c| {
-        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-            .listener_tls(&format!("client-ca = \"{}\"", ca_path.display()))
+        c.tls_server(&server_cert, Some(&ca_path))
             .listener_tls("allow = [\"dns:*.prod.example.com\"]")
     })
     .await;
-    let r = async {
-        let mut s = tls_connect(
-            addr,
-            client_config(&server_ca.ca(), Some(&client)),
-            "localhost",
-        )
-        .await?;
-        s.write_all(b"2 in").await?;
-        s.shutdown().await
-    }
-    .await;
+    let r = tls_send(addr, client_config(&server_ca.ca(), Some(&client)), b"2 in").await;
     r.unwrap();
     wait_for(5.0, "the frame", || sink.count() == 1).await;
     server.shutdown().await;
@@ -1014,9 +1002,7 @@ async fn a_client_under_a_revoked_intermediate_is_refused() {
         let sink = Sink::start(SinkFraming::Octet).await;
         let cfg = TestConfig::at(&scratch_dir("a2-intermediate-ok"))
             .backend_addrs(&[sink.addr])
-            .listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-            .listener_tls(&format!("client-ca = \"{}\"", root_path.display()));
+            .tls_server(&server_cert, Some(&root_path));
         let server = start(&cfg.toml()).await;
         wait_connected(&server, 1).await;
         let addr = server.listener_addr("in").unwrap();
@@ -1041,23 +1027,11 @@ async fn a_client_under_a_revoked_intermediate_is_refused() {
         addr,
         cfg: _,
     } = serve(&dir, |c| {
-        c.listener_tls(&format!("cert = \"{}\"", server_cert.cert.display()))
-            .listener_tls(&format!("key = \"{}\"", server_cert.key.display()))
-            .listener_tls(&format!("client-ca = \"{}\"", root_path.display()))
+        c.tls_server(&server_cert, Some(&root_path))
             .listener_tls(&format!("crl = [\"{}\"]", crl_path.display()))
     })
     .await;
-    let r = async {
-        let mut s = tls_connect(
-            addr,
-            client_config(&server_ca.ca(), Some(&client)),
-            "localhost",
-        )
-        .await?;
-        s.write_all(b"2 in").await?;
-        s.shutdown().await
-    }
-    .await;
+    let r = tls_send(addr, client_config(&server_ca.ca(), Some(&client)), b"2 in").await;
     wait_closed(&server, 1.0).await;
     let got = sink.count();
     let revoked = metric(

@@ -444,3 +444,26 @@ pub async fn tls_refused(addr: SocketAddr, cfg: Arc<ClientConfig>, server_name: 
         Ok(Ok(_)) => panic!("{addr} accepted the TLS client and sent data"),
     }
 }
+
+impl TestConfig {
+    /// `[listener.tls]` with `cert` as the server certificate and key, and
+    /// `client-ca` when given.
+    pub fn tls_server(self, cert: &Issued, client_ca: Option<&Path>) -> Self {
+        let c = self
+            .listener_tls(&format!("cert = \"{}\"", cert.cert.display()))
+            .listener_tls(&format!("key = \"{}\"", cert.key.display()));
+        match client_ca {
+            Some(ca) => c.listener_tls(&format!("client-ca = \"{}\"", ca.display())),
+            None => c,
+        }
+    }
+}
+
+/// Connects as `cfg` (the server must be `localhost`), writes `bytes` and
+/// closes with close_notify.
+pub async fn tls_send(addr: SocketAddr, cfg: Arc<ClientConfig>, bytes: &[u8]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tls_connect(addr, cfg, "localhost").await?;
+    s.write_all(bytes).await?;
+    s.shutdown().await
+}
