@@ -94,6 +94,9 @@ impl ConnShared {
 #[derive(Default)]
 pub struct Handback {
     frames: Mutex<Vec<Frame>>,
+    /// Seqs of settled frames to send again (reset connections' replay
+    /// windows), read back from the journal by the dispatcher.
+    replay: Mutex<Vec<u64>>,
     /// Seqs of frames settled since the dispatcher last looked, for its
     /// delivery cursor. Bounded like the frames: each was in flight.
     settled: Mutex<Vec<(u32, u64)>>,
@@ -105,6 +108,7 @@ impl Handback {
     pub fn new(wake: Arc<Notify>) -> Self {
         Self {
             frames: Mutex::new(Vec::new()),
+            replay: Mutex::new(Vec::new()),
             settled: Mutex::new(Vec::new()),
             wake,
         }
@@ -124,6 +128,19 @@ impl Handback {
         std::mem::take(&mut *crate::lock(&self.frames))
     }
 
+    /// Asks for settled frames to be sent again, by seq.
+    pub fn push_replay(&self, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        crate::lock(&self.replay).extend(seqs);
+        self.wake.notify_one();
+    }
+
+    pub fn take_replay(&self) -> Vec<u64> {
+        std::mem::take(&mut *crate::lock(&self.replay))
+    }
+
     /// Reports frames settled by backend `backend` (its index in the
     /// dispatcher's list), by seq.
     pub fn settled(&self, backend: u32, seqs: &[u64]) {
@@ -134,6 +151,82 @@ impl Handback {
     pub fn take_settled(&self, into: &mut Vec<(u32, u64)>) {
         into.clear();
         std::mem::swap(into, &mut *crate::lock(&self.settled));
+    }
+}
+
+/// Most frames a connection's replay window indexes (8 bytes each: 2 MiB).
+pub const REPLAY_MAX_FRAMES: usize = 1 << 18;
+
+/// A connection's replay window as an index: for each settled frame its
+/// distance in seq from the one settled before (negative for a frame
+/// handed back from another connection, older than what this one sent)
+/// and its length, 8 bytes a frame whatever its size. The frames are read back from the journal when the
+/// window is sent again, so its memory does not follow `replay-window`.
+#[derive(Debug, Default)]
+struct ReplayIndex {
+    /// Seq of the oldest entry.
+    first: u64,
+    /// Seq of the newest entry.
+    last: u64,
+    /// (seq minus the previous entry's seq, frame length); the oldest
+    /// entry's distance is unused.
+    entries: VecDeque<(i32, u32)>,
+    /// Frame bytes the entries cover.
+    bytes: u64,
+}
+
+impl ReplayIndex {
+    /// Adds a settled frame, then drops the oldest entries beyond `window`
+    /// bytes (keeping the newest frame even when it alone is larger) or
+    /// [`REPLAY_MAX_FRAMES`]. A frame without a seq (not journaled) is not
+    /// kept; nor is anything with `window` 0.
+    fn push(&mut self, seq: u64, len: u32, window: u64) {
+        if window == 0 || seq == 0 {
+            return;
+        }
+        let step = match self.entries.is_empty() {
+            true => Some(0),
+            false => i32::try_from(i128::from(seq) - i128::from(self.last)).ok(),
+        };
+        let Some(step) = step else {
+            // 2G seqs from the frame before (a connection idle that long
+            // while the journal went on): start over from this frame.
+            self.clear();
+            return self.push(seq, len, window);
+        };
+        if self.entries.is_empty() {
+            self.first = seq;
+        }
+        self.entries.push_back((step, len));
+        self.last = seq;
+        self.bytes += u64::from(len);
+        while self.entries.len() > 1
+            && (self.bytes - u64::from(self.entries[0].1) >= window
+                || self.entries.len() > REPLAY_MAX_FRAMES)
+        {
+            let (_, len) = self.entries.pop_front().expect("more than one");
+            self.bytes -= u64::from(len);
+            self.first = self.first.wrapping_add_signed(i64::from(self.entries[0].0));
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The window's seqs in the order they settled; the window is emptied.
+    fn take(&mut self) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(self.entries.len());
+        let mut seq = self.first;
+        for (i, &(step, _)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                seq = seq.wrapping_add_signed(i64::from(step));
+            }
+            seqs.push(seq);
+        }
+        self.clear();
+        seqs
     }
 }
 
@@ -271,9 +364,9 @@ pub struct Upstream {
     written: u64,
     /// The most recently settled frames, covering up to `replay-window`
     /// bytes: acknowledged by the backend's kernel but perhaps never read by
-    /// the backend, so sent again after a reset.
-    replay: VecDeque<Frame>,
-    replay_bytes: u64,
+    /// the backend, so sent again after a reset. Kept by seq only; the
+    /// dispatcher reads them back from the journal.
+    replay: ReplayIndex,
     /// Scratch for reporting settled seqs.
     settled_seqs: Vec<u64>,
     /// Last time a frame settled (or nothing was outstanding).
@@ -298,8 +391,7 @@ impl Upstream {
             settings,
             fifo: VecDeque::new(),
             written: 0,
-            replay: VecDeque::new(),
-            replay_bytes: 0,
+            replay: ReplayIndex::default(),
             settled_seqs: Vec::new(),
             last_progress: std::time::Instant::now(),
             input_closed: false,
@@ -458,7 +550,6 @@ impl Upstream {
     {
         self.written = 0;
         self.replay.clear();
-        self.replay_bytes = 0;
         let mut discard = [0u8; 512];
         let mut tick = tokio::time::interval(SETTLE_TICK);
         self.last_progress = std::time::Instant::now();
@@ -631,42 +722,28 @@ impl Upstream {
         self.shared.oldest_ns.store(t, Ordering::Relaxed);
     }
 
-    /// Keeps a settled frame in the replay window, dropping the oldest
-    /// beyond it.
+    /// Keeps a settled frame's seq in the replay window, dropping the
+    /// oldest beyond it. The frame itself is let go: it is in the journal.
     fn remember(&mut self, f: Frame) {
-        let window = self.settings.replay_window;
-        if window == 0 {
-            return;
-        }
-        self.replay_bytes += f.len() as u64;
-        self.replay.push_back(f);
-        while let Some(front) = self.replay.front() {
-            let len = front.len() as u64;
-            if self.replay_bytes - len < window {
-                break;
-            }
-            self.replay_bytes -= len;
-            self.replay.pop_front();
-        }
+        self.replay
+            .push(f.seq, f.len() as u32, self.settings.replay_window);
     }
 
-    /// After a reset or timeout: the replay window goes back to the
-    /// dispatcher, ahead of the unsettled frames (duplicates, counted).
+    /// After a reset or timeout: the replay window's seqs go back to the
+    /// dispatcher, which reads those frames from the journal and sends
+    /// them again (duplicates, counted there).
     fn hand_back_replay(&mut self) {
-        let frames: Vec<Frame> = self.replay.drain(..).collect();
-        self.replay_bytes = 0;
-        if frames.is_empty() {
+        let seqs = self.replay.take();
+        if seqs.is_empty() {
             return;
         }
         tracing::info!(
             pool = %self.backend.pool,
             backend = %self.backend.addr,
-            frames = frames.len(),
+            frames = seqs.len(),
             "connection reset: sending the replay window again"
         );
-        self.settings.metrics.replayed.inc_by(frames.len() as u64);
-        // Settled frames are no longer charged anywhere.
-        self.handback.push(frames);
+        self.handback.push_replay(seqs);
     }
 
     /// Returns frames to the dispatcher (no longer charged to this
@@ -818,6 +895,40 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn replay_index_keeps_the_newest_window_bytes_by_seq() {
+        let mut r = ReplayIndex::default();
+        // 100-byte frames, a window of 250 bytes: the newest three.
+        for seq in [10, 12, 13, 40, 41] {
+            r.push(seq, 100, 250);
+        }
+        assert_eq!(r.take(), vec![13, 40, 41]);
+        assert_eq!(r.take(), Vec::<u64>::new());
+        // A frame handed back from another connection settles after newer
+        // ones, and one frame larger than the window is still kept.
+        for (seq, len) in [(500, 10), (501, 10), (300, 10), (502, 10)] {
+            r.push(seq, len, 1000);
+        }
+        assert_eq!(r.take(), vec![500, 501, 300, 502]);
+        r.push(7, 5000, 1000);
+        r.push(8, 5000, 1000);
+        assert_eq!(r.take(), vec![8]);
+        // Off, frames without a seq, and a jump of more than 2G seqs.
+        r.push(9, 1, 0);
+        r.push(0, 1, 1000);
+        assert!(r.take().is_empty());
+        r.push(1, 1, 1000);
+        r.push(1 << 40, 1, 1000);
+        assert_eq!(r.take(), vec![1 << 40]);
+        // At most REPLAY_MAX_FRAMES entries, whatever the window.
+        for seq in 1..=(REPLAY_MAX_FRAMES as u64 + 10) {
+            r.push(seq, 1, u64::MAX);
+        }
+        let seqs = r.take();
+        assert_eq!(seqs.len(), REPLAY_MAX_FRAMES);
+        assert_eq!(seqs[0], 11);
     }
 
     /// A writer that takes at most 7 bytes per call, to exercise partial

@@ -377,3 +377,82 @@ fn an_idle_auditlb_stops_at_once_on_sigterm() {
     .unwrap();
     assert_eq!(r.exit_code(), 0, "{}", r.text());
 }
+
+/// The replay window is read back from the journal. A backend that stops
+/// reading holds 1 MiB of settled frames unread in its kernel; when
+/// auditlb cuts it off, those frames come back from 64 KiB segments that
+/// rolled many times since, with a second pool's traffic journaled in
+/// between, and reach the other backend. Keeping only seqs in memory must
+/// not lose one of them.
+#[test]
+fn a_stalled_backends_replay_window_is_read_back_from_rolled_segments() {
+    let dir = scratch_dir("replay-from-journal");
+    let logs: Vec<_> = ["ok", "stall", "other"]
+        .iter()
+        .map(|n| dir.join(format!("{n}.log")))
+        .collect();
+    let (_ok, ok) = spawn_sink("127.0.0.1:0", "octet", &logs[0], &[]);
+    let stall_opts = ["--stall-after", "20000", "--rcvbuf", "1048576"];
+    let (mut stalled, stall) = spawn_sink("127.0.0.1:0", "octet", &logs[1], &stall_opts);
+    let (_other, other) = spawn_sink("127.0.0.1:0", "octet", &logs[2], &[]);
+    let mut text = TestConfig::at(&dir)
+        .backend_addrs(&[ok, stall])
+        .pool("tcp-user-timeout = \"2s\"\nreplay-window = \"2MiB\"\nconnections = 1")
+        .journal("segment-size = \"64KiB\"")
+        .admin("127.0.0.1:0")
+        .anchors()
+        .toml();
+    text.push_str(&format!(
+        "\n[[listener]]\nname = \"other\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\n\
+         [[pool]]\nname = \"q\"\n\n[[pool.backend]]\naddress = \"{other}\"\n"
+    ));
+    let path = dir.join("auditlb.toml");
+    std::fs::write(&path, text).unwrap();
+    let (_auditlb, log) = spawn_auditlb_logged(&path);
+    let listen = log.wait_addr("listening", Some("listener=in"));
+    let listen_q = log.wait_addr("listening", Some("listener=other"));
+    let admin = log.wait_addr("admin endpoint", None);
+    std::thread::sleep(Duration::from_millis(300));
+    let n = 100_000u64;
+    let q = std::thread::spawn(move || {
+        gen_ids(
+            listen_q,
+            2,
+            100_000,
+            &["--rate", "20000", "--id-base", "50000000"],
+        )
+    });
+    let out = gen_ids(listen, 2, n, &["--rate", "40000"]);
+    assert!(out.contains(&format!("sent={n}")), "{out}");
+    // Traffic goes on, as in production. The stalled sink still accepts
+    // connections and passes health checks, so it gets frames again on
+    // new connections, which settle into its buffer unread until traffic
+    // finds that full too; each cut sends its window again. In the end
+    // the hung process is killed, and its last connection's window comes
+    // back as well.
+    let trickle = gen_ids(
+        listen,
+        1,
+        20_000,
+        &["--rate", "4000", "--id-base", "10000000"],
+    );
+    assert!(trickle.contains("sent=20000"), "{trickle}");
+    let _ = q.join();
+    stalled.kill9();
+    let (unique, total) = wait_all_ids(&[logs[0].as_path(), logs[1].as_path()], n, 60);
+    assert!(unique as u64 >= n);
+    // The stalled sink read 20,000 frames; at least its receive buffer's
+    // worth beyond that (about 4,000 frames) was settled unread, and came
+    // back from the journal.
+    let replayed = scraped(admin, "auditlb_frames_replayed_total{pool=\"p\"}").unwrap_or(0.0);
+    assert!(replayed >= 2000.0, "{replayed} frames replayed");
+    let segments = std::fs::read_dir(dir.join("journal")).unwrap().count();
+    assert!(
+        segments > 100,
+        "{segments} segments: the window did not span rolls"
+    );
+    eprintln!(
+        "{n} ids delivered, {} duplicates, {replayed} replayed from {segments} segments",
+        total - unique
+    );
+}

@@ -2,7 +2,9 @@
 //! frames in sequence order, picks a backend for each frame with the pool's
 //! [`Selector`], and sends per-backend batches to that backend's upstream
 //! connections. Frames an upstream hands back (its unacknowledged suffix
-//! after a failure) come first in the next round.
+//! after a failure) come first in the next round; so do the frames of a
+//! reset connection's replay window, which the upstream hands back as
+//! seqs and this task reads back from the journal ([`Replay`]).
 //!
 //! The journal is the buffer: frames arrive live from the journal writer
 //! while this task keeps up; when it falls behind (backends slow or all
@@ -47,6 +49,29 @@ use window::SeqWindow;
 pub const UPSTREAM_BATCHES: usize = 64;
 /// Most frames routed in one round.
 const ROUND_FRAMES: usize = 4096;
+/// Most journal records looked at in one step of reading a replay window
+/// back (one blocking read of at most a few MiB).
+const REPLAY_SCAN: u64 = 16_384;
+
+/// Settled frames to send again (reset connections' replay windows), by
+/// seq, read back from the journal a step at a time by a tail of its own.
+#[derive(Default)]
+struct Replay {
+    /// Sorted, no duplicates.
+    wanted: VecDeque<u64>,
+    tail: Option<PoolTail>,
+    /// After a read error: not before this.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Replay {
+    fn add(&mut self, mut seqs: Vec<u64>) {
+        seqs.extend(self.wanted.drain(..));
+        seqs.sort_unstable();
+        seqs.dedup();
+        self.wanted = seqs.into();
+    }
+}
 
 /// The dispatcher's end of one upstream connection.
 #[derive(Clone)]
@@ -185,6 +210,7 @@ pub struct Dispatcher {
     queue_bytes: u64,
     /// Frames taken in (or handed back) and not yet sent to an upstream.
     pending: VecDeque<Frame>,
+    replay: Replay,
     metrics: PoolMetrics,
 }
 
@@ -232,6 +258,7 @@ impl Dispatcher {
             settled_log,
             backend_names: Vec::new(),
             pending: VecDeque::new(),
+            replay: Replay::default(),
             metrics,
         };
         d.set_backends(set.backends, set.conns);
@@ -301,6 +328,18 @@ impl Dispatcher {
             if !back.is_empty() {
                 self.requeue(back);
             }
+            let replay = self.handback.take_replay();
+            if !replay.is_empty() {
+                self.replay.add(replay);
+            }
+            // Replayed frames are read back while little is pending, so
+            // they never pile up behind a stalled pool.
+            if !self.replay.wanted.is_empty()
+                && self.pending.len() < ROUND_FRAMES
+                && self.replay_step().await
+            {
+                continue;
+            }
             self.metrics.pending.set(self.pending.len() as i64);
             if !self.pending.is_empty() {
                 match self.route_round(&abort).await {
@@ -334,7 +373,10 @@ impl Dispatcher {
             let upto = self.intake.read_upto(self.readable_upto());
             if let Some(upto) = upto.filter(|&u| self.tail.next_seq() <= u) {
                 match self.tail.read(upto, ROUND_FRAMES) {
-                    Ok(frames) => {
+                    Ok(mut frames) => {
+                        // Out of the 1 MiB chunks they were read in, which
+                        // also hold other pools' records.
+                        crate::frame::pack(&mut frames);
                         tracing::trace!(pool = %self.pool, frames = frames.len(), next = self.tail.next_seq(), upto, "read from the journal");
                         self.intake.read_to(self.tail.next_seq());
                         if !frames.is_empty() {
@@ -355,7 +397,7 @@ impl Dispatcher {
             if !input_open {
                 let caught_up =
                     self.tail.next_seq() > self.readable_upto() || self.intake.is_live();
-                if caught_up && self.all_settled() {
+                if caught_up && self.all_settled() && self.replay.wanted.is_empty() {
                     // An upstream hands frames back before it gives up
                     // their charge: what came back since the top of the
                     // loop is routed, not dropped with the dispatcher.
@@ -403,6 +445,74 @@ impl Dispatcher {
             );
         }
         self.metrics.pending.set(0);
+    }
+
+    /// Reads the next replayed frames back from the journal (at most
+    /// [`REPLAY_SCAN`] records, off the runtime's threads) and puts them
+    /// ahead of everything pending. False when it got nowhere (nothing
+    /// readable yet, or a read error: retried a second later).
+    async fn replay_step(&mut self) -> bool {
+        let Some(&first) = self.replay.wanted.front() else {
+            return false;
+        };
+        if self
+            .replay
+            .retry_at
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return false;
+        }
+        let readable = self.readable_upto();
+        if first > readable {
+            return false;
+        }
+        let mut tail = match self.replay.tail.take() {
+            Some(t) if t.next_seq() <= first => t,
+            _ => self.tail.fork(first),
+        };
+        tail.skip_to(first);
+        let upto = readable.min(first.saturating_add(REPLAY_SCAN));
+        let read = tokio::task::spawn_blocking(move || {
+            let r = tail.read(upto, usize::MAX);
+            (tail, r)
+        })
+        .await;
+        let (tail, frames) = match read {
+            Ok((tail, Ok(frames))) => (tail, frames),
+            Ok((tail, Err(e))) => {
+                tracing::error!(pool = %self.pool, seq = first, error = %e, "cannot read the replay window back from the journal; retrying");
+                self.replay.tail = Some(tail);
+                self.replay.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(pool = %self.pool, error = %e, "reading the replay window back failed; those frames are not sent again");
+                self.replay.wanted.clear();
+                return false;
+            }
+        };
+        self.replay.retry_at = None;
+        let next = tail.next_seq();
+        self.replay.tail = Some(tail);
+        // The wanted seqs the read went past: found, or not a frame of
+        // this pool (an in-band checkpoint message is not sent again).
+        let mut found = Vec::new();
+        let mut frames = frames.into_iter().peekable();
+        while let Some(&seq) = self.replay.wanted.front() {
+            if seq >= next {
+                break;
+            }
+            self.replay.wanted.pop_front();
+            while frames.next_if(|f| f.seq < seq).is_some() {}
+            if let Some(f) = frames.next_if(|f| f.seq == seq) {
+                found.push(f);
+            }
+        }
+        drop(frames);
+        crate::frame::pack(&mut found);
+        self.metrics.replayed.inc_by(found.len() as u64);
+        self.requeue(found);
+        next > first
     }
 
     /// A batch from the journal writer.

@@ -75,11 +75,12 @@ pub fn wait_all_ids(logs: &[&std::path::Path], n: u64, secs: u64) -> (usize, usi
             return (unique.len(), all.len());
         }
         if Instant::now() > deadline {
-            let missing: Vec<u64> = (0..n).filter(|i| !unique.contains(i)).take(10).collect();
+            let missing: Vec<u64> = (0..n).filter(|i| !unique.contains(i)).collect();
             panic!(
-                "after {secs}s: {} of {n} ids arrived, {} missing (first: {missing:?})",
-                unique.len(),
-                n as usize - unique.len()
+                "after {secs}s: {} of ids 0..{n} arrived, {} missing (first: {:?})",
+                n as usize - missing.len(),
+                missing.len(),
+                &missing[..missing.len().min(10)]
             );
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -1,8 +1,9 @@
 //! Reading one pool's frames back from the journal, in sequence order, from
 //! a given seq: how a dispatcher catches up after its backends were down or
 //! slow (the journal is the buffer), and where delivery resumes after a
-//! restart. Reads with `pread` in chunks; frames are zero-copy slices of
-//! the chunk.
+//! restart, and how a reset connection's replay window is read back. Reads
+//! with `pread` in chunks; frames are zero-copy slices of the chunk (the
+//! dispatcher copies them out before they wait anywhere).
 //!
 //! A segment is read up to its end record (SEGMENT_END, or the FINAL
 //! checkpoint of a clean stop: bytes after either are not the journal's,
@@ -108,6 +109,23 @@ impl PoolTail {
         self.checked_before = first_of_this_run;
         self.alarm = Some(alarm);
         self
+    }
+
+    /// A second tail over the same pool and journal, from `from_seq`, with
+    /// the same checks (for reading frames back out of order: a reset
+    /// connection's replay window).
+    pub fn fork(&self, from_seq: u64) -> PoolTail {
+        PoolTail {
+            dir: self.dir.clone(),
+            pool: self.pool.clone(),
+            segment: None,
+            next_seq: from_seq,
+            past: None,
+            last_meta: None,
+            checked_before: self.checked_before,
+            alarm: self.alarm.clone(),
+            link: None,
+        }
     }
 
     /// The seq of the next record this tail will look at.
