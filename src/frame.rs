@@ -14,6 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// No backend chosen yet for a `connection`-balanced client.
 pub const NO_BACKEND: usize = usize::MAX;
 
+/// The connection number of the journal's own in-band messages
+/// (checkpoint announcements): not a client's, not kept for replay.
+pub const JOURNAL_CONN_ID: u64 = u64::MAX;
+
 /// What every frame of one client connection shares (one allocation per
 /// connection; frames hold an `Arc`).
 #[derive(Debug)]

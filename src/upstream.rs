@@ -724,7 +724,11 @@ impl Upstream {
 
     /// Keeps a settled frame's seq in the replay window, dropping the
     /// oldest beyond it. The frame itself is let go: it is in the journal.
+    /// In-band checkpoint messages are not kept (the next one follows).
     fn remember(&mut self, f: Frame) {
+        if f.conn.id == crate::frame::JOURNAL_CONN_ID {
+            return;
+        }
         self.replay
             .push(f.seq, f.len() as u32, self.settings.replay_window);
     }

@@ -446,6 +446,12 @@ fn a_stalled_backends_replay_window_is_read_back_from_rolled_segments() {
     // back from the journal.
     let replayed = scraped(admin, "auditlb_frames_replayed_total{pool=\"p\"}").unwrap_or(0.0);
     assert!(replayed >= 2000.0, "{replayed} frames replayed");
+    let missing = scraped(admin, "auditlb_frames_replay_missing_total{pool=\"p\"}");
+    assert_eq!(
+        missing,
+        Some(0.0),
+        "replayed frames not found in the journal"
+    );
     let segments = std::fs::read_dir(dir.join("journal")).unwrap().count();
     assert!(
         segments > 100,

@@ -49,9 +49,11 @@ use window::SeqWindow;
 pub const UPSTREAM_BATCHES: usize = 64;
 /// Most frames routed in one round.
 const ROUND_FRAMES: usize = 4096;
-/// Most journal records looked at in one step of reading a replay window
-/// back (one blocking read of at most a few MiB).
+/// Most journal records, and 1 MiB reads of the files, one step of
+/// reading a replay window back looks at (one blocking read of at most
+/// 8 MiB, or one record larger than 1 MiB, held until the step ends).
 const REPLAY_SCAN: u64 = 16_384;
+const REPLAY_CHUNKS: usize = 8;
 
 /// Settled frames to send again (reset connections' replay windows), by
 /// seq, read back from the journal a step at a time by a tail of its own.
@@ -332,11 +334,14 @@ impl Dispatcher {
             if !replay.is_empty() {
                 self.replay.add(replay);
             }
-            // Replayed frames are read back while little is pending, so
-            // they never pile up behind a stalled pool.
+            // Replayed frames are read back a step per turn while little
+            // is pending, so they never pile up behind a stalled pool, and
+            // routing, intake and shutdown go on between steps.
             if !self.replay.wanted.is_empty()
                 && self.pending.len() < ROUND_FRAMES
+                && !abort.is_cancelled()
                 && self.replay_step().await
+                && self.pending.is_empty()
             {
                 continue;
             }
@@ -402,8 +407,10 @@ impl Dispatcher {
                     // their charge: what came back since the top of the
                     // loop is routed, not dropped with the dispatcher.
                     let back = self.handback.take();
-                    if !back.is_empty() {
+                    let replay = self.handback.take_replay();
+                    if !back.is_empty() || !replay.is_empty() {
                         self.requeue(back);
+                        self.replay.add(replay);
                         continue;
                     }
                     self.collect_settled();
@@ -428,8 +435,12 @@ impl Dispatcher {
             }
         }
         self.publish_cursor();
+        // Replay seqs not read back yet count too: they were to be sent
+        // again and are not (they are settled, so a restart does not).
         let mut left = self.pending.len()
             + self.handback.take().len()
+            + self.handback.take_replay().len()
+            + self.replay.wanted.len()
             + self.intake.take_parked().map_or(0, |b| b.frames.len());
         self.rx.close();
         while let Ok(b) = self.rx.try_recv() {
@@ -449,8 +460,8 @@ impl Dispatcher {
 
     /// Reads the next replayed frames back from the journal (at most
     /// [`REPLAY_SCAN`] records, off the runtime's threads) and puts them
-    /// ahead of everything pending. False when it got nowhere (nothing
-    /// readable yet, or a read error: retried a second later).
+    /// ahead of everything pending. False when it got nowhere in the files
+    /// (nothing readable yet, or a read error: retried a second later).
     async fn replay_step(&mut self) -> bool {
         let Some(&first) = self.replay.wanted.front() else {
             return false;
@@ -466,19 +477,23 @@ impl Dispatcher {
         if first > readable {
             return false;
         }
-        let mut tail = match self.replay.tail.take() {
+        let tail = match self.replay.tail.take() {
             Some(t) if t.next_seq() <= first => t,
             _ => self.tail.fork(first),
         };
-        tail.skip_to(first);
         let upto = readable.min(first.saturating_add(REPLAY_SCAN));
         let read = tokio::task::spawn_blocking(move || {
-            let r = tail.read(upto, usize::MAX);
+            let mut tail = tail;
+            let r = tail.advance_to(first).and_then(|()| {
+                let before = tail.position();
+                let frames = tail.read_some(upto, usize::MAX, REPLAY_CHUNKS)?;
+                Ok((frames, tail.position() != before))
+            });
             (tail, r)
         })
         .await;
-        let (tail, frames) = match read {
-            Ok((tail, Ok(frames))) => (tail, frames),
+        let (tail, frames, moved) = match read {
+            Ok((tail, Ok((frames, moved)))) => (tail, frames, moved),
             Ok((tail, Err(e))) => {
                 tracing::error!(pool = %self.pool, seq = first, error = %e, "cannot read the replay window back from the journal; retrying");
                 self.replay.tail = Some(tail);
@@ -494,9 +509,10 @@ impl Dispatcher {
         self.replay.retry_at = None;
         let next = tail.next_seq();
         self.replay.tail = Some(tail);
-        // The wanted seqs the read went past: found, or not a frame of
-        // this pool (an in-band checkpoint message is not sent again).
+        // The wanted seqs the read went past: found, or gone (their
+        // segment deleted, or damaged: the tail skipped it).
         let mut found = Vec::new();
+        let mut missing = Vec::new();
         let mut frames = frames.into_iter().peekable();
         while let Some(&seq) = self.replay.wanted.front() {
             if seq >= next {
@@ -504,15 +520,26 @@ impl Dispatcher {
             }
             self.replay.wanted.pop_front();
             while frames.next_if(|f| f.seq < seq).is_some() {}
-            if let Some(f) = frames.next_if(|f| f.seq == seq) {
-                found.push(f);
+            match frames.next_if(|f| f.seq == seq) {
+                Some(f) => found.push(f),
+                None => missing.push(seq),
             }
         }
         drop(frames);
+        if !missing.is_empty() {
+            self.metrics.replay_missing.inc_by(missing.len() as u64);
+            tracing::error!(
+                pool = %self.pool,
+                frames = missing.len(),
+                first = missing[0],
+                last = missing[missing.len() - 1],
+                "replay window frames not found in the journal (segment gone or damaged); not sent again"
+            );
+        }
         crate::frame::pack(&mut found);
         self.metrics.replayed.inc_by(found.len() as u64);
         self.requeue(found);
-        next > first
+        moved
     }
 
     /// A batch from the journal writer.

@@ -71,6 +71,9 @@ pub struct PoolTail {
     /// Chain hash that ended the last checked segment read to its end: the
     /// next segment's header must link to it.
     link: Option<Hash>,
+    /// Damage is reported (alarm, ALARM file, error log); a fork re-reading
+    /// what the dispatcher's own tail already read only logs it at debug.
+    report: bool,
 }
 
 /// What reading the open segment once gave.
@@ -99,6 +102,7 @@ impl PoolTail {
             checked_before: u64::MAX,
             alarm: None,
             link: None,
+            report: true,
         }
     }
 
@@ -125,7 +129,38 @@ impl PoolTail {
             checked_before: self.checked_before,
             alarm: self.alarm.clone(),
             link: None,
+            report: false,
         }
+    }
+
+    /// Where it is: the next seq, and the open segment and offset in it.
+    pub fn position(&self) -> (u64, Option<(u64, u64)>) {
+        (
+            self.next_seq,
+            self.segment.as_ref().map(|s| (s.first_seq, s.offset)),
+        )
+    }
+
+    /// Moves ahead to `seq` like [`Self::skip_to`], but goes on from where
+    /// it is in the open segment when `seq` is in it (no segment after it
+    /// starts at or before `seq`), instead of parsing it again from its
+    /// start.
+    pub fn advance_to(&mut self, seq: u64) -> io::Result<()> {
+        if seq <= self.next_seq {
+            return Ok(());
+        }
+        if let Some(seg) = &self.segment {
+            let first = seg.first_seq;
+            let later = list_segments(&self.dir)?
+                .iter()
+                .any(|s| s.name_seq > first && s.name_seq <= seq);
+            if !later {
+                self.next_seq = seq;
+                return Ok(());
+            }
+        }
+        self.skip_to(seq);
+        Ok(())
     }
 
     /// The seq of the next record this tail will look at.
@@ -220,9 +255,18 @@ impl PoolTail {
     /// An I/O error ends the read; frames taken before it are returned
     /// first, and the error comes with the next read.
     pub fn read(&mut self, upto: u64, max: usize) -> io::Result<Vec<Frame>> {
+        self.read_some(upto, max, usize::MAX)
+    }
+
+    /// [`Self::read`], stopping after `chunks` reads of the files (each at
+    /// most 1 MiB, or one record larger than that): bounded work per call
+    /// however sparse this pool's frames are.
+    pub fn read_some(&mut self, upto: u64, max: usize, chunks: usize) -> io::Result<Vec<Frame>> {
         let mut out = Vec::new();
         let mut metas = HashMap::new();
-        while out.len() < max && self.next_seq <= upto {
+        let mut reads = 0;
+        while out.len() < max && self.next_seq <= upto && reads < chunks {
+            reads += 1;
             if self.segment.is_none() && !self.open()? {
                 break;
             }
@@ -346,6 +390,10 @@ impl PoolTail {
     /// A checked segment broke its chain at `offset`: nothing more of it is
     /// routed, and the alarm goes up.
     fn damaged(&self, first_seq: u64, offset: u64, why: &str) {
+        if !self.report {
+            tracing::debug!(journal = %self.dir.display(), pool = %self.pool, segment = %super::format::segment_name(first_seq), offset, reason = %why, "damaged segment read again (reported when first read)");
+            return;
+        }
         if let Some(a) = &self.alarm {
             a.set(1);
         }
@@ -417,7 +465,7 @@ impl PoolTail {
                     .and_then(|c| c.parse::<SocketAddr>().ok())
                     .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 Arc::new(ConnMeta::new(
-                    0,
+                    conn_id_of(&listener, &client),
                     String::from_utf8_lossy(&listener).into(),
                     peer,
                 ))
@@ -429,6 +477,19 @@ impl PoolTail {
         f.time_ns = r.time_ns;
         out.push(f);
     }
+}
+
+/// A connection number for frames read back from the files, where the
+/// original connection is not known: the same for one (listener, client),
+/// so a client's frames keep to one upstream connection of a backend (and
+/// keep their order there) while different clients spread over them.
+fn conn_id_of(listener: &[u8], client: &[u8]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    listener.hash(&mut h);
+    client.hash(&mut h);
+    // Clear of the journal's own number.
+    h.finish() >> 1
 }
 
 /// Reads into `buf` from `offset` until it is full or the file ends.

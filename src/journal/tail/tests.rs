@@ -309,3 +309,71 @@ fn a_segment_left_without_an_end_gives_way_to_the_next() {
     j.segment(Some(10), &[start(), frame("p", "c")]);
     assert_eq!(bodies(&t.read(u64::MAX, 100).unwrap()), ["c"]);
 }
+
+#[test]
+fn advancing_within_the_open_segment_goes_on_from_its_offset() {
+    let mut j = Journal::new();
+    let mut recs = vec![start()];
+    for i in 0..20 {
+        recs.push(frame("p", &format!("p{i}")));
+        recs.push(frame("q", &format!("q{i}")));
+    }
+    let first = j.segment(None, &recs);
+    let mut t = j.tail("p", 1);
+    assert_eq!(t.read(10, usize::MAX).unwrap().len(), 5);
+    // Spoil a record already read past: going on from the offset never
+    // looks at it again (parsing from the start would stop there).
+    let path = j.dir.path().join(segment_name(first));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut pos = HEADER_LEN;
+    while parse_record(&bytes[pos..]).unwrap().seq != 3 {
+        pos += parse_record(&bytes[pos..]).unwrap().raw.len();
+    }
+    bytes[pos..pos + 4].copy_from_slice(&[0; 4]);
+    std::fs::write(&path, &bytes).unwrap();
+    t.advance_to(20).unwrap();
+    let f = t.read(u64::MAX, usize::MAX).unwrap();
+    assert_eq!(f.first().map(|f| f.seq), Some(20));
+    assert_eq!(bodies(&f)[0], "p9");
+    // Into a later segment: that one is opened.
+    j.segment(None, &[start(), frame("p", "later")]);
+    let mut t = j.tail("p", 1);
+    t.read(4, usize::MAX).unwrap();
+    t.advance_to(first + recs.len() as u64).unwrap();
+    assert_eq!(bodies(&t.read(u64::MAX, usize::MAX).unwrap()), ["later"]);
+}
+
+#[test]
+fn read_some_stops_after_its_chunks_and_goes_on_next_time() {
+    let mut j = Journal::new();
+    // Over 3 MiB of another pool's records, then one of this pool's.
+    let big = "x".repeat(60_000);
+    let mut recs = vec![start()];
+    recs.extend((0..60).map(|_| frame("q", &big)));
+    recs.push(frame("p", "mine"));
+    j.segment(None, &recs);
+    let mut t = j.tail("p", 1);
+    let mut calls = 0;
+    let got = loop {
+        calls += 1;
+        let before = t.position();
+        let f = t.read_some(u64::MAX, usize::MAX, 1).unwrap();
+        if !f.is_empty() {
+            break f;
+        }
+        assert_ne!(t.position(), before, "no progress");
+    };
+    assert_eq!(bodies(&got), ["mine"]);
+    assert!(calls >= 4, "{calls} calls for 3.4 MiB in 1 MiB reads");
+}
+
+#[test]
+fn frames_read_back_keep_one_connection_number_per_client() {
+    let mut j = Journal::new();
+    j.segment(None, &[start(), frame("p", "a"), frame("p", "b")]);
+    let f = j.tail("p", 1).read(u64::MAX, usize::MAX).unwrap();
+    let g = j.tail("p", 1).read(u64::MAX, usize::MAX).unwrap();
+    assert_eq!(f[0].conn.id, f[1].conn.id);
+    assert_eq!(f[0].conn.id, g[0].conn.id);
+    assert_ne!(f[0].conn.id, crate::frame::JOURNAL_CONN_ID);
+}

@@ -249,7 +249,7 @@ impl Writer {
             buf: Vec::with_capacity(1 << 20),
             announce: Vec::new(),
             announce_meta: std::sync::Arc::new(crate::frame::ConnMeta::new(
-                0,
+                crate::frame::JOURNAL_CONN_ID,
                 "journal".into(),
                 std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             )),
