@@ -57,6 +57,11 @@ impl<R: RecordSet> Digests<R> {
         &self.recs
     }
 
+    /// The records back, once every digest was taken.
+    pub fn into_records(self) -> R {
+        self.recs
+    }
+
     /// Chunks of work (more than one is worth sharing).
     pub fn chunks(&self) -> usize {
         self.chunks.len()
@@ -127,7 +132,10 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn start() -> std::io::Result<Hasher> {
-        let (tx, rx) = sync_channel(2);
+        // At most one job waits for the helper: a deeper queue only holds
+        // batches the writer already finished (and their bytes, which the
+        // writer would rather take back than copy).
+        let (tx, rx) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("journal-hash".into())
             .spawn(move || run(rx))?;

@@ -114,8 +114,10 @@ impl Writer {
             .flat_map(|(_, f)| f.iter())
             .map(|f| f.len() + 128)
             .sum();
-        let mut bytes = Vec::with_capacity(size);
-        let mut ranges = Vec::with_capacity(n);
+        let mut bytes = std::mem::take(&mut self.spare.bytes);
+        let mut ranges = std::mem::take(&mut self.spare.ranges);
+        bytes.reserve(size);
+        ranges.reserve(n);
         for (pool, frames) in batches.iter_mut() {
             for f in frames.iter_mut() {
                 let conn = f
@@ -143,14 +145,44 @@ impl Writer {
         if let Some(h) = &self.hasher {
             h.digest_all(&job);
         }
-        let encoded = job.records();
-        self.buf.reserve(encoded.bytes.len());
+        // The chain, in order.
+        let mut chains = std::mem::take(&mut self.spare.chains);
+        chains.clear();
         let seqs = batches.iter().flat_map(|(_, f)| f.iter().map(|f| f.seq));
-        for (i, (seq, &(a, b))) in seqs.zip(&encoded.ranges).enumerate() {
-            let at = self.buf.len();
-            self.buf.extend_from_slice(&encoded.bytes[a..b]);
-            self.head = set_chain(&mut self.buf[at..], &self.head, seq, job.digest(i));
+        for (i, seq) in seqs.enumerate() {
+            self.head = chain_step(&self.head, seq, job.digest(i));
+            chains.push(self.head);
         }
+        match Arc::try_unwrap(job) {
+            // The helper let go of the batch (the usual case): its chain
+            // fields are filled in place, and the buffer becomes the batch
+            // buffer when that is empty (no copy).
+            Ok(job) => {
+                let Encoded { mut bytes, ranges } = job.into_records();
+                for (&(_, b), c) in ranges.iter().zip(&chains) {
+                    bytes[b - 36..b - 4].copy_from_slice(c);
+                }
+                if self.buf.is_empty() {
+                    std::mem::swap(&mut self.buf, &mut bytes);
+                } else {
+                    self.buf.extend_from_slice(&bytes);
+                }
+                self.spare.keep(bytes, ranges);
+            }
+            // The helper still holds it: copied out record by record.
+            Err(job) => {
+                let encoded = job.records();
+                self.buf.reserve(encoded.bytes.len());
+                for (&(a, b), c) in encoded.ranges.iter().zip(&chains) {
+                    let at = self.buf.len();
+                    self.buf.extend_from_slice(&encoded.bytes[a..b]);
+                    let end = self.buf.len();
+                    self.buf[end - 36..end - 4].copy_from_slice(c);
+                    debug_assert_eq!(end - at, b - a);
+                }
+            }
+        }
+        self.spare.chains = chains;
         self.since_checkpoint += n as u64;
         self.metrics.records.inc_by(n as u64);
     }

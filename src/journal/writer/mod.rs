@@ -36,13 +36,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::handoff::PoolLink;
-use super::hasher::{Hasher, Job};
+use super::hasher::{Encoded, Hasher, Job};
 use super::reader::list_segments;
 use super::{Ingress, JournalMetrics};
 use crate::config::{JournalConfig, OnFull, SyncPolicy};
 use crate::frame::Frame;
 use crate::journal::format::{
-    encode_record, encode_unchained, flags, hex, segment_name, set_chain, tag, CheckpointBody,
+    chain_step, encode_record, encode_unchained, flags, hex, segment_name, tag, CheckpointBody,
     Hash, Header, RecordType, HEADER_LEN,
 };
 use crate::journal::seal::{seal, KeyError, SealInput, SealKey};
@@ -121,6 +121,9 @@ pub struct Writer {
     announce_meta: std::sync::Arc<crate::frame::ConnMeta>,
     hostname: String,
     buf: Vec<u8>,
+    /// The last batch's encoding buffers and chain hashes, reused by the
+    /// next (no allocation and no fresh pages per batch).
+    spare: Spare,
     /// Checkpoints in `buf` or written whose anchor line and key ratchet
     /// wait until the segment holding them is on disk.
     pending: Vec<PendingAnchor>,
@@ -247,6 +250,7 @@ impl Writer {
             journal_bytes: 0,
             full: false,
             buf: Vec::with_capacity(1 << 20),
+            spare: Spare::default(),
             announce: Vec::new(),
             announce_meta: std::sync::Arc::new(crate::frame::ConnMeta::new(
                 crate::frame::JOURNAL_CONN_ID,
@@ -534,4 +538,26 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
         })
         .expect("spawning the journal thread");
     ready_rx
+}
+
+/// Buffers one batch of frames is encoded in, kept for the next.
+#[derive(Default)]
+pub(super) struct Spare {
+    bytes: Vec<u8>,
+    ranges: Vec<(usize, usize)>,
+    chains: Vec<crate::journal::format::Hash>,
+}
+
+impl Spare {
+    /// Larger buffers than this (left by a batch of huge frames) are let go.
+    const KEEP: usize = 8 << 20;
+
+    fn keep(&mut self, mut bytes: Vec<u8>, mut ranges: Vec<(usize, usize)>) {
+        bytes.clear();
+        ranges.clear();
+        if bytes.capacity() <= Self::KEEP {
+            self.bytes = bytes;
+            self.ranges = ranges;
+        }
+    }
 }
