@@ -136,7 +136,11 @@ pub(crate) async fn session(
         recheck.reloads.mark_unchanged();
         match &s.tls {
             None => read_loop(stream, &Arc::new(meta), s, &stop, &mut recheck).await,
-            Some(tls) => match handshake(stream, tls, &stop, &s.metrics).await {
+            // Boxed: the TLS states (handshake, a rustls connection) are
+            // several KiB, and an inline branch would make every plain
+            // session's future that large too (10,000 idle clients).
+            Some(tls) => Box::pin(async {
+                match handshake(stream, tls, &stop, &s.metrics).await {
                 Ok((mut stream, identity)) => {
                     s.metrics.tls_ok(&identity.version);
                     recheck.peer = Some(PeerChain(
@@ -155,7 +159,8 @@ pub(crate) async fn session(
                     close
                 }
                 Err(close) => close,
-            },
+            }})
+            .await,
         }
     }
     .instrument(span)
@@ -266,6 +271,28 @@ async fn handshake(
 /// buffer (and TLS records in flight on loopback) be taken in full.
 const DRAIN_READ_WAIT: Duration = Duration::from_millis(20);
 
+/// A client stream a session reads frames from.
+pub(crate) trait ClientStream: AsyncRead + Unpin {
+    /// Resolves when a read may find data. A plain socket waits until it
+    /// is readable, so an idle client holds no read buffer while it waits
+    /// (10,000 idle clients would otherwise each keep 64 KiB reserved, of
+    /// which the allocator touches a page); a TLS stream may already hold
+    /// decrypted data inside, so it resolves at once.
+    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+}
+
+impl ClientStream for TcpStream {
+    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+}
+
+impl ClientStream for &mut tokio_rustls::server::TlsStream<TcpStream> {
+    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        std::future::ready(Ok(()))
+    }
+}
+
 /// Reads what the client already sent, waiting at most [`DRAIN_READ_WAIT`]:
 /// `None` when nothing came (used while draining for shutdown).
 async fn read_now<S: AsyncRead + Unpin>(
@@ -280,7 +307,7 @@ async fn read_now<S: AsyncRead + Unpin>(
 /// Reads frames until the connection ends. Whatever the end, part of a
 /// frame still held (a reset, a timeout, a stop, a TLS record that fails)
 /// is refused with a GAP record, like a frame cut at an EOF.
-async fn read_loop<S: AsyncRead + Unpin>(
+async fn read_loop<S: ClientStream>(
     stream: S,
     meta: &Arc<ConnMeta>,
     s: &SessionSettings,
@@ -305,7 +332,7 @@ async fn read_loop<S: AsyncRead + Unpin>(
     close
 }
 
-async fn read_frames<S: AsyncRead + Unpin>(
+async fn read_frames<S: ClientStream>(
     mut stream: S,
     dec: &mut Decoder,
     buf: &mut BytesMut,
@@ -411,9 +438,9 @@ async fn read_frames<S: AsyncRead + Unpin>(
             Some(t) => idle_deadline.min(t + s.frame_timeout),
             None => idle_deadline,
         };
-        buf.reserve(chunk);
         let read = if draining {
             // Stopping: take what is already buffered, then close.
+            buf.reserve(chunk);
             match read_now(&mut stream, buf).await {
                 Some(r) => r,
                 None => return Close::Shutdown,
@@ -437,7 +464,13 @@ async fn read_frames<S: AsyncRead + Unpin>(
                         Close::Idle
                     };
                 }
-                r = stream.read_buf(buf) => r,
+                r = async {
+                    if buf.is_empty() {
+                        stream.ready().await?;
+                    }
+                    buf.reserve(chunk);
+                    stream.read_buf(buf).await
+                } => r,
             }
         };
         match read {
