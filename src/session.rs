@@ -272,34 +272,61 @@ async fn handshake(
 const DRAIN_READ_WAIT: Duration = Duration::from_millis(20);
 
 /// A client stream a session reads frames from.
-pub(crate) trait ClientStream: AsyncRead + Unpin {
-    /// Resolves when a read may find data. A plain socket waits until it
-    /// is readable, so an idle client holds no read buffer while it waits
-    /// (10,000 idle clients would otherwise each keep 64 KiB reserved, of
-    /// which the allocator touches a page); a TLS stream may already hold
-    /// decrypted data inside, so it resolves at once.
-    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+pub(crate) trait ClientStream: AsyncRead + Unpin + Send {
+    /// Reads what is there into `buf`, reserving `chunk` bytes first. A
+    /// plain socket reserves only once it has data (readiness can be
+    /// reported for a socket that has none; then the buffer is let go
+    /// again), so an idle client holds no read buffer while it waits: with
+    /// 10,000 idle clients that is 64 KiB each. A TLS stream may hold
+    /// decrypted data inside, so it reads at once.
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        chunk: usize,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a;
 }
 
 impl ClientStream for TcpStream {
-    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        self.readable()
+    async fn read_some<'a>(&'a mut self, buf: &'a mut BytesMut, chunk: usize) -> io::Result<usize> {
+        loop {
+            if buf.is_empty() {
+                self.readable().await?;
+            }
+            buf.reserve(chunk);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    } else {
+                        // Part of a frame is held: wait with it.
+                        self.readable().await?;
+                    }
+                }
+                r => return r,
+            }
+        }
     }
 }
 
 impl ClientStream for &mut tokio_rustls::server::TlsStream<TcpStream> {
-    fn ready(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        std::future::ready(Ok(()))
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        chunk: usize,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
+        buf.reserve(chunk);
+        self.read_buf(buf)
     }
 }
 
 /// Reads what the client already sent, waiting at most [`DRAIN_READ_WAIT`]:
 /// `None` when nothing came (used while draining for shutdown).
-async fn read_now<S: AsyncRead + Unpin>(
+async fn read_now<S: ClientStream>(
     stream: &mut S,
     buf: &mut BytesMut,
+    chunk: usize,
 ) -> Option<io::Result<usize>> {
-    tokio::time::timeout(DRAIN_READ_WAIT, stream.read_buf(buf))
+    tokio::time::timeout(DRAIN_READ_WAIT, stream.read_some(buf, chunk))
         .await
         .ok()
 }
@@ -440,8 +467,7 @@ async fn read_frames<S: ClientStream>(
         };
         let read = if draining {
             // Stopping: take what is already buffered, then close.
-            buf.reserve(chunk);
-            match read_now(&mut stream, buf).await {
+            match read_now(&mut stream, buf, chunk).await {
                 Some(r) => r,
                 None => return Close::Shutdown,
             }
@@ -464,13 +490,7 @@ async fn read_frames<S: ClientStream>(
                         Close::Idle
                     };
                 }
-                r = async {
-                    if buf.is_empty() {
-                        stream.ready().await?;
-                    }
-                    buf.reserve(chunk);
-                    stream.read_buf(buf).await
-                } => r,
+                r = stream.read_some(buf, chunk) => r,
             }
         };
         match read {

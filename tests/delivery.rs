@@ -462,3 +462,55 @@ fn a_stalled_backends_replay_window_is_read_back_from_rolled_segments() {
         total - unique
     );
 }
+
+/// Idle clients hold no read buffer: 2,000 connected clients that send
+/// nothing cost a few KiB each (task, socket registration, connection
+/// meta), not a reserved 64 KiB read buffer of which the allocator touches
+/// a page or two (10,000 of them are the README's figure).
+#[test]
+fn idle_clients_hold_no_read_buffer() {
+    let want = 4200;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_max < want {
+        eprintln!("skipped: the fd limit ({}) is below {want}", lim.rlim_max);
+        return;
+    }
+    lim.rlim_cur = lim.rlim_cur.max(want);
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    let dir = scratch_dir("idle-memory");
+    let log = dir.join("sink.log");
+    let (_sink, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    let cfg = binary_config(&dir, &[addr], "");
+    let (auditlb, listen) = spawn_auditlb(&cfg);
+    std::thread::sleep(Duration::from_millis(500));
+    use std::io::Write;
+    let line = |i: u64| format!("<13>1 2026-11-27T00:00:00Z h app - - - idle id={i}\n");
+    // Warm up the journal and delivery path with as many lines from a
+    // few clients, so what is measured next is the clients.
+    let n = 2000u64;
+    let mut warm = std::net::TcpStream::connect(listen).unwrap();
+    for i in 0..n {
+        warm.write_all(line(i).as_bytes()).unwrap();
+    }
+    wait_all_ids(&[log.as_path()], n, 30);
+    std::thread::sleep(Duration::from_millis(500));
+    let base = auditlb.rss_kib();
+    let clients: Vec<_> = (0..n)
+        .map(|_| std::net::TcpStream::connect(listen).unwrap())
+        .collect();
+    // They are all in: one more line through a new connection arrives.
+    let mut last = std::net::TcpStream::connect(listen).unwrap();
+    last.write_all(line(n).as_bytes()).unwrap();
+    wait_all_ids(&[log.as_path()], n + 1, 30);
+    std::thread::sleep(Duration::from_secs(1));
+    let grew = auditlb.rss_kib().saturating_sub(base);
+    eprintln!("{grew} KiB for {} idle clients", clients.len());
+    assert!(
+        grew < n * 4,
+        "{grew} KiB for {n} idle clients: more than 4 KiB each"
+    );
+}
