@@ -95,8 +95,9 @@ impl ConnShared {
 pub struct Handback {
     frames: Mutex<Vec<Frame>>,
     /// Seqs of settled frames to send again (reset connections' replay
-    /// windows), read back from the journal by the dispatcher.
-    replay: Mutex<Vec<u64>>,
+    /// windows), read back from the journal by the dispatcher, each with
+    /// the backend (its [`Backend::index`]) that may not have read it.
+    replay: Mutex<Vec<(u64, u32)>>,
     /// Seqs of frames settled since the dispatcher last looked, for its
     /// delivery cursor. Bounded like the frames: each was in flight.
     settled: Mutex<Vec<(u32, u64)>>,
@@ -128,16 +129,17 @@ impl Handback {
         std::mem::take(&mut *crate::lock(&self.frames))
     }
 
-    /// Asks for settled frames to be sent again, by seq.
-    pub fn push_replay(&self, seqs: Vec<u64>) {
+    /// Asks for settled frames of backend `backend` to be sent again, by
+    /// seq (to other backends while there are any).
+    pub fn push_replay(&self, backend: u32, seqs: Vec<u64>) {
         if seqs.is_empty() {
             return;
         }
-        crate::lock(&self.replay).extend(seqs);
+        crate::lock(&self.replay).extend(seqs.into_iter().map(|s| (s, backend)));
         self.wake.notify_one();
     }
 
-    pub fn take_replay(&self) -> Vec<u64> {
+    pub fn take_replay(&self) -> Vec<(u64, u32)> {
         std::mem::take(&mut *crate::lock(&self.replay))
     }
 
@@ -747,7 +749,7 @@ impl Upstream {
             frames = seqs.len(),
             "connection reset: sending the replay window again"
         );
-        self.handback.push_replay(seqs);
+        self.handback.push_replay(self.backend.index as u32, seqs);
     }
 
     /// Returns frames to the dispatcher (no longer charged to this

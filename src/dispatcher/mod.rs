@@ -54,23 +54,32 @@ const ROUND_FRAMES: usize = 4096;
 /// 8 MiB, or one record larger than 1 MiB, held until the step ends).
 const REPLAY_SCAN: u64 = 16_384;
 const REPLAY_CHUNKS: usize = 8;
+/// 1 MiB reads of the files per step of catching up (a pool behind, or
+/// resuming after a restart): however sparse its frames, one step is a
+/// bounded blocking read, off the runtime's threads.
+const TAIL_CHUNKS: usize = 8;
 
 /// Settled frames to send again (reset connections' replay windows), by
 /// seq, read back from the journal a step at a time by a tail of its own.
 #[derive(Default)]
 struct Replay {
-    /// Sorted, no duplicates.
-    wanted: VecDeque<u64>,
+    /// Sorted by seq, no seq twice; each with the backend (its
+    /// [`Backend::index`]) that may not have read it.
+    wanted: VecDeque<(u64, u32)>,
+    /// Replayed frames read back and pending: the backend each is kept
+    /// away from while another can take it (that one may be hung and
+    /// still passing health checks; its window must go elsewhere).
+    origin: std::collections::HashMap<u64, u32>,
     tail: Option<PoolTail>,
     /// After a read error: not before this.
     retry_at: Option<tokio::time::Instant>,
 }
 
 impl Replay {
-    fn add(&mut self, mut seqs: Vec<u64>) {
+    fn add(&mut self, mut seqs: Vec<(u64, u32)>) {
         seqs.extend(self.wanted.drain(..));
         seqs.sort_unstable();
-        seqs.dedup();
+        seqs.dedup_by_key(|(s, _)| *s);
         self.wanted = seqs.into();
     }
 }
@@ -377,14 +386,13 @@ impl Dispatcher {
             // up to the batch waiting to rejoin it.
             let upto = self.intake.read_upto(self.readable_upto());
             if let Some(upto) = upto.filter(|&u| self.tail.next_seq() <= u) {
-                match self.tail.read(upto, ROUND_FRAMES) {
-                    Ok(mut frames) => {
-                        // Out of the 1 MiB chunks they were read in, which
-                        // also hold other pools' records.
-                        crate::frame::pack(&mut frames);
+                let before = self.tail.position();
+                match self.read_tail(upto).await {
+                    Ok(frames) => {
                         tracing::trace!(pool = %self.pool, frames = frames.len(), next = self.tail.next_seq(), upto, "read from the journal");
                         self.intake.read_to(self.tail.next_seq());
-                        if !frames.is_empty() {
+                        let moved = self.tail.position() != before;
+                        if !frames.is_empty() || moved {
                             self.pending.extend(frames);
                             continue;
                         }
@@ -458,12 +466,37 @@ impl Dispatcher {
         self.metrics.pending.set(0);
     }
 
+    /// This pool's next frames from the files, up to `upto`: one bounded
+    /// step ([`TAIL_CHUNKS`]) on a blocking thread, copied out of the
+    /// chunks they were read in (which also hold other pools' records).
+    async fn read_tail(&mut self, upto: u64) -> std::io::Result<Vec<Frame>> {
+        let stand_in = self.tail.reopen(self.tail.next_seq());
+        let tail = std::mem::replace(&mut self.tail, stand_in);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut tail = tail;
+            let r = tail.read_some(upto, ROUND_FRAMES, TAIL_CHUNKS).map(|mut frames| {
+                crate::frame::pack(&mut frames);
+                frames
+            });
+            (tail, r)
+        })
+        .await;
+        match read {
+            Ok((tail, r)) => {
+                self.tail = tail;
+                r
+            }
+            // The stand-in (from the same seq) goes on.
+            Err(e) => Err(std::io::Error::other(format!("reading the journal: {e}"))),
+        }
+    }
+
     /// Reads the next replayed frames back from the journal (at most
     /// [`REPLAY_SCAN`] records, off the runtime's threads) and puts them
     /// ahead of everything pending. False when it got nowhere in the files
     /// (nothing readable yet, or a read error: retried a second later).
     async fn replay_step(&mut self) -> bool {
-        let Some(&first) = self.replay.wanted.front() else {
+        let Some(&(first, _)) = self.replay.wanted.front() else {
             return false;
         };
         if self
@@ -514,14 +547,17 @@ impl Dispatcher {
         let mut found = Vec::new();
         let mut missing = Vec::new();
         let mut frames = frames.into_iter().peekable();
-        while let Some(&seq) = self.replay.wanted.front() {
+        while let Some(&(seq, origin)) = self.replay.wanted.front() {
             if seq >= next {
                 break;
             }
             self.replay.wanted.pop_front();
             while frames.next_if(|f| f.seq < seq).is_some() {}
             match frames.next_if(|f| f.seq == seq) {
-                Some(f) => found.push(f),
+                Some(f) => {
+                    self.replay.origin.insert(seq, origin);
+                    found.push(f);
+                }
                 None => missing.push(seq),
             }
         }
@@ -642,13 +678,30 @@ impl Dispatcher {
         let take = self.pending.len().min(ROUND_FRAMES);
         for _ in 0..take {
             let f = self.pending.pop_front().expect("counted above");
-            match self.selector.pick(
+            // A replayed frame goes to another backend than the one whose
+            // window it came from, while another can take it.
+            let kept_off = match self.replay.origin.is_empty() {
+                true => None,
+                false => self.replay.origin.remove(&f.seq).and_then(|o| {
+                    let at = self.backends.iter().position(|b| b.index == o as usize)?;
+                    let others = avail.iter().enumerate().any(|(i, &a)| a && i != at);
+                    (avail[at] && others).then(|| {
+                        avail[at] = false;
+                        at
+                    })
+                }),
+            };
+            let picked = self.selector.pick(
                 View {
                     avail: &avail,
                     pending: &pend,
                 },
                 &f,
-            ) {
+            );
+            if let Some(at) = kept_off {
+                avail[at] = true;
+            }
+            match picked {
                 Some(i) => {
                     pend[i] += f.len() as u64;
                     if f.seq > 0 {

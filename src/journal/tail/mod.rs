@@ -141,6 +141,15 @@ impl PoolTail {
         )
     }
 
+    /// The same tail afresh from `from_seq` (what stands in for this one
+    /// while it reads on another thread).
+    pub fn reopen(&self, from_seq: u64) -> PoolTail {
+        PoolTail {
+            report: self.report,
+            ..self.fork(from_seq)
+        }
+    }
+
     /// Moves ahead to `seq` like [`Self::skip_to`], but goes on from where
     /// it is in the open segment when `seq` is in it (no segment after it
     /// starts at or before `seq`), instead of parsing it again from its
