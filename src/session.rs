@@ -274,8 +274,8 @@ const DRAIN_READ_WAIT: Duration = Duration::from_millis(20);
 /// A client stream a session reads frames from.
 pub(crate) trait ClientStream: AsyncRead + Unpin + Send {
     /// Reads what is there into `buf`, reserving `chunk` bytes first. A
-    /// plain socket reserves only once it has data (readiness can be
-    /// reported for a socket that has none; then the buffer is let go
+    /// plain socket reserves only once it is reported readable (which can
+    /// happen for a socket that has nothing; then the buffer is let go
     /// again), so an idle client holds no read buffer while it waits: with
     /// 10,000 idle clients that is 64 KiB each. A TLS stream may hold
     /// decrypted data inside, so it reads at once.
@@ -293,16 +293,21 @@ impl ClientStream for TcpStream {
                 self.readable().await?;
             }
             buf.reserve(chunk);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
-                    } else {
-                        // Part of a frame is held: wait with it.
-                        self.readable().await?;
-                    }
+            // One read attempt; a short read clears the readiness (unlike
+            // `try_read_buf`), so the next wait is a real one rather than a
+            // read that finds nothing.
+            let once = std::future::poll_fn(|cx| {
+                match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *self), cx, buf) {
+                    std::task::Poll::Pending => std::task::Poll::Ready(None),
+                    std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
                 }
-                r => return r,
+            })
+            .await;
+            match once {
+                Some(r) => return r,
+                None if buf.is_empty() => *buf = BytesMut::new(),
+                // Part of a frame is held: wait with it.
+                None => self.readable().await?,
             }
         }
     }

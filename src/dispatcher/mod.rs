@@ -474,10 +474,12 @@ impl Dispatcher {
         let tail = std::mem::replace(&mut self.tail, stand_in);
         let read = tokio::task::spawn_blocking(move || {
             let mut tail = tail;
-            let r = tail.read_some(upto, ROUND_FRAMES, TAIL_CHUNKS).map(|mut frames| {
-                crate::frame::pack(&mut frames);
-                frames
-            });
+            let r = tail
+                .read_some(upto, ROUND_FRAMES, TAIL_CHUNKS)
+                .map(|mut frames| {
+                    crate::frame::pack(&mut frames);
+                    frames
+                });
             (tail, r)
         })
         .await;
