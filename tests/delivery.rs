@@ -514,3 +514,52 @@ fn idle_clients_hold_no_read_buffer() {
         "{grew} KiB for {n} idle clients: more than 4 KiB each"
     );
 }
+
+/// A quiet pool's delivery cursor follows the journal: with one frame of
+/// its own among 50,000 of another pool's, its lag is a few thousand
+/// records at most (it is told, with an empty batch, that it had nothing
+/// among them), not the 50,000 records since its last frame, which an
+/// alert on delivery lag would fire on and a restart would read through.
+#[test]
+fn a_quiet_pools_delivery_cursor_follows_the_journal() {
+    let dir = scratch_dir("quiet-pool");
+    let log = dir.join("p.log");
+    let qlog = dir.join("q.log");
+    let (_p, p_addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    let (_q, q_addr) = spawn_sink("127.0.0.1:0", "octet", &qlog, &[]);
+    let mut text = TestConfig::at(&dir)
+        .backend_addrs(&[p_addr])
+        .admin("127.0.0.1:0")
+        .anchors()
+        .toml();
+    text.push_str(&format!(
+        "\n[[listener]]\nname = \"quiet\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\n\
+         [[pool]]\nname = \"q\"\n\n[[pool.backend]]\naddress = \"{q_addr}\"\n"
+    ));
+    let path = dir.join("auditlb.toml");
+    std::fs::write(&path, text).unwrap();
+    let (_auditlb, log_lines) = spawn_auditlb_logged(&path);
+    let listen = log_lines.wait_addr("listening", Some("listener=in"));
+    let quiet = log_lines.wait_addr("listening", Some("listener=quiet"));
+    let admin = log_lines.wait_addr("admin endpoint", None);
+    std::thread::sleep(Duration::from_millis(300));
+    gen_ids(quiet, 1, 1, &["--id-base", "90000000"]);
+    let n = 50_000;
+    let out = gen_ids(listen, 2, n, &[]);
+    assert!(out.contains(&format!("sent={n}")), "{out}");
+    wait_all_ids(&[log.as_path()], n, 30);
+    let lag = |pool: &str| {
+        scraped(
+            admin,
+            &format!("auditlb_delivery_lag_records{{pool=\"{pool}\"}}"),
+        )
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lag("q") > 10_000.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (p, q) = (lag("p"), lag("q"));
+    eprintln!("delivery lag: p {p} records, q {q} records");
+    assert!(q <= 10_000.0, "the quiet pool lags {q} records");
+}

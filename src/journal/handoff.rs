@@ -38,6 +38,10 @@ pub fn cost(frames: &[Frame]) -> u64 {
     frames.iter().map(|f| f.len() as u64 + FRAME_OVERHEAD).sum()
 }
 
+/// Records without a frame for a pool after which it is told so (see
+/// [`Offer::offer_none`]).
+pub const QUIET_STEP: u64 = 4096;
+
 /// What the journal hands a pool's dispatcher.
 #[derive(Debug)]
 pub struct Batch {
@@ -267,6 +271,7 @@ impl Offer {
     /// many frames it did not keep.
     pub fn offer(&mut self, last: u64, spilled: &IntCounter) {
         if self.frames.is_empty() {
+            self.offer_none(last);
             return;
         }
         let frames = std::mem::take(&mut self.frames);
@@ -288,6 +293,31 @@ impl Offer {
         if !kept {
             self.missed.note(last);
             spilled.inc_by(n);
+        }
+    }
+
+    /// A pool that had no frames among the last [`QUIET_STEP`] records or
+    /// more is told so with an empty batch, so its delivery cursor (and
+    /// lag) follows the journal instead of staying at its last frame: a
+    /// quiet pool then reports no lag, and resumes after a restart from
+    /// near the end instead of reading through every other pool's records
+    /// since its last frame. Dropped when its channel is full (the next
+    /// batch covers the same records).
+    fn offer_none(&mut self, last: u64) {
+        if last < self.covered.saturating_add(QUIET_STEP) {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        let span = self.covered + 1..=last;
+        if tx
+            .try_send(Batch {
+                span: Some(span),
+                frames: Vec::new(),
+                charge: None,
+            })
+            .is_ok()
+        {
+            self.covered = last;
         }
     }
 
