@@ -395,23 +395,11 @@ fn a_stalled_backends_replay_window_is_read_back_from_rolled_segments() {
     let stall_opts = ["--stall-after", "20000", "--rcvbuf", "1048576"];
     let (mut stalled, stall) = spawn_sink("127.0.0.1:0", "octet", &logs[1], &stall_opts);
     let (_other, other) = spawn_sink("127.0.0.1:0", "octet", &logs[2], &[]);
-    let mut text = TestConfig::at(&dir)
+    let config = TestConfig::at(&dir)
         .backend_addrs(&[ok, stall])
         .pool("tcp-user-timeout = \"2s\"\nreplay-window = \"2MiB\"\nconnections = 1")
-        .journal("segment-size = \"64KiB\"")
-        .admin("127.0.0.1:0")
-        .anchors()
-        .toml();
-    text.push_str(&format!(
-        "\n[[listener]]\nname = \"other\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\n\
-         [[pool]]\nname = \"q\"\n\n[[pool.backend]]\naddress = \"{other}\"\n"
-    ));
-    let path = dir.join("auditlb.toml");
-    std::fs::write(&path, text).unwrap();
-    let (_auditlb, log) = spawn_auditlb_logged(&path);
-    let listen = log.wait_addr("listening", Some("listener=in"));
-    let listen_q = log.wait_addr("listening", Some("listener=other"));
-    let admin = log.wait_addr("admin endpoint", None);
+        .journal("segment-size = \"64KiB\"");
+    let (_auditlb, [listen, listen_q, admin]) = with_second_pool(config, other);
     std::thread::sleep(Duration::from_millis(300));
     let n = 100_000u64;
     let q = std::thread::spawn(move || {
@@ -527,21 +515,8 @@ fn a_quiet_pools_delivery_cursor_follows_the_journal() {
     let qlog = dir.join("q.log");
     let (_p, p_addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
     let (_q, q_addr) = spawn_sink("127.0.0.1:0", "octet", &qlog, &[]);
-    let mut text = TestConfig::at(&dir)
-        .backend_addrs(&[p_addr])
-        .admin("127.0.0.1:0")
-        .anchors()
-        .toml();
-    text.push_str(&format!(
-        "\n[[listener]]\nname = \"quiet\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\n\
-         [[pool]]\nname = \"q\"\n\n[[pool.backend]]\naddress = \"{q_addr}\"\n"
-    ));
-    let path = dir.join("auditlb.toml");
-    std::fs::write(&path, text).unwrap();
-    let (_auditlb, log_lines) = spawn_auditlb_logged(&path);
-    let listen = log_lines.wait_addr("listening", Some("listener=in"));
-    let quiet = log_lines.wait_addr("listening", Some("listener=quiet"));
-    let admin = log_lines.wait_addr("admin endpoint", None);
+    let config = TestConfig::at(&dir).backend_addrs(&[p_addr]);
+    let (_auditlb, [listen, quiet, admin]) = with_second_pool(config, q_addr);
     std::thread::sleep(Duration::from_millis(300));
     gen_ids(quiet, 1, 1, &["--id-base", "90000000"]);
     let n = 50_000;
@@ -562,4 +537,28 @@ fn a_quiet_pools_delivery_cursor_follows_the_journal() {
     let (p, q) = (lag("p"), lag("q"));
     eprintln!("delivery lag: p {p} records, q {q} records");
     assert!(q <= 10_000.0, "the quiet pool lags {q} records");
+}
+
+/// Starts auditlb on `config` (pool "p" behind listener "in") plus a second
+/// pool "q" with backend `q_backend` behind listener "other", with the
+/// admin endpoint. Returns the process and the addresses of "in", "other"
+/// and the admin endpoint.
+fn with_second_pool(
+    config: TestConfig,
+    q_backend: std::net::SocketAddr,
+) -> (Proc, [std::net::SocketAddr; 3]) {
+    let path = config.dir().join("auditlb.toml");
+    let mut text = config.admin("127.0.0.1:0").anchors().toml();
+    text.push_str(&format!(
+        "\n[[listener]]\nname = \"other\"\naddress = \"127.0.0.1:0\"\npool = \"q\"\n\n\
+         [[pool]]\nname = \"q\"\n\n[[pool.backend]]\naddress = \"{q_backend}\"\n"
+    ));
+    std::fs::write(&path, text).unwrap();
+    let (auditlb, log) = spawn_auditlb_logged(&path);
+    let addrs = [
+        log.wait_addr("listening", Some("listener=in")),
+        log.wait_addr("listening", Some("listener=other")),
+        log.wait_addr("admin endpoint", None),
+    ];
+    (auditlb, addrs)
 }
