@@ -393,6 +393,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_quiet_pool_is_told_it_had_nothing_after_quiet_step_records() {
+        let (link, mut ends) = link("q", vec!["q".into()], 5);
+        let mut offer = Offer::new(&link, 1);
+        let spilled = IntCounter::new("s", "s").unwrap();
+        offer.offer(QUIET_STEP - 1, &spilled);
+        assert!(ends.rx.try_recv().is_err(), "fewer than QUIET_STEP records");
+        offer.offer(QUIET_STEP + 10, &spilled);
+        let b = ends.rx.try_recv().unwrap();
+        assert_eq!(b.span, Some(1..=QUIET_STEP + 10));
+        assert!(b.frames.is_empty());
+        // The next batch goes on from there.
+        offer.offer(2 * QUIET_STEP + 10, &spilled);
+        assert_eq!(
+            ends.rx.try_recv().unwrap().span,
+            Some(QUIET_STEP + 11..=2 * QUIET_STEP + 10)
+        );
+    }
+
+    #[test]
     fn offers_follow_each_other_and_a_full_pool_reads_the_files() {
         let (link, mut ends) = link("p", vec!["p".into()], 5);
         let mut offer = Offer::new(&link, 5);
