@@ -17,9 +17,16 @@ impl Writer {
     }
 
     /// Whether `more` bytes still fit in `disk-budget`; logs and flags the
-    /// change either way.
+    /// change either way. Once full, it stays full until there is room for
+    /// `more` plus a segment (at most 1 MiB): a small batch that happens to
+    /// fit in the last bytes is not "back under the budget", and the gauge
+    /// and the log do not flap from batch to batch.
     pub(super) fn fits(&mut self, more: u64) -> bool {
-        let fits = self.journal_bytes + more <= self.cfg.disk_budget.0;
+        let slack = match self.full {
+            true => self.cfg.segment_size.0.min(1 << 20),
+            false => 0,
+        };
+        let fits = self.journal_bytes + more + slack <= self.cfg.disk_budget.0;
         if fits == self.full {
             self.full = !fits;
             self.metrics.full.set(i64::from(!fits));
