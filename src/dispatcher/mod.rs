@@ -75,6 +75,20 @@ struct Replay {
     retry_at: Option<tokio::time::Instant>,
 }
 
+/// Runs `read` on `tail` on a blocking thread (file reads, parsing and
+/// chain checks never hold up the runtime) and gives the tail back with
+/// the result; `Err` only when `read` panicked.
+async fn off_runtime<T: Send + 'static>(
+    mut tail: PoolTail,
+    read: impl FnOnce(&mut PoolTail) -> std::io::Result<T> + Send + 'static,
+) -> Result<(PoolTail, std::io::Result<T>), tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let r = read(&mut tail);
+        (tail, r)
+    })
+    .await
+}
+
 impl Replay {
     fn add(&mut self, mut seqs: Vec<(u64, u32)>) {
         seqs.extend(self.wanted.drain(..));
@@ -472,15 +486,10 @@ impl Dispatcher {
     async fn read_tail(&mut self, upto: u64) -> std::io::Result<Vec<Frame>> {
         let stand_in = self.tail.reopen(self.tail.next_seq());
         let tail = std::mem::replace(&mut self.tail, stand_in);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut tail = tail;
-            let r = tail
-                .read_some(upto, ROUND_FRAMES, TAIL_CHUNKS)
-                .map(|mut frames| {
-                    crate::frame::pack(&mut frames);
-                    frames
-                });
-            (tail, r)
+        let read = off_runtime(tail, move |tail| {
+            let mut frames = tail.read_some(upto, ROUND_FRAMES, TAIL_CHUNKS)?;
+            crate::frame::pack(&mut frames);
+            Ok(frames)
         })
         .await;
         match read {
@@ -517,14 +526,11 @@ impl Dispatcher {
             _ => self.tail.fork(first),
         };
         let upto = readable.min(first.saturating_add(REPLAY_SCAN));
-        let read = tokio::task::spawn_blocking(move || {
-            let mut tail = tail;
-            let r = tail.advance_to(first).and_then(|()| {
-                let before = tail.position();
-                let frames = tail.read_some(upto, usize::MAX, REPLAY_CHUNKS)?;
-                Ok((frames, tail.position() != before))
-            });
-            (tail, r)
+        let read = off_runtime(tail, move |tail| {
+            tail.advance_to(first)?;
+            let before = tail.position();
+            let frames = tail.read_some(upto, usize::MAX, REPLAY_CHUNKS)?;
+            Ok((frames, tail.position() != before))
         })
         .await;
         let (tail, frames, moved) = match read {
