@@ -5,6 +5,14 @@
 //! v1 <journal id hex> <seq> <chain hex> <epoch> <time_ns> <seal hex>
 //! ```
 //!
+//! Retention and the archive add two kinds of line, written with the
+//! checkpoint that seals their record:
+//!
+//! ```text
+//! a1 <journal id> <segment no> <first seq> <last seq> <end chain> <file sha256> <record seq> <time_ns> <location>
+//! p1 <journal id> <first segment no> <end segment no> <end seq> <end chain> <end epoch> <record seq> <time_ns>
+//! ```
+//!
 //! The file binds a journal: its first line names the journal it belongs
 //! to, and a journal directory holding any other journal (wiped,
 //! re-created, swapped) is tampering. Parsed here for recovery (the writer)
@@ -63,6 +71,15 @@ impl Anchor {
     /// append was cut short: the start of one, field by field.
     fn is_torn(line: &str) -> bool {
         let f: Vec<&str> = line.split(' ').collect();
+        if f[0] == "a1" || f[0] == "p1" {
+            // A custody line cut short: the fields it has are numbers,
+            // hex, or (last of an a1 line) a location.
+            let max = if f[0] == "a1" { 10 } else { 9 };
+            return f.len() < max
+                && f.iter()
+                    .skip(1)
+                    .all(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
         // (longest, digits only) per field; "v1" first.
         let shapes: [(usize, bool); 7] = [
             (2, false),
@@ -90,11 +107,111 @@ impl Anchor {
     }
 }
 
+/// An `a1` line: a segment the archive holds, read back and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedLine {
+    pub journal_id: [u8; 16],
+    pub segment: super::format::SegmentFacts,
+    /// Seq of the ARCHIVED record.
+    pub record_seq: u64,
+    pub location: String,
+}
+
+impl ArchivedLine {
+    pub fn line(&self, time_ns: i64) -> String {
+        let s = &self.segment;
+        format!(
+            "a1 {} {} {} {} {} {} {} {} {}\n",
+            hex(&self.journal_id),
+            s.segment_no,
+            s.first_seq,
+            s.last_seq,
+            hex(&s.end_chain),
+            hex(&s.file_sha256),
+            self.record_seq,
+            time_ns,
+            self.location.replace(char::is_whitespace, "%20")
+        )
+    }
+
+    fn parse(line: &str) -> Option<ArchivedLine> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 10 || f[0] != "a1" {
+            return None;
+        }
+        f[8].parse::<i64>().ok()?;
+        Some(ArchivedLine {
+            journal_id: unhex(f[1])?.try_into().ok()?,
+            segment: super::format::SegmentFacts {
+                segment_no: f[2].parse().ok()?,
+                first_seq: f[3].parse().ok().filter(|&s| s < MAX_SEQ)?,
+                last_seq: f[4].parse().ok().filter(|&s| s < MAX_SEQ)?,
+                end_chain: unhex(f[5])?.try_into().ok()?,
+                file_sha256: unhex(f[6])?.try_into().ok()?,
+                file_len: 0,
+            },
+            record_seq: f[7].parse().ok().filter(|&s| s < MAX_SEQ)?,
+            location: f[9].to_owned(),
+        })
+    }
+}
+
+/// A `p1` line: segments `first_segment_no..=end_segment_no` deleted by
+/// retention; the journal kept goes on after `end_seq`/`end_chain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneLine {
+    pub journal_id: [u8; 16],
+    pub first_segment_no: u64,
+    pub end_segment_no: u64,
+    pub end_seq: u64,
+    pub end_chain: Hash,
+    pub end_epoch: u64,
+    /// Seq of the PRUNE record.
+    pub record_seq: u64,
+}
+
+impl PruneLine {
+    pub fn line(&self, time_ns: i64) -> String {
+        format!(
+            "p1 {} {} {} {} {} {} {} {}\n",
+            hex(&self.journal_id),
+            self.first_segment_no,
+            self.end_segment_no,
+            self.end_seq,
+            hex(&self.end_chain),
+            self.end_epoch,
+            self.record_seq,
+            time_ns
+        )
+    }
+
+    fn parse(line: &str) -> Option<PruneLine> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() != 9 || f[0] != "p1" {
+            return None;
+        }
+        f[8].parse::<i64>().ok()?;
+        Some(PruneLine {
+            journal_id: unhex(f[1])?.try_into().ok()?,
+            first_segment_no: f[2].parse().ok()?,
+            end_segment_no: f[3].parse().ok()?,
+            end_seq: f[4].parse().ok().filter(|&s| s < MAX_SEQ)?,
+            end_chain: unhex(f[5])?.try_into().ok()?,
+            end_epoch: f[6].parse().ok()?,
+            record_seq: f[7].parse().ok().filter(|&s| s < MAX_SEQ)?,
+        })
+    }
+}
+
 /// An anchors file, parsed.
 #[derive(Debug, Default, Clone)]
 pub struct Anchors {
-    /// Every whole line, in file order.
+    /// Every whole checkpoint line, in file order.
     pub lines: Vec<Anchor>,
+    /// `a1` lines: segments archived.
+    pub archived: Vec<ArchivedLine>,
+    /// `p1` lines: segments pruned.
+    pub prunes: Vec<PruneLine>,
     /// Lines that are not anchor lines (1-based numbers); a last line cut
     /// short by a crash (no newline) is not counted.
     pub bad_lines: Vec<usize>,
@@ -112,6 +229,16 @@ impl Anchors {
             let last = i + 1 == n;
             if line.trim().is_empty() {
                 continue;
+            }
+            if !last || complete {
+                if let Some(a) = ArchivedLine::parse(line) {
+                    out.archived.push(a);
+                    continue;
+                }
+                if let Some(p) = PruneLine::parse(line) {
+                    out.prunes.push(p);
+                    continue;
+                }
             }
             match Anchor::parse(line) {
                 Some(a) if !last || complete => out.lines.push(a),
@@ -171,6 +298,12 @@ impl Anchors {
             *l = l.saturating_sub(1).max(1);
         }
         Ok(a)
+    }
+
+    /// The `p1` lines of journal `id`, in order.
+    pub fn prunes_of(&self, id: &[u8; 16]) -> impl Iterator<Item = &PruneLine> {
+        let id = *id;
+        self.prunes.iter().filter(move |p| p.journal_id == id)
     }
 
     /// The journal this file belongs to: the one its first line names.
@@ -297,6 +430,48 @@ mod tests {
         // Not a regular file: refused, never waited on.
         assert!(AnchorsFile::open(Path::new("/dev/zero")).is_err());
         assert!(Anchors::read(Path::new("/dev/zero")).is_err());
+    }
+
+    #[test]
+    fn custody_lines_round_trip_beside_checkpoint_lines() {
+        let a = sample();
+        let facts = crate::journal::format::SegmentFacts {
+            segment_no: 2,
+            first_seq: 10,
+            last_seq: 20,
+            end_chain: [3; 32],
+            file_sha256: [4; 32],
+            file_len: 0,
+        };
+        let arch = ArchivedLine {
+            journal_id: [7; 16],
+            segment: facts,
+            record_seq: 33,
+            location: "s3://bucket/p/x.seg".into(),
+        };
+        let pr = PruneLine {
+            journal_id: [7; 16],
+            first_segment_no: 0,
+            end_segment_no: 2,
+            end_seq: 20,
+            end_chain: [3; 32],
+            end_epoch: 5,
+            record_seq: 40,
+        };
+        let text = format!("{}{}{}", a.line(1), arch.line(2), pr.line(3));
+        let p = Anchors::parse(&text);
+        assert_eq!(p.lines, vec![a.clone()]);
+        assert_eq!(p.archived, vec![arch.clone()]);
+        assert_eq!(p.prunes, vec![pr.clone()]);
+        assert!(p.bad_lines.is_empty() && p.torn_lines.is_empty());
+        assert_eq!(p.prunes_of(&[7; 16]).count(), 1);
+        // A custody line cut short and closed by the next append is torn,
+        // not garbage; the same line edited is garbage.
+        let torn = &pr.line(3)[..50];
+        let p = Anchors::parse(&format!("{}{torn}\n{}", a.line(1), a.line(2)));
+        assert_eq!(p.torn_lines, vec![2]);
+        let p = Anchors::parse(&format!("{}p1 zz\n", a.line(1)));
+        assert_eq!(p.bad_lines, vec![2]);
     }
 
     #[test]

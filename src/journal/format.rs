@@ -55,6 +55,12 @@ pub enum RecordType {
     /// frames carry this record's seq (meta `CONN`). Body: version byte 1,
     /// then the process-local connection number (u64) the logs use.
     Connection = 12,
+    /// A closed segment copied to the archive, read back and checked
+    /// ([`ArchivedBody`]); the anchors file gets an `a1` line for it.
+    Archived = 13,
+    /// Segments deleted by retention ([`PruneBody`]): sealed and anchored
+    /// (a `p1` anchors line) before any of them is unlinked.
+    Prune = 14,
 }
 
 impl RecordType {
@@ -72,6 +78,8 @@ impl RecordType {
             10 => Self::Cursor,
             11 => Self::Alarm,
             12 => Self::Connection,
+            13 => Self::Archived,
+            14 => Self::Prune,
             _ => return None,
         })
     }
@@ -90,6 +98,8 @@ impl RecordType {
             Self::Cursor => "DELIVERY_CURSOR",
             Self::Alarm => "ALARM",
             Self::Connection => "CONNECTION",
+            Self::Archived => "ARCHIVED",
+            Self::Prune => "PRUNE",
         }
     }
 
@@ -457,6 +467,132 @@ impl CheckpointBody {
     }
 }
 
+/// What a closed segment is, as the custodian saw it when it verified the
+/// segment: the facts ARCHIVED and PRUNE records carry about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFacts {
+    pub segment_no: u64,
+    pub first_seq: u64,
+    /// Its last record (a SEGMENT_END or a final checkpoint).
+    pub last_seq: u64,
+    /// The chain hash of that record: the next segment's `prev_chain`.
+    pub end_chain: Hash,
+    /// SHA-256 of the whole file.
+    pub file_sha256: Hash,
+    pub file_len: u64,
+}
+
+impl SegmentFacts {
+    const LEN: usize = 8 + 8 + 8 + 32 + 32 + 8;
+
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.segment_no.to_be_bytes());
+        out.extend_from_slice(&self.first_seq.to_be_bytes());
+        out.extend_from_slice(&self.last_seq.to_be_bytes());
+        out.extend_from_slice(&self.end_chain);
+        out.extend_from_slice(&self.file_sha256);
+        out.extend_from_slice(&self.file_len.to_be_bytes());
+    }
+
+    fn get(b: &[u8]) -> Option<SegmentFacts> {
+        let b = b.get(..Self::LEN)?;
+        Some(SegmentFacts {
+            segment_no: be64(&b[..8]),
+            first_seq: be64(&b[8..16]),
+            last_seq: be64(&b[16..24]),
+            end_chain: b[24..56].try_into().ok()?,
+            file_sha256: b[56..88].try_into().ok()?,
+            file_len: be64(&b[88..96]),
+        })
+    }
+}
+
+/// The body of an ARCHIVED record: version 1, the segment's facts, then
+/// where the copy went (URL of the object, UTF-8, to the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedBody {
+    pub segment: SegmentFacts,
+    pub location: String,
+}
+
+impl ArchivedBody {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(1 + SegmentFacts::LEN + self.location.len());
+        b.push(1);
+        self.segment.put(&mut b);
+        b.extend_from_slice(self.location.as_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ArchivedBody> {
+        let (&v, rest) = b.split_first()?;
+        if v != 1 {
+            return None;
+        }
+        Some(ArchivedBody {
+            segment: SegmentFacts::get(rest)?,
+            location: String::from_utf8(rest.get(SegmentFacts::LEN..)?.to_vec()).ok()?,
+        })
+    }
+}
+
+/// The body of a PRUNE record: version 1, the end of what is deleted
+/// (segment number, seq, chain hash and the epoch of its last checkpoint,
+/// whether it ended a run), then each deleted segment's facts, oldest
+/// first. The journal kept after it starts at segment `end_segment_no + 1`,
+/// seq `end_seq + 1`, chained on `end_chain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneBody {
+    pub end_segment_no: u64,
+    pub end_seq: u64,
+    pub end_chain: Hash,
+    pub end_epoch: u64,
+    pub ended_run: bool,
+    pub segments: Vec<SegmentFacts>,
+}
+
+impl PruneBody {
+    /// Most segments one PRUNE record lists (96 bytes each: under 1 MiB).
+    pub const MAX_SEGMENTS: usize = 10_000;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(62 + self.segments.len() * SegmentFacts::LEN);
+        b.push(1);
+        b.extend_from_slice(&self.end_segment_no.to_be_bytes());
+        b.extend_from_slice(&self.end_seq.to_be_bytes());
+        b.extend_from_slice(&self.end_chain);
+        b.extend_from_slice(&self.end_epoch.to_be_bytes());
+        b.push(u8::from(self.ended_run));
+        b.extend_from_slice(&(self.segments.len() as u32).to_be_bytes());
+        for s in &self.segments {
+            s.put(&mut b);
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PruneBody> {
+        if b.len() < 62 || b[0] != 1 || b[57] > 1 {
+            return None;
+        }
+        let n = u32::from_be_bytes(b[58..62].try_into().ok()?) as usize;
+        let rest = &b[62..];
+        if n > Self::MAX_SEGMENTS || rest.len() != n * SegmentFacts::LEN {
+            return None;
+        }
+        Some(PruneBody {
+            end_segment_no: be64(&b[1..9]),
+            end_seq: be64(&b[9..17]),
+            end_chain: b[17..49].try_into().ok()?,
+            end_epoch: be64(&b[49..57]),
+            ended_run: b[57] == 1,
+            segments: rest
+                .chunks_exact(SegmentFacts::LEN)
+                .map(SegmentFacts::get)
+                .collect::<Option<Vec<_>>>()?,
+        })
+    }
+}
+
 /// Record flags.
 pub mod flags {
     /// CHECKPOINT/HEARTBEAT: sealed with the epoch key.
@@ -734,6 +870,38 @@ mod tests {
         );
         assert_eq!(decode_ranges(&[0xff]), None);
         assert_eq!(decode_ranges(&[]), None);
+    }
+
+    #[test]
+    fn archived_and_prune_bodies_round_trip_and_garbage_is_none() {
+        let facts = SegmentFacts {
+            segment_no: 3,
+            first_seq: 100,
+            last_seq: 199,
+            end_chain: [5; 32],
+            file_sha256: [6; 32],
+            file_len: 4096,
+        };
+        let a = ArchivedBody {
+            segment: facts.clone(),
+            location: "s3://b/p/x.seg".into(),
+        };
+        assert_eq!(ArchivedBody::decode(&a.encode()), Some(a.clone()));
+        let p = PruneBody {
+            end_segment_no: 4,
+            end_seq: 250,
+            end_chain: [7; 32],
+            end_epoch: 9,
+            ended_run: true,
+            segments: vec![facts.clone(), SegmentFacts { segment_no: 4, ..facts }],
+        };
+        let enc = p.encode();
+        assert_eq!(PruneBody::decode(&enc), Some(p));
+        for cut in 0..enc.len() {
+            assert_eq!(PruneBody::decode(&enc[..cut]), None);
+        }
+        assert_eq!(ArchivedBody::decode(&[2]), None);
+        assert_eq!(ArchivedBody::decode(&a.encode()[..50]), None);
     }
 
     #[test]

@@ -141,6 +141,13 @@ impl Mapped {
         Ok((f, meta.len()))
     }
 
+    /// Bytes read from elsewhere (a segment fetched from the archive).
+    pub fn from_vec(bytes: Vec<u8>) -> Mapped {
+        Mapped {
+            inner: Inner::Owned(bytes),
+        }
+    }
+
     /// Reads the file whole.
     pub fn open(path: &Path) -> io::Result<Mapped> {
         use std::io::Read;

@@ -51,21 +51,103 @@ impl RecordSet for Parsed<'_> {
     }
 }
 
-/// Walks a journal; the result says what holds. `Err` only for I/O and
-/// usage problems (exit 3).
+/// One segment to walk: its name's seq, what reports call it, and where
+/// its bytes come from.
+pub struct Source {
+    pub name_seq: u64,
+    pub label: PathBuf,
+    /// False for a link, FIFO or device named like a segment.
+    pub regular: bool,
+    pub fetch: Fetch,
+}
+
+/// Where a segment's bytes come from.
+pub enum Fetch {
+    Local(PathBuf),
+    /// Fetched when the walk reaches it (an archived segment).
+    Remote(Box<dyn FnOnce() -> std::io::Result<Vec<u8>> + Send>),
+}
+
+impl Source {
+    pub fn local(seg: &super::reader::SegmentFile) -> Source {
+        Source {
+            name_seq: seg.name_seq,
+            label: seg.path.clone(),
+            regular: seg.regular,
+            fetch: Fetch::Local(seg.path.clone()),
+        }
+    }
+
+    /// The bytes: a closed local segment is mapped, the newest read (a live
+    /// writer may cut it).
+    fn open(self, newest: bool) -> std::io::Result<Mapped> {
+        match self.fetch {
+            Fetch::Local(p) if newest => Mapped::open(&p),
+            Fetch::Local(p) => Mapped::map_populated(&p),
+            Fetch::Remote(f) => f().map(Mapped::from_vec),
+        }
+    }
+}
+
+/// Where a pruned journal starts: the end of what a PRUNE record deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boundary {
+    /// Seq of the PRUNE record.
+    pub record_seq: u64,
+    pub body: super::format::PruneBody,
+}
+
+/// The PRUNE record that covers the segments missing before the first of
+/// `sources` (which starts at a segment other than 0): the newest one, in
+/// the local segments, whose end is exactly where the first one starts.
+/// Only parsed here; the walk checks it like every record.
+pub fn find_boundary(sources: &[Source]) -> Option<Boundary> {
+    let first = match &sources.first()?.fetch {
+        Fetch::Local(p) => Mapped::map(p).ok()?,
+        Fetch::Remote(_) => return None,
+    };
+    let h = Header::decode(first.bytes()).ok()?;
+    if h.segment_no == 0 {
+        return None;
+    }
+    let mut found = None;
+    for src in sources {
+        let Fetch::Local(p) = &src.fetch else { continue };
+        let Ok(m) = Mapped::map(p) else { continue };
+        for (_, r) in Records::new(m.bytes()).map_while(Result::ok) {
+            if r.kind() != Some(RecordType::Prune) {
+                continue;
+            }
+            if let Some(b) = super::format::PruneBody::decode(r.body) {
+                if b.end_segment_no.checked_add(1) == Some(h.segment_no)
+                    && b.end_seq.checked_add(1) == Some(h.first_seq)
+                    && b.end_chain == h.prev_chain
+                {
+                    found = Some(Boundary {
+                        record_seq: r.seq,
+                        body: b,
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Walks a journal directory; the result says what holds. `Err` only for
+/// I/O and usage problems (exit 3).
 pub fn verify(
     journal: &Path,
     anchors: Option<&Path>,
     key: Option<&Hash>,
 ) -> Result<Report, VerifyError> {
-    let io = |source| VerifyError::Io {
+    let segments = list_entries(journal).map_err(|source| VerifyError::Io {
         path: journal.to_owned(),
         source,
-    };
-    let segments = list_entries(journal).map_err(io)?;
+    })?;
     let anchors = match anchors {
         Some(p) => Some((
-            p,
+            p.to_owned(),
             Anchors::read(p).map_err(|source| VerifyError::Io {
                 path: p.to_owned(),
                 source,
@@ -73,6 +155,22 @@ pub fn verify(
         )),
         None => None,
     };
+    verify_sources(
+        journal,
+        segments.iter().map(Source::local).collect(),
+        anchors,
+        key,
+    )
+}
+
+/// Walks `sources` (one journal's segments, in order, from a directory or
+/// an archive) against `anchors`.
+pub fn verify_sources(
+    journal: &Path,
+    sources: Vec<Source>,
+    anchors: Option<(PathBuf, Anchors)>,
+    key: Option<&Hash>,
+) -> Result<Report, VerifyError> {
     let mut rep = Report {
         seals_checked: key.is_some(),
         ..Report::default()
@@ -89,7 +187,7 @@ pub fn verify(
             return Ok(rep);
         }
     }
-    if segments.is_empty() {
+    if sources.is_empty() {
         if let Some(h) = anchors.as_ref().and_then(|a| a.1.head()) {
             rep.journal_id = Some(h.journal_id);
             rep.failure = Some(Failure {
@@ -110,46 +208,158 @@ pub fn verify(
             journal.display()
         )));
     }
-    let mut w = Walk {
-        key_state: None,
-        k0: key.copied(),
-        last_epoch: None,
-        checkpoints: HashMap::new(),
-    };
-    let mut head: Hash = [0; 32];
-    let mut expected_seq = 0u64;
-    let mut prev_no = 0u64;
-    let mut prev_end: Option<(PathBuf, u64, bool)> = None;
-    let mut last_checkpoint_at: Option<(PathBuf, u64)> = None;
-    let mut journal_id = [0u8; 16];
-    let mut prev_ended_run = false;
-    // The highest anchored seq of this journal (with `--anchors`).
-    let mut anchored_to: Option<u64> = None;
-    let n_segments = segments.len();
-    for (k, seg) in segments.iter().enumerate() {
-        let path = seg.path.clone();
-        if !seg.regular {
+    let bound = anchors.as_ref().and_then(|(_, a)| {
+        a.bound()
+            .map(|id| (id, a.of(&id).map(|x| x.seq).max().unwrap_or(0)))
+    });
+    let mut walker = Walker::new(key.copied(), bound, find_boundary(&sources));
+    walker.rep.seals_checked = key.is_some();
+    let n = sources.len();
+    for (k, src) in sources.into_iter().enumerate() {
+        let label = src.label.clone();
+        let info = (src.name_seq, label.clone(), src.regular);
+        let mapped = if src.regular {
+            Some(src.open(k + 1 == n).map_err(|source| VerifyError::Io {
+                path: label.clone(),
+                source,
+            })?)
+        } else {
+            None
+        };
+        let bytes = mapped.as_ref().map_or(&[][..], Mapped::bytes);
+        if walker.segment(info, bytes, k + 1 == n) == Step::Stop {
+            break;
+        }
+    }
+    Ok(walker.finish(anchors.as_ref().map(|(p, a)| (p.as_path(), a))))
+}
+
+/// Whether a walk goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Go,
+    Stop,
+}
+
+/// The walk over a journal's segments in order, one at a time: what
+/// `verify` runs over a directory or an archive, and what auditlb's own
+/// self-verification runs as each segment closes.
+pub struct Walker {
+    pub rep: Report,
+    w: Walk,
+    head: Hash,
+    expected_seq: u64,
+    prev_no: u64,
+    prev_end: Option<(PathBuf, u64, bool)>,
+    last_checkpoint_at: Option<(PathBuf, u64)>,
+    journal_id: [u8; 16],
+    prev_ended_run: bool,
+    /// The anchors file's journal and highest seq (with `--anchors`).
+    anchor_bound: Option<([u8; 16], u64)>,
+    /// The highest anchored seq of this journal, once it is known.
+    anchored_to: Option<u64>,
+    /// Segments walked.
+    walked: usize,
+    /// The PRUNE record that covers the missing start, if the journal
+    /// starts after segment 0; `seen` once the walk passed it.
+    boundary: Option<Boundary>,
+    boundary_seen: bool,
+    /// Custody records walked since the caller last took them.
+    pub archived: Vec<super::format::ArchivedBody>,
+    pub pruned: Vec<(u64, super::format::PruneBody)>,
+    /// Epoch of the last checkpoint walked.
+    pub last_epoch: Option<u64>,
+}
+
+impl Walker {
+    /// `anchor_bound`: the journal the anchors file binds and its highest
+    /// anchored seq; `boundary`: see [`find_boundary`].
+    pub fn new(
+        key: Option<Hash>,
+        anchor_bound: Option<([u8; 16], u64)>,
+        boundary: Option<Boundary>,
+    ) -> Walker {
+        Walker {
+            rep: Report {
+                seals_checked: key.is_some(),
+                ..Report::default()
+            },
+            w: Walk {
+                key_state: None,
+                k0: key,
+                last_epoch: None,
+                checkpoints: HashMap::new(),
+            },
+            head: [0; 32],
+            expected_seq: 0,
+            prev_no: 0,
+            prev_end: None,
+            last_checkpoint_at: None,
+            journal_id: [0; 16],
+            prev_ended_run: false,
+            anchor_bound,
+            anchored_to: None,
+            walked: 0,
+            boundary,
+            boundary_seen: false,
+            archived: Vec::new(),
+            pruned: Vec::new(),
+            last_epoch: None,
+        }
+    }
+
+    /// Chain hash of the last record walked.
+    pub fn head(&self) -> Hash {
+        self.head
+    }
+
+    /// Whether the last segment walked ended a run.
+    pub fn ended_run(&self) -> bool {
+        self.prev_ended_run
+    }
+
+    /// Checks an anchor line of this journal against the checkpoints
+    /// walked (self-verification: lines as they are appended).
+    pub fn check_anchor(&mut self, a: &super::anchors::Anchor) -> Result<(), String> {
+        match self.w.checkpoints.get(&a.seq) {
+            Some(v) if *v == (a.chain, a.epoch, a.seal) => {
+                self.rep.anchors_checked += 1;
+                self.rep.last_anchored = Some(self.rep.last_anchored.map_or(a.seq, |l| l.max(a.seq)));
+                Ok(())
+            }
+            Some(_) => Err(format!(
+                "the journal's checkpoint at seq {} does not match its anchor (chain, epoch or seal)",
+                a.seq
+            )),
+            None => Err(format!("anchored seq {} is not a checkpoint of the journal", a.seq)),
+        }
+    }
+
+    /// Lets go of the checkpoints below `seq` (self-verification keeps
+    /// only those whose anchor line may still come).
+    pub fn forget_checkpoints_below(&mut self, seq: u64) {
+        self.w.checkpoints.retain(|&s, _| s >= seq);
+    }
+
+    /// Walks one segment: `name_seq` and `path` as listed, `regular` false
+    /// for something that is not a file, `newest` for the journal's last
+    /// segment (the only one a torn tail may end). A failure or a segment
+    /// still being created ends the walk.
+    pub fn segment(&mut self, seg: (u64, PathBuf, bool), bytes: &[u8], newest: bool) -> Step {
+        let (name_seq, path, regular) = seg;
+        let k = self.walked;
+        self.walked += 1;
+        let rep = &mut self.rep;
+        if !regular {
             rep.failure = Some(Failure {
                 class: Class::Modified,
-                seq: Some(seg.name_seq),
+                seq: Some(name_seq),
                 segment: path,
                 offset: 0,
                 message: "not a regular file (a link, FIFO or device named like a segment)".into(),
             });
-            return Ok(rep);
+            return Step::Stop;
         }
-        // Only the newest segment may be cut by a live writer (after a
-        // failed write): it is read; the closed ones are mapped.
-        let mapped = if k + 1 == n_segments {
-            Mapped::open(&path)
-        } else {
-            Mapped::map_populated(&path)
-        }
-        .map_err(|source| VerifyError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let bytes = mapped.bytes();
         rep.segments += 1;
         rep.bytes += bytes.len() as u64;
         let fail = |class, seq, offset: usize, message: String| Failure {
@@ -162,7 +372,7 @@ pub fn verify(
         let header = match Header::decode(bytes) {
             Ok(h) => h,
             Err(_)
-                if k + 1 == n_segments
+                if newest
                     && bytes.len() < HEADER_LEN
                     && super::recover::is_header_prefix(bytes) =>
             {
@@ -173,7 +383,7 @@ pub fn verify(
                     path.display(),
                     bytes.len()
                 ));
-                break;
+                return Step::Stop;
             }
             Err(m) => {
                 rep.failure = Some(fail(
@@ -182,90 +392,108 @@ pub fn verify(
                     0,
                     format!("segment header: {m}"),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
         };
-        if seg.name_seq != header.first_seq {
+        if name_seq != header.first_seq {
             rep.failure = Some(fail(
                 Class::Reordered,
                 Some(header.first_seq),
                 0,
                 format!(
-                    "file name says first seq {}, header says {}",
-                    seg.name_seq, header.first_seq
+                    "file name says first seq {name_seq}, header says {}",
+                    header.first_seq
                 ),
             ));
-            return Ok(rep);
+            return Step::Stop;
         }
         if k == 0 {
-            journal_id = header.journal_id;
-            rep.journal_id = Some(journal_id);
+            self.journal_id = header.journal_id;
+            rep.journal_id = Some(self.journal_id);
             if header.segment_no != 0 {
-                rep.failure = Some(fail(
-                    Class::SegmentMissing,
-                    Some(header.first_seq),
-                    0,
-                    format!(
-                        "journal starts at segment {}; earlier segments are missing",
-                        header.segment_no
-                    ),
-                ));
-                return Ok(rep);
-            }
-            if header.prev_chain != genesis(&journal_id) {
+                // Only where a PRUNE record of this journal deleted
+                // exactly the segments before this one.
+                let covered = self.boundary.as_ref().filter(|b| {
+                    b.body.end_segment_no.checked_add(1) == Some(header.segment_no)
+                        && b.body.end_seq.checked_add(1) == Some(header.first_seq)
+                        && b.body.end_chain == header.prev_chain
+                });
+                let Some(b) = covered else {
+                    rep.failure = Some(fail(
+                        Class::SegmentMissing,
+                        Some(header.first_seq),
+                        0,
+                        format!(
+                            "journal starts at segment {}; earlier segments are missing and no PRUNE record covers them",
+                            header.segment_no
+                        ),
+                    ));
+                    return Step::Stop;
+                };
+                // Epochs and runs go on from the end of what was pruned.
+                self.w.last_epoch = Some(b.body.end_epoch);
+                self.prev_ended_run = b.body.ended_run;
+                rep.pruned_to = Some(b.body.end_seq);
+            } else if header.prev_chain != genesis(&self.journal_id) {
                 rep.failure = Some(fail(
                     Class::Modified,
                     Some(header.first_seq),
                     0,
                     "first segment does not start from the journal's genesis hash".into(),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
-            head = header.prev_chain;
-            expected_seq = header.first_seq;
+            self.head = header.prev_chain;
+            self.expected_seq = header.first_seq;
             rep.first_seq = Some(header.first_seq);
         } else {
-            if header.journal_id != journal_id {
+            if header.journal_id != self.journal_id {
                 rep.failure = Some(fail(
                     Class::Inserted,
                     Some(header.first_seq),
                     0,
                     "segment belongs to another journal".into(),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
-            if header.segment_no > prev_no.saturating_add(1) {
+            if header.segment_no > self.prev_no.saturating_add(1) {
                 rep.failure = Some(fail(
                     Class::SegmentMissing,
-                    Some(expected_seq),
+                    Some(self.expected_seq),
                     0,
-                    format!("segment {} follows segment {prev_no}", header.segment_no),
+                    format!(
+                        "segment {} follows segment {}",
+                        header.segment_no, self.prev_no
+                    ),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
-            if header.segment_no <= prev_no {
+            if header.segment_no <= self.prev_no {
                 rep.failure = Some(fail(
                     Class::Reordered,
                     Some(header.first_seq),
                     0,
-                    format!("segment {} follows segment {prev_no}", header.segment_no),
+                    format!(
+                        "segment {} follows segment {}",
+                        header.segment_no, self.prev_no
+                    ),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
-            if let Some((p, end, false)) = &prev_end {
+            if let Some((p, end, false)) = &self.prev_end {
                 rep.failure = Some(Failure {
                     class: Class::Deleted,
-                    seq: Some(expected_seq),
+                    seq: Some(self.expected_seq),
                     segment: p.clone(),
                     offset: *end,
                     message:
                         "segment was cut short: it has no SEGMENT_END (nor a final checkpoint)"
                             .into(),
                 });
-                return Ok(rep);
+                return Step::Stop;
             }
-            if header.first_seq != expected_seq {
-                let class = if header.first_seq > expected_seq {
+            if header.first_seq != self.expected_seq {
+                let class = if header.first_seq > self.expected_seq {
                     Class::Deleted
                 } else {
                     Class::Inserted
@@ -275,23 +503,23 @@ pub fn verify(
                     Some(header.first_seq),
                     0,
                     format!(
-                        "segment starts at seq {}, expected {expected_seq}",
-                        header.first_seq
+                        "segment starts at seq {}, expected {}",
+                        header.first_seq, self.expected_seq
                     ),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
-            if header.prev_chain != head {
+            if header.prev_chain != self.head {
                 rep.failure = Some(fail(
                     Class::Modified,
                     Some(header.first_seq),
                     0,
                     "segment header does not link to the previous segment's last chain hash".into(),
                 ));
-                return Ok(rep);
+                return Step::Stop;
             }
         }
-        prev_no = header.segment_no;
+        self.prev_no = header.segment_no;
         let mut recs = Vec::new();
         let mut parse_error = None;
         for step in Records::new(bytes) {
@@ -304,16 +532,26 @@ pub fn verify(
         // A segment after the end of a run (or the journal's first) starts
         // a run, whose first checkpoint comes before anything it routes
         // and, with anchors, is anchored before anything follows it.
-        let starts_run = k == 0 || prev_ended_run;
+        let starts_run = (k == 0 && header.segment_no == 0) || self.prev_ended_run;
         if k == 0 {
             // Only under the anchors of this very journal (another
             // journal's file is JOURNAL_REPLACED, reported at the end).
-            anchored_to = anchors
-                .as_ref()
-                .filter(|(_, a)| a.bound() == Some(journal_id))
-                .map(|(_, a)| a.of(&journal_id).map(|x| x.seq).max().unwrap_or(0));
+            self.anchored_to = self
+                .anchor_bound
+                .filter(|(id, _)| *id == self.journal_id)
+                .map(|(_, s)| s);
         }
+        let anchored_to = self.anchored_to;
+        let journal_id = self.journal_id;
         let mut run_checkpoint: Option<u64> = None;
+        let mut head = self.head;
+        let mut expected_seq = self.expected_seq;
+        let w = &mut self.w;
+        let boundary = &self.boundary;
+        let boundary_seen = &mut self.boundary_seen;
+        let archived = &mut self.archived;
+        let pruned = &mut self.pruned;
+        let last_checkpoint_at = &mut self.last_checkpoint_at;
         // Digests are computed ahead on every core while this thread walks
         // the chain (which is sequential), so the two overlap.
         let digests = Digests::new(Parsed(&recs), DIGEST_CHUNK);
@@ -443,12 +681,47 @@ pub fn verify(
                                 )
                             ));
                         }
+                        Some(RecordType::Archived) => {
+                            let Some(b) = super::format::ArchivedBody::decode(r.body) else {
+                                return Some(fail(
+                                    Class::Modified,
+                                    Some(r.seq),
+                                    at,
+                                    "ARCHIVED body is malformed".into(),
+                                ));
+                            };
+                            rep.archived += 1;
+                            archived.push(b);
+                        }
+                        Some(RecordType::Prune) => {
+                            let Some(b) = super::format::PruneBody::decode(r.body) else {
+                                return Some(fail(
+                                    Class::Modified,
+                                    Some(r.seq),
+                                    at,
+                                    "PRUNE body is malformed".into(),
+                                ));
+                            };
+                            if b.end_seq >= r.seq {
+                                return Some(fail(
+                                    Class::Modified,
+                                    Some(r.seq),
+                                    at,
+                                    "PRUNE record deletes records after itself".into(),
+                                ));
+                            }
+                            if boundary.as_ref().is_some_and(|x| x.record_seq == r.seq && x.body == b) {
+                                *boundary_seen = true;
+                            }
+                            rep.prunes += 1;
+                            pruned.push((r.seq, b));
+                        }
                         Some(t) if t.is_checkpoint() => {
                             if let Err((class, msg)) = w.checkpoint(r, &journal_id, &head) {
                                 return Some(fail(class, Some(r.seq), at, msg));
                             }
                             rep.checkpoints += 1;
-                            last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
+                            *last_checkpoint_at = Some((path.clone(), (at + r.raw.len()) as u64));
                             let body = CheckpointBody::decode(r.body);
                             w.checkpoints.insert(
                                 r.seq,
@@ -472,20 +745,23 @@ pub fn verify(
             digests.stop();
             failed
         });
+        self.head = head;
+        self.expected_seq = expected_seq;
+        self.last_epoch = self.w.last_epoch;
         if let Some(f) = failed {
             rep.failure = Some(f);
-            return Ok(rep);
+            return Step::Stop;
         }
         let end = recs.last().map_or(HEADER_LEN, |(at, r)| at + r.raw.len());
         if let Some((at, e)) = parse_error {
-            let is_last = k + 1 == n_segments;
-            let after_checkpoint = last_checkpoint_at
+            let after_checkpoint = self
+                .last_checkpoint_at
                 .as_ref()
                 .is_none_or(|(p, off)| *p != path || *off <= at as u64);
             let incomplete = matches!(e, ParseError::Incomplete { .. });
             // The rule recovery cuts by: a torn tail is verified as not
             // anchored; anything else there is damage.
-            let torn = is_last
+            let torn = newest
                 && after_checkpoint
                 && !ended
                 && super::recover::is_torn_tail(bytes, at, incomplete);
@@ -497,7 +773,7 @@ pub fn verify(
                         at,
                         "bytes after the segment's end (SEGMENT_END, or the final checkpoint of a clean stop)".into(),
                     ));
-                    return Ok(rep);
+                    return Step::Stop;
                 }
                 _ if torn => {
                     rep.tail_uncovered = Some(format!(
@@ -518,7 +794,7 @@ pub fn verify(
                         at,
                         format!("record cut short ({have} of {need} bytes)"),
                     ));
-                    return Ok(rep);
+                    return Step::Stop;
                 }
                 ParseError::Malformed(m) => {
                     rep.failure = Some(fail(
@@ -527,83 +803,155 @@ pub fn verify(
                         at,
                         format!("unreadable record: {m}"),
                     ));
-                    return Ok(rep);
+                    return Step::Stop;
                 }
             }
         }
-        prev_end = Some((path.clone(), end as u64, ended));
-        prev_ended_run = recs.last().is_some_and(|(_, r)| super::format::ends_run(r));
+        self.prev_end = Some((path.clone(), end as u64, ended));
+        self.prev_ended_run = recs.last().is_some_and(|(_, r)| super::format::ends_run(r));
+        Step::Go
     }
-    // Anchors: the file is bound to one journal, and the journal must
-    // reach every anchored seq with the same hash.
-    match anchors {
-        Some((_, all)) => {
-            let last_seq = rep.last_seq.unwrap_or(0);
-            let last_path = segments.last().map(|s| s.path.clone()).unwrap_or_default();
-            if let Some(bound) = all.bound().filter(|b| *b != journal_id) {
-                rep.failure = Some(Failure {
-                    class: Class::JournalReplaced,
-                    seq: rep.first_seq,
-                    segment: segments[0].path.clone(),
-                    offset: 0,
-                    message: format!(
-                        "the anchors file belongs to journal {}; this journal is {} (wiped, re-created or swapped)",
-                        hex(&bound),
-                        hex(&journal_id)
-                    ),
-                });
-                return Ok(rep);
-            }
-            for a in all.of(&journal_id) {
-                rep.anchors_checked += 1;
-                if a.seq > last_seq {
-                    rep.failure = Some(Failure {
-                        class: Class::TailTruncated,
-                        seq: Some(a.seq),
-                        segment: last_path,
-                        offset: prev_end.as_ref().map_or(0, |p| p.1),
-                        message: format!(
-                            "anchored seq {} is past the journal's end (seq {last_seq})",
-                            a.seq
-                        ),
-                    });
-                    return Ok(rep);
-                }
-                if w.checkpoints.get(&a.seq) != Some(&(a.chain, a.epoch, a.seal)) {
-                    rep.failure = Some(Failure {
-                        class: Class::Modified,
-                        seq: Some(a.seq),
-                        segment: last_path,
-                        offset: 0,
-                        message: format!(
-                            "the journal's checkpoint at seq {} does not match its anchor (chain, epoch or seal)",
-                            a.seq
-                        ),
-                    });
-                    return Ok(rep);
-                }
-                rep.last_anchored = Some(rep.last_anchored.map_or(a.seq, |l: u64| l.max(a.seq)));
-            }
-            match rep.last_anchored {
-                None => {
-                    rep.tail_uncovered.get_or_insert_with(|| {
-                        "the anchors file has no anchor for this journal".into()
-                    });
-                }
-                Some(l) if l < last_seq => {
-                    rep.tail_uncovered.get_or_insert_with(|| {
-                        format!("records after seq {l} (to {last_seq}) are not anchored")
-                    });
-                }
-                Some(_) => {}
-            }
+
+    /// Whether the last segment walked was closed (SEGMENT_END or a
+    /// final checkpoint).
+    pub fn closed(&self) -> bool {
+        self.prev_end.as_ref().is_some_and(|p| p.2)
+    }
+
+    /// The end of the walk: the PRUNE boundary walked, then the anchors
+    /// (the file is bound to one journal, which must reach every anchored
+    /// seq with the same hash, and whose pruned part its `p1` lines
+    /// account for).
+    pub fn finish(mut self, anchors: Option<(&Path, &Anchors)>) -> Report {
+        let mut rep = std::mem::take(&mut self.rep);
+        if rep.failure.is_some() {
+            return rep;
         }
-        None => {
+        if let (Some(b), false, Some(_)) = (&self.boundary, self.boundary_seen, rep.pruned_to) {
+            rep.failure = Some(Failure {
+                class: Class::SegmentMissing,
+                seq: Some(b.record_seq),
+                segment: self.prev_end.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                offset: 0,
+                message: format!(
+                    "the PRUNE record (seq {}) that would cover the missing segments was not reached",
+                    b.record_seq
+                ),
+            });
+            return rep;
+        }
+        let journal_id = self.journal_id;
+        let Some((_, all)) = anchors else {
             rep.tail_uncovered
                 .get_or_insert_with(|| "no --anchors given: a cut tail cannot be ruled out".into());
+            return rep;
+        };
+        let last_seq = rep.last_seq.unwrap_or(0);
+        let last_path = self.prev_end.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        let first_path = last_path.clone();
+        if let Some(bound) = all.bound().filter(|b| *b != journal_id) {
+            rep.failure = Some(Failure {
+                class: Class::JournalReplaced,
+                seq: rep.first_seq,
+                segment: first_path,
+                offset: 0,
+                message: format!(
+                    "the anchors file belongs to journal {}; this journal is {} (wiped, re-created or swapped)",
+                    hex(&bound),
+                    hex(&journal_id)
+                ),
+            });
+            return rep;
         }
+        // The pruned part: the anchored PRUNE lines must cover every
+        // segment from 0 to where the journal now starts, with no hole,
+        // and the last must end exactly there.
+        if let Some(pruned_to) = rep.pruned_to {
+            let mut covered_to: Option<u64> = None; // next segment not covered
+            let mut ends_at = None;
+            for p in all.prunes_of(&journal_id) {
+                let next = covered_to.unwrap_or(0);
+                if p.first_segment_no > next {
+                    rep.failure = Some(Failure {
+                        class: Class::SegmentMissing,
+                        seq: Some(p.end_seq),
+                        segment: first_path.clone(),
+                        offset: 0,
+                        message: format!(
+                            "segments {next}..{} were deleted without a PRUNE record (the anchored PRUNE lines skip them)",
+                            p.first_segment_no - 1
+                        ),
+                    });
+                    return rep;
+                }
+                if p.end_segment_no + 1 > next {
+                    covered_to = Some(p.end_segment_no + 1);
+                    ends_at = Some(p.end_seq);
+                }
+            }
+            if ends_at != Some(pruned_to) {
+                rep.failure = Some(Failure {
+                    class: Class::SegmentMissing,
+                    seq: Some(pruned_to),
+                    segment: first_path,
+                    offset: 0,
+                    message: format!(
+                        "the journal starts after seq {pruned_to}, but the anchors file has no PRUNE line ending there"
+                    ),
+                });
+                return rep;
+            }
+        }
+        let kept_from = rep.pruned_to.map_or(0, |p| p + 1);
+        for a in all.of(&journal_id) {
+            if a.seq < kept_from {
+                // In the part PRUNE deleted (accounted for above).
+                continue;
+            }
+            rep.anchors_checked += 1;
+            if a.seq > last_seq {
+                rep.failure = Some(Failure {
+                    class: Class::TailTruncated,
+                    seq: Some(a.seq),
+                    segment: last_path,
+                    offset: self.prev_end.as_ref().map_or(0, |p| p.1),
+                    message: format!(
+                        "anchored seq {} is past the journal's end (seq {last_seq})",
+                        a.seq
+                    ),
+                });
+                return rep;
+            }
+            if self.w.checkpoints.get(&a.seq) != Some(&(a.chain, a.epoch, a.seal)) {
+                rep.failure = Some(Failure {
+                    class: Class::Modified,
+                    seq: Some(a.seq),
+                    segment: last_path,
+                    offset: 0,
+                    message: format!(
+                        "the journal's checkpoint at seq {} does not match its anchor (chain, epoch or seal)",
+                        a.seq
+                    ),
+                });
+                return rep;
+            }
+            rep.last_anchored = Some(rep.last_anchored.map_or(a.seq, |l: u64| l.max(a.seq)));
+        }
+        match rep.last_anchored {
+            None => {
+                rep.tail_uncovered.get_or_insert_with(|| {
+                    "the anchors file has no anchor for this journal".into()
+                });
+            }
+            Some(l) if l < last_seq => {
+                rep.tail_uncovered.get_or_insert_with(|| {
+                    format!("records after seq {l} (to {last_seq}) are not anchored")
+                });
+            }
+            Some(_) => {}
+        }
+        rep
     }
-    Ok(rep)
 }
 
 /// Seal and epoch state along the walk.

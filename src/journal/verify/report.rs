@@ -70,6 +70,12 @@ pub struct Report {
     pub last_anchored: Option<u64>,
     /// Why the tail is not proven, when it is not.
     pub tail_uncovered: Option<String>,
+    /// The journal starts after a PRUNE boundary: records up to this seq
+    /// were deleted by retention, as PRUNE records say.
+    pub pruned_to: Option<u64>,
+    /// ARCHIVED and PRUNE records walked.
+    pub archived: u64,
+    pub prunes: u64,
 }
 
 impl Report {
@@ -132,6 +138,18 @@ impl Report {
                 None => "none".into(),
             }
         );
+        if self.archived > 0 || self.prunes > 0 || self.pruned_to.is_some() {
+            let _ = writeln!(
+                s,
+                "retention: {} segments archived, {} PRUNE records; {}",
+                self.archived,
+                self.prunes,
+                match self.pruned_to {
+                    Some(p) => format!("seq 1..{p} pruned (covered by a PRUNE record)"),
+                    None => "nothing pruned".into(),
+                }
+            );
+        }
         for r in &self.recovered {
             let _ = writeln!(s, "note: TORN_TAIL_RECOVERED {}", printable(r));
         }
@@ -161,13 +179,16 @@ impl Report {
         let recovered: Vec<String> = self.recovered.iter().map(|r| json_str(r)).collect();
         let alarms: Vec<String> = self.alarms.iter().map(|r| json_str(r)).collect();
         format!(
-            "{{\"status\":\"{}\",\"exit\":{},\"journal_id\":{},\"failure\":{},\"first_seq\":{},\"last_seq\":{},\"records\":{},\"frames\":{},\"checkpoints\":{},\"segments\":{},\"bytes\":{},\"seals_checked\":{},\"anchors_checked\":{},\"last_anchored\":{},\"tail_uncovered\":{},\"torn_tail_recovered\":[{}],\"alarms\":[{}]}}",
+            "{{\"status\":\"{}\",\"exit\":{},\"pruned_to\":{},\"archived\":{},\"prunes\":{},\"journal_id\":{},\"failure\":{},\"first_seq\":{},\"last_seq\":{},\"records\":{},\"frames\":{},\"checkpoints\":{},\"segments\":{},\"bytes\":{},\"seals_checked\":{},\"anchors_checked\":{},\"last_anchored\":{},\"tail_uncovered\":{},\"torn_tail_recovered\":[{}],\"alarms\":[{}]}}",
             match self.exit_code() {
                 0 => "intact",
                 1 => "tampered",
                 _ => "tail_not_anchored",
             },
             self.exit_code(),
+            opt(self.pruned_to),
+            self.archived,
+            self.prunes,
             self.journal_id.map_or("null".into(), |id| json_str(&hex(&id))),
             failure,
             opt(self.first_seq),
