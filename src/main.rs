@@ -43,9 +43,17 @@ enum Command {
     },
     /// Check a journal: exit 0 intact, 1 tampered, 2 intact but the tail is
     /// not anchored, 3 I/O or usage error.
+    ///
+    /// With --archive URL: every journal under the prefix (several
+    /// instances, one journal id each), from the archive, plus the local
+    /// segments of --journal the archive does not hold yet; a line each.
     Verify {
+        #[arg(long, required_unless_present = "archive")]
+        journal: Option<PathBuf>,
+        /// An archive prefix (`s3://bucket/prefix/`, `gs://`, `az://`,
+        /// `file:///dir/`); credentials from the environment.
         #[arg(long)]
-        journal: PathBuf,
+        archive: Option<String>,
         /// The anchors file the journal's checkpoints were appended to.
         #[arg(long)]
         anchors: Option<PathBuf>,
@@ -58,8 +66,14 @@ enum Command {
     },
     /// Print frames (raw) or records (jsonl) from a journal.
     Cat {
+        #[arg(long, required_unless_present = "archive", conflicts_with = "archive")]
+        journal: Option<PathBuf>,
+        /// Read the journal from an archive prefix instead.
         #[arg(long)]
-        journal: PathBuf,
+        archive: Option<String>,
+        /// With --archive holding several journals: which one (hex id).
+        #[arg(long)]
+        journal_id: Option<String>,
         /// First seq or RFC 3339 time to print.
         #[arg(long)]
         from: Option<String>,
@@ -97,6 +111,46 @@ fn init_logs(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `verify --archive`: a line per journal, then each report; the exit code
+/// is the worst.
+fn verify_archive(
+    url: &str,
+    journal: Option<&std::path::Path>,
+    anchors: Option<&std::path::Path>,
+    key: Option<&auditlb::journal::format::Hash>,
+    json: bool,
+) -> ExitCode {
+    use auditlb::journal::format::hex;
+    match auditlb::journal::custody::audit::verify_archive(url, journal, anchors, key) {
+        Ok(reports) => {
+            // Tampered anywhere (1) outranks a tail not anchored (2).
+            let codes: Vec<u8> = reports.iter().map(|(_, r)| r.exit_code()).collect();
+            let worst = if codes.contains(&1) {
+                1
+            } else {
+                codes.into_iter().max().unwrap_or(0)
+            };
+            for (id, r) in &reports {
+                if json {
+                    println!("{}", r.json());
+                    continue;
+                }
+                let text = r.text();
+                let mut lines = text.lines();
+                println!("journal {}: {}", hex(id), lines.next().unwrap_or(""));
+                for l in lines {
+                    println!("  {l}");
+                }
+            }
+            ExitCode::from(worst)
+        }
+        Err(e) => {
+            eprintln!("auditlb verify: {e}");
+            ExitCode::from(3)
+        }
     }
 }
 
@@ -148,6 +202,7 @@ fn main() -> ExitCode {
         },
         Command::Verify {
             journal,
+            archive,
             anchors,
             key,
             json,
@@ -163,6 +218,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(3);
                 }
             };
+            if let Some(url) = archive {
+                return verify_archive(&url, journal.as_deref(), anchors.as_deref(), key.as_ref(), json);
+            }
+            let journal = journal.expect("clap requires --journal without --archive");
             match auditlb::journal::verify::verify(&journal, anchors.as_deref(), key.as_ref()) {
                 Ok(report) => {
                     if json {
@@ -180,6 +239,8 @@ fn main() -> ExitCode {
         }
         Command::Cat {
             journal,
+            archive,
+            journal_id,
             from,
             to,
             format,
@@ -197,16 +258,41 @@ fn main() -> ExitCode {
                 CatFormat::Raw => Format::Raw,
                 CatFormat::Jsonl => Format::Jsonl,
             };
+            // From an archive: the journal's segments are fetched into a
+            // private temporary directory, one object at a time.
+            let mut fetched = None;
+            let journal = match (journal, archive) {
+                (Some(j), _) => j,
+                (None, Some(url)) => {
+                    let dir = std::env::temp_dir().join(format!("auditlb-cat-{}", std::process::id()));
+                    let from_seq = match &from {
+                        Some(Bound::Seq(s)) => Some(*s),
+                        _ => None,
+                    };
+                    if let Err(e) = auditlb::journal::custody::audit::fetch_journal(&url, journal_id.as_deref(), from_seq, &dir) {
+                        let _ = std::fs::remove_dir_all(&dir);
+                        eprintln!("auditlb cat: {e}");
+                        return ExitCode::from(3);
+                    }
+                    fetched = Some(dir.clone());
+                    dir
+                }
+                (None, None) => unreachable!("clap requires --journal or --archive"),
+            };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-            match cat(&journal, from, to, format, &mut out) {
+            let code = match cat(&journal, from, to, format, &mut out) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("auditlb cat: {}: {e}", journal.display());
                     ExitCode::from(3)
                 }
+            };
+            if let Some(dir) = fetched {
+                let _ = std::fs::remove_dir_all(dir);
             }
+            code
         }
         Command::Keygen { out } => {
             match auditlb::journal::seal::keygen(&out) {

@@ -142,8 +142,42 @@ impl Metrics {
             ),
             tampered: single_gauge(
                 "journal_tamper_alarm",
-                "1 when startup found journal damage before the last checkpoint.",
+                "1 when startup or self-verification found journal damage.",
             ),
+            custody: crate::journal::custody::CustodyMetrics {
+                verified_seq: single_gauge(
+                    "journal_verified_seq",
+                    "Last seq of the closed segments auditlb verified itself (chain, epochs, anchors).",
+                ),
+                self_verify_failures: single_counter(
+                    "journal_self_verify_failures_total",
+                    "Closed segments that failed self-verification (raises the tamper alarm).",
+                ),
+                archive_lag: single_gauge(
+                    "archive_lag_segments",
+                    "Closed segments not yet archived, read back and recorded.",
+                ),
+                archive_oldest_age: single_gauge(
+                    "archive_oldest_unarchived_age_seconds",
+                    "Age of the oldest closed segment not yet archived (0 when none).",
+                ),
+                archive_failures: single_counter(
+                    "archive_failures_total",
+                    "Archive uploads, read-backs or anchors uploads that failed (retried with backoff).",
+                ),
+                archived: single_counter(
+                    "archive_segments_total",
+                    "Segments archived, read back and recorded (ARCHIVED records).",
+                ),
+                pruned_segments: single_counter(
+                    "journal_pruned_segments_total",
+                    "Segments deleted by retention after a sealed, anchored PRUNE record.",
+                ),
+                pruned_bytes: single_counter(
+                    "journal_pruned_bytes_total",
+                    "Bytes deleted by retention.",
+                ),
+            },
         };
         let reloads = single_counter("config_reloads_total", "Config reloads applied.");
         let reload_failures = single_counter(

@@ -135,6 +135,46 @@ pub struct JournalConfig {
     /// them and records a GAP. Default `block`.
     #[serde(default = "default_on_full")]
     pub on_full: OnFull,
+    /// Closed, verified segments copied to object storage.
+    pub archive: Option<ArchiveConfig>,
+    /// Old segments deleted (after a sealed, anchored PRUNE record).
+    pub retention: Option<RetentionConfig>,
+}
+
+/// `[journal.archive]`: where sealed segments and the anchors file go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArchiveConfig {
+    /// `s3://bucket/prefix/`, `gs://..`, `az://..`, `file:///dir/`.
+    /// Credentials, region and endpoint come from the environment the way
+    /// the cloud SDKs read them (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`,
+    /// `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+    pub url: String,
+    /// S3 Object Lock retention in compliance mode for every object
+    /// written (the bucket must have Object Lock enabled).
+    pub object_lock_days: Option<u32>,
+}
+
+/// `[journal.retention]`: which closed segments are deleted.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RetentionConfig {
+    /// Segments closed longer ago than this are deleted ...
+    pub max_age: Option<HumanDuration>,
+    /// ... and the oldest while the journal holds more than this.
+    pub max_bytes: Option<ByteSize>,
+    /// Never delete a segment with a frame some open pool has not
+    /// settled. Default true.
+    #[serde(default = "yes")]
+    pub keep_undelivered: bool,
+    /// With an archive: delete only what it holds, read back and checked.
+    /// Default true.
+    #[serde(default = "yes")]
+    pub require_archived: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a full journal does.
@@ -166,6 +206,8 @@ impl Default for JournalConfig {
             send_checkpoints: false,
             disk_budget: default_disk_budget(),
             on_full: default_on_full(),
+            archive: None,
+            retention: None,
         }
     }
 }

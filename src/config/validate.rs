@@ -94,6 +94,36 @@ impl Config {
                 ));
             }
         }
+        if let Some(a) = &j.archive {
+            if let Err(e) = crate::journal::custody::store::check_url(&a.url) {
+                errs.push(format!("journal.archive.url: {e}"));
+            }
+            if a.object_lock_days == Some(0) {
+                errs.push("journal.archive.object-lock-days: must be at least 1".into());
+            }
+        }
+        if let Some(r) = &j.retention {
+            if r.max_age.is_none() && r.max_bytes.is_none() {
+                errs.push(
+                    "journal.retention: set max-age, max-bytes or both (otherwise nothing is ever deleted)"
+                        .into(),
+                );
+            }
+            if let Some(b) = r.max_bytes {
+                if b.0 > j.disk_budget.0 {
+                    errs.push(format!(
+                        "journal.retention.max-bytes: {b} is more than journal.disk-budget ({}); the budget would stop the journal first",
+                        j.disk_budget
+                    ));
+                }
+                if b.0 < 2 * j.segment_size.0 {
+                    errs.push(format!(
+                        "journal.retention.max-bytes: {b} is less than two segments of {}",
+                        j.segment_size
+                    ));
+                }
+            }
+        }
         if self.listeners.is_empty() {
             errs.push("listener: at least one [[listener]] is required".into());
         }

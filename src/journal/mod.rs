@@ -16,6 +16,7 @@
 
 pub mod anchors;
 pub mod cat;
+pub mod custody;
 pub mod delivery;
 pub mod format;
 pub mod handoff;
@@ -55,6 +56,24 @@ pub enum Ingress {
     },
     /// A config reload: applied in order with the frames around it.
     Reconfigure(Box<Reconfigure>),
+    /// An ARCHIVED or PRUNE record from the custodian.
+    Custody(Custody),
+}
+
+/// A record the custodian asks for. It is written, sealed by a checkpoint
+/// right after it, and its anchors line (`a1`/`p1`) appended with that
+/// checkpoint's; `done` gets its seq once all of it is on disk (dropped if
+/// that failed).
+#[derive(Debug)]
+pub struct Custody {
+    pub what: CustodyRecord,
+    pub done: tokio::sync::oneshot::Sender<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CustodyRecord {
+    Archived(format::ArchivedBody),
+    Prune(format::PruneBody),
 }
 
 /// What a CONFIG record says about the config in force: the SHA-256 of
@@ -108,4 +127,6 @@ pub struct JournalMetrics {
     pub refused_full: IntCounter,
     /// Frames journaled with no pool to deliver them to.
     pub unrouted: IntCounter,
+    /// The custodian's metrics (self-verification, archive, retention).
+    pub custody: custody::CustodyMetrics,
 }

@@ -34,6 +34,7 @@ enum Job {
         path: PathBuf,
         anchor: Option<String>,
         key: Option<KeyImage>,
+        done: Vec<super::writer::Done>,
     },
     /// Answered once everything before it is done.
     Barrier(SyncSender<()>),
@@ -91,12 +92,14 @@ impl Syncer {
         path: PathBuf,
         anchor: Option<String>,
         key: Option<KeyImage>,
+        done: Vec<super::writer::Done>,
     ) {
         let job = Job::Checkpoint {
             file,
             path,
             anchor,
             key,
+            done,
         };
         if let Some(tx) = &self.tx {
             if tx.send(job).is_err() {
@@ -157,6 +160,7 @@ fn run(
                 path,
                 anchor,
                 key,
+                done,
             } => {
                 let synced = sync(&file, &path);
                 let mut r = Ok(());
@@ -173,7 +177,13 @@ fn run(
                         }
                     }
                 }
+                let ok = synced.is_ok() && r.is_ok();
                 report(synced.and(r));
+                if ok {
+                    for (seq, tx) in done {
+                        let _ = tx.send(seq);
+                    }
+                }
             }
             Job::Barrier(done) => {
                 let _ = done.send(());

@@ -75,6 +75,9 @@ pub struct Server {
     journal_drained: CancellationToken,
     /// The journal writer wrote its final records.
     journal_done: tokio::sync::oneshot::Receiver<()>,
+    /// Stops the custodian (self-verification, archive, retention), and
+    /// fires when it has stopped (it holds an ingress sender).
+    custody: Option<(CancellationToken, tokio::sync::oneshot::Receiver<()>)>,
 }
 
 /// Why the proxy did not start; each names what it could not use.
@@ -170,6 +173,21 @@ impl Server {
             }
             Err(_) => return Err(StartError::JournalThread),
         };
+        let custody_stop = CancellationToken::new();
+        let custody = match journal::custody::spawn(journal::custody::Start {
+            cfg: config.journal.clone(),
+            metrics: metrics.journal(),
+            tx: ingress.clone(),
+            settled_below: opened.settled_below.clone(),
+            freed: opened.freed.clone(),
+            stop: custody_stop.clone(),
+        }) {
+            Ok(done) => Some((custody_stop, done)),
+            Err(e) => {
+                tracing::error!(error = %e, "journal custodian thread did not start: no self-verification, archive or retention");
+                None
+            }
+        };
         let ctx = PoolSupervisor {
             metrics: metrics.clone(),
             pool_tasks: TaskTracker::new(),
@@ -239,6 +257,7 @@ impl Server {
             client_tasks: TaskTracker::new(),
             journal_drained,
             journal_done: opened.done,
+            custody,
             config: config.clone(),
         };
         for (slot, ((cfg, sock), tls)) in config
@@ -305,8 +324,17 @@ impl Server {
             client_tasks,
             journal_drained,
             journal_done,
+            custody,
             ..
         } = self;
+        // The custodian holds an ingress sender: it stops first (an upload
+        // in flight is dropped and retried at the next start).
+        if let Some((stop, done)) = custody {
+            stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(10), done).await.is_err() {
+                tracing::warn!("journal custodian did not stop within 10s");
+            }
+        }
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(?grace, "stopping: no new connections, draining");
         // Only sessions hold ingress senders now: the journal (then the

@@ -25,6 +25,7 @@ mod ids;
 mod inproc;
 mod pki;
 mod procs;
+mod s3;
 mod sink;
 pub use config::TestConfig;
 pub use http::*;
@@ -32,6 +33,7 @@ pub use ids::*;
 pub use inproc::*;
 pub use pki::*;
 pub use procs::*;
+pub use s3::*;
 pub use sink::*;
 
 /// Polls `cond` every 10 ms until it holds or `secs` pass.

@@ -127,11 +127,18 @@ impl Log {
 
 /// Starts the `auditlb` binary on a config file; its log lines are kept.
 pub fn spawn_auditlb_logged(config: &std::path::Path) -> (Proc, Log) {
+    spawn_auditlb_env(config, &[])
+}
+
+/// [`spawn_auditlb_logged`] with extra environment (archive credentials,
+/// a failpoint).
+pub fn spawn_auditlb_env(config: &std::path::Path, env: &[(String, String)]) -> (Proc, Log) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb"))
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

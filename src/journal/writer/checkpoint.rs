@@ -6,9 +6,14 @@ use super::*;
 /// A checkpoint's anchor line and the seal key's next image, waiting for
 /// the segment to be durable (neither may ever be ahead of the journal).
 pub(super) struct PendingAnchor {
-    line: Option<String>,
+    pub(super) line: Option<String>,
     key: Option<crate::journal::seal::KeyImage>,
+    /// Custody records this checkpoint seals, answered once it is anchored.
+    pub(super) done: Vec<Done>,
 }
+
+/// A custody record's seq and who waits for it to be sealed and anchored.
+pub type Done = (u64, oneshot::Sender<u64>);
 
 impl Writer {
     /// Whether a checkpoint is due now (count, interval, or idle heartbeat).
@@ -92,7 +97,11 @@ impl Writer {
             .line(time_ns)
         });
         let key = self.seal_key.as_mut().map(|k| k.ratchet());
-        self.pending.push(PendingAnchor { line, key });
+        self.pending.push(PendingAnchor {
+            line,
+            key,
+            done: Vec::new(),
+        });
         self.next_epoch = epoch + 1;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
@@ -112,6 +121,47 @@ impl Writer {
         }
     }
 
+    /// Writes a custody record (ARCHIVED, PRUNE) and seals it with a
+    /// checkpoint at once; its anchors line goes just before that
+    /// checkpoint's, and `done` hears its seq once both are on disk.
+    pub(super) fn push_custody(&mut self, c: crate::journal::Custody) {
+        use crate::journal::anchors::{ArchivedLine, PruneLine};
+        use crate::journal::CustodyRecord;
+        let seq = self.next_seq;
+        let time_ns = now_ns();
+        let line = match &c.what {
+            CustodyRecord::Archived(b) => {
+                self.push(RecordType::Archived, 0, &[], &b.encode());
+                ArchivedLine {
+                    journal_id: self.journal_id,
+                    segment: b.segment.clone(),
+                    record_seq: seq,
+                    location: b.location.clone(),
+                }
+                .line(time_ns)
+            }
+            CustodyRecord::Prune(b) => {
+                self.push(RecordType::Prune, 0, &[], &b.encode());
+                PruneLine {
+                    journal_id: self.journal_id,
+                    first_segment_no: b.segments.first().map_or(0, |s| s.segment_no),
+                    end_segment_no: b.end_segment_no,
+                    end_seq: b.end_seq,
+                    end_chain: b.end_chain,
+                    end_epoch: b.end_epoch,
+                    record_seq: seq,
+                }
+                .line(time_ns)
+            }
+        };
+        self.encode_checkpoint(false);
+        let p = self.pending.last_mut().expect("a checkpoint was just encoded");
+        if let Some(l) = &mut p.line {
+            l.insert_str(0, &line);
+        }
+        p.done.push((seq, c.done));
+    }
+
     /// Hands the waiting anchor lines and the newest key image on: to the
     /// sync thread (which syncs the segment first), or inline after a sync.
     pub(super) fn publish_anchors(&mut self) -> io::Result<()> {
@@ -120,15 +170,18 @@ impl Writer {
             let pending = std::mem::take(&mut self.pending);
             let mut lines = String::new();
             let mut key = None;
+            let mut done = Vec::new();
             for p in pending {
                 lines.extend(p.line);
                 key = p.key.or(key);
+                done.extend(p.done);
             }
             syncer.checkpoint(
                 file,
                 self.seg_path.clone(),
                 (!lines.is_empty()).then_some(lines),
                 key,
+                done,
             );
             self.dirty = false;
             return Ok(());
@@ -139,6 +192,9 @@ impl Writer {
                 f.append(line)?;
             }
             let p = self.pending.remove(0);
+            for (seq, tx) in p.done {
+                let _ = tx.send(seq);
+            }
             if let (Some(k), Some(image)) = (&self.seal_key, p.key) {
                 // Not stored: a later checkpoint's image overwrites it.
                 if let Err(e) = k.key_file().and_then(|f| f.store(&image)) {

@@ -13,12 +13,15 @@ pub(super) struct CursorSlot {
     /// The segment that record is in: each segment with a checkpoint holds
     /// every cursor, so a restart finds them all in the newest ones.
     pub(super) recorded_in: u64,
+    /// The pool slot it belongs to.
+    pub(super) pool: usize,
 }
 
 impl Writer {
     /// DELIVERY records of the seq ranges each backend settled since the
     /// last call (what `cat` shows as a frame's backend).
     pub fn record_settled(&mut self) {
+        self.publish_settled();
         for i in 0..self.settled_logs.len() {
             let settled = self.settled_logs[i].1.drain();
             let pool = self.settled_logs[i].0.clone();
@@ -36,6 +39,22 @@ impl Writer {
                 );
             }
         }
+    }
+
+    /// Publishes the lowest cursor of the open pools (retention's
+    /// `keep-undelivered`), and takes the bytes retention freed off the
+    /// disk budget's count.
+    fn publish_settled(&mut self) {
+        let below = self
+            .delivery
+            .iter()
+            .filter(|c| !self.closed_pools.get(c.pool).copied().unwrap_or(false))
+            .map(|c| c.cursor.get().max(c.recorded))
+            .min()
+            .unwrap_or(self.next_seq);
+        self.settled_below.store(below, Ordering::Release);
+        let freed = self.freed.swap(0, Ordering::AcqRel);
+        self.journal_bytes = self.journal_bytes.saturating_sub(freed);
     }
 
     /// A DELIVERY_CURSOR record per delivery name whose cursor moved or is

@@ -21,6 +21,7 @@ mod run;
 mod segment;
 
 use checkpoint::{hostname, PendingAnchor};
+pub use checkpoint::Done;
 use cursors::CursorSlot;
 pub use segment::alarm_path;
 pub(in crate::journal) use segment::seal_file;
@@ -112,6 +113,14 @@ pub struct Writer {
     settled_logs: Vec<(String, crate::journal::handoff::SettledLog)>,
     /// Bytes in the journal's segment files (against `disk-budget`).
     journal_bytes: u64,
+    /// Bytes retention unlinked since the writer last looked.
+    freed: Arc<AtomicU64>,
+    /// Every frame below this seq is settled by every open pool (what
+    /// retention may delete under `keep-undelivered`).
+    settled_below: Arc<AtomicU64>,
+    /// Pool slots closed by a reload (their cursors no longer hold
+    /// retention back).
+    closed_pools: Vec<bool>,
     /// Over budget now (logged once per episode).
     full: bool,
     /// Checkpoint messages for the backends (`send-checkpoints`), waiting
@@ -248,6 +257,9 @@ impl Writer {
             pool_names: Vec::new(),
             settled_logs: Vec::new(),
             journal_bytes: 0,
+            freed: Arc::new(AtomicU64::new(0)),
+            settled_below: Arc::new(AtomicU64::new(0)),
+            closed_pools: Vec::new(),
             full: false,
             buf: Vec::with_capacity(1 << 20),
             spare: Spare::default(),
@@ -432,6 +444,10 @@ pub struct Opened {
     pub cursors: Vec<u64>,
     /// Seq of the last record written; dispatchers read up to it.
     pub committed: Arc<AtomicU64>,
+    /// Every frame below it is settled by every open pool.
+    pub settled_below: Arc<AtomicU64>,
+    /// Retention adds the bytes it unlinks (the disk budget's count).
+    pub freed: Arc<AtomicU64>,
     /// First seq of this run: a cursor below it resumes earlier records.
     pub start_seq: u64,
     /// Fires when the writer thread has written its final records.
@@ -502,6 +518,8 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
             let _ = ready_tx.send(Ok(Opened {
                 cursors: resume,
                 committed: w.committed(),
+                settled_below: w.settled_below.clone(),
+                freed: w.freed.clone(),
                 start_seq: w.start_seq(),
                 done: done_rx,
             }));

@@ -12,6 +12,8 @@ impl Writer {
     /// first checkpoint still resumes from there.
     pub(super) fn add_pool(&mut self, link: PoolLink, starts: &[u64]) -> Offer {
         let offer = Offer::new(&link, link.start.max(self.start_seq));
+        let slot = self.pool_names.len();
+        self.closed_pools.push(false);
         self.pool_names.push(link.name.as_str().into());
         self.settled_logs.push((link.name, link.settled));
         for (i, cursor) in link.cursors.into_iter().enumerate() {
@@ -22,6 +24,7 @@ impl Writer {
                 cursor,
                 recorded: start,
                 recorded_in: self.seg_no,
+                pool: slot,
             });
         }
         offer
@@ -105,6 +108,9 @@ pub(super) fn reconfigure(
     for i in rc.close_pools {
         if let Some(out) = outputs.get_mut(i) {
             out.close(w.next_seq - 1);
+        }
+        if let Some(c) = w.closed_pools.get_mut(i) {
+            *c = true;
         }
     }
     *routes = rc.routes;
@@ -291,6 +297,10 @@ pub(super) async fn run(
                     // Records stay in arrival order.
                     staged.append(w, outputs);
                     w.append_gap(&listener, &client.to_string(), reason, count);
+                }
+                Ingress::Custody(c) => {
+                    staged.append(w, outputs);
+                    w.push_custody(c);
                 }
                 Ingress::Reconfigure(rc) => {
                     staged.append(w, outputs);

@@ -1,0 +1,375 @@
+//! Retention and the archive, as they run in production: the auditlb
+//! binary with small segments that roll, real backends, a real S3 server
+//! (moto) with Object Lock, a crash between PRUNE and the unlinks, and an
+//! intruder who edits segments, anchors and archived objects.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Bytes of the journal's segment files.
+fn journal_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn metric(admin: std::net::SocketAddr, name: &str) -> f64 {
+    scraped(admin, name).unwrap_or(0.0)
+}
+
+fn wait_metric(admin: std::net::SocketAddr, name: &str, at_least: f64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while metric(admin, name) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed below {at_least} for {secs}s (is {})",
+            metric(admin, name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM and wait for a clean exit.
+fn stop(p: &mut Proc) {
+    p.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            assert!(s.success(), "auditlb exited with {s}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "auditlb did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The backend is down while the journal grows past `max-bytes`: nothing a
+/// pool has not settled is deleted. Once it is up and everything is
+/// delivered, the oldest segments go, each batch after a PRUNE record, and
+/// `verify` accepts exactly that gap: not a kept segment deleted, not a
+/// PRUNE anchor line removed.
+#[test]
+fn retention_keeps_undelivered_segments_and_verify_accepts_only_the_pruned_gap() {
+    let dir = scratch_dir("retention-bytes");
+    let backend = free_addr();
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"\ndisk-budget = \"64MiB\"\n[journal.retention]\nmax-bytes = \"512KiB\"")
+        .write();
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    let journal = dir.join("journal");
+    gen_ids(addr, 4, 20_000, &[]);
+    wait_metric(admin, "auditlb_journal_records_total", 20_000.0, 30);
+    // Closed segments are verified, but nothing is settled: nothing goes.
+    let seg_count = segments(&journal).len() as f64;
+    wait_metric(admin, "auditlb_journal_verified_seq", 20_000.0, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(metric(admin, "auditlb_journal_pruned_segments_total"), 0.0);
+    assert!(journal_bytes(&journal) > 2 << 20, "{}", journal_bytes(&journal));
+    assert!(seg_count > 40.0);
+
+    // The backend comes up: everything is delivered, then pruned down.
+    let sink_log = dir.join("sink.log");
+    let (_sink, _) = spawn_sink(&backend.to_string(), "octet", &sink_log, &[]);
+    wait_all_ids(&[&sink_log], 20_000, 60);
+    wait_metric(admin, "auditlb_journal_pruned_segments_total", 20.0, 30);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal_bytes(&journal) > (512 + 2 * 64) << 10 {
+        assert!(Instant::now() < deadline, "journal still {} bytes", journal_bytes(&journal));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Traffic after the prune, with more rolls and prunes.
+    gen_ids(addr, 2, 5_000, &["--id-base", "20000"]);
+    wait_all_ids(&[&sink_log], 25_000, 60);
+    stop(&mut lb);
+
+    let anchors = dir.join("anchors.log");
+    let (code, out) = verify_cli(&journal, &anchors);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pruned (covered by a PRUNE record)"), "{out}");
+    assert!(!segments(&journal)[0].ends_with("00000000000000000001.seg"));
+    let anchor_text = std::fs::read_to_string(&anchors).unwrap();
+    assert!(anchor_text.lines().any(|l| l.starts_with("p1 ")));
+
+    // An intruder deletes the oldest kept segment too: not covered.
+    let t1 = dir.join("t1");
+    copy_dir(&journal, &t1);
+    std::fs::remove_file(&segments(&t1)[0]).unwrap();
+    let (code, out) = verify_cli(&t1, &anchors);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SEGMENT_MISSING"), "{out}");
+
+    // ... or removes the last PRUNE line from the anchors file.
+    let t2 = dir.join("t2-anchors.log");
+    let mut lines: Vec<&str> = anchor_text.lines().collect();
+    let last_p1 = lines.iter().rposition(|l| l.starts_with("p1 ")).unwrap();
+    lines.remove(last_p1);
+    std::fs::write(&t2, lines.join("\n") + "\n").unwrap();
+    let (code, out) = verify_cli(&journal, &t2);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SEGMENT_MISSING"), "{out}");
+
+    // ... or deletes a kept segment in the middle.
+    let t3 = dir.join("t3");
+    copy_dir(&journal, &t3);
+    let segs = segments(&t3);
+    std::fs::remove_file(&segs[segs.len() / 2]).unwrap();
+    let (code, out) = verify_cli(&t3, &anchors);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SEGMENT_MISSING"), "{out}");
+}
+
+/// auditlb dies (as a SIGKILL would) after a PRUNE record is sealed and
+/// anchored and before any segment is unlinked. The next start finishes
+/// the prune, traffic goes on, and the journal verifies.
+#[test]
+fn a_crash_between_prune_and_unlink_is_finished_at_the_next_start() {
+    let dir = scratch_dir("retention-crash");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"256KiB\"")
+        .write();
+    let journal = dir.join("journal");
+    let fail = vec![("AUDITLB_FAILPOINT".to_owned(), "prune-before-unlink".to_owned())];
+    let (mut lb, log) = spawn_auditlb_env(&cfg, &fail);
+    let addr = log.wait_addr("listening", None);
+    gen_ids(addr, 2, 8_000, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = lb.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the failpoint never fired");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let marker = journal.join("prune.pending");
+    let text = std::fs::read_to_string(&marker).expect("the prune marker survives the crash");
+    let listed: Vec<PathBuf> = text.lines().skip(1).map(|n| journal.join(n)).collect();
+    assert!(!listed.is_empty());
+    assert!(listed.iter().all(|p| p.exists()), "nothing was unlinked yet");
+
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while marker.exists() || listed.iter().any(|p| p.exists()) {
+        assert!(Instant::now() < deadline, "the interrupted prune was not finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Finished from the marker's PRUNE record, not by a second PRUNE that
+    // retention would write anyway.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log
+        .lines()
+        .iter()
+        .any(|l| l.contains("finished the prune a stop interrupted"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", log.lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gen_ids(addr, 2, 3_000, &["--id-base", "8000"]);
+    wait_all_ids(&[&sink_log], 11_000, 60);
+    stop(&mut lb);
+    let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pruned"), "{out}");
+}
+
+/// An intruder edits a closed segment while auditlb is stopped; start-up
+/// recovery only reads the tail, but self-verification walks every closed
+/// segment: the tamper alarm goes up, and retention deletes nothing.
+#[test]
+fn self_verification_catches_a_segment_edited_while_stopped_and_stops_retention() {
+    let dir = scratch_dir("self-verify");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"")
+        .write();
+    let journal = dir.join("journal");
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    gen_ids(addr, 2, 6_000, &[]);
+    wait_all_ids(&[&sink_log], 6_000, 60);
+    wait_metric(admin, "auditlb_journal_verified_seq", 5_000.0, 30);
+    assert_eq!(metric(admin, "auditlb_journal_tamper_alarm"), 0.0);
+    stop(&mut lb);
+
+    // One byte of a frame in an early segment.
+    let victim = segments(&journal)[3].clone();
+    let mut b = std::fs::read(&victim).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x20;
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::write(&victim, &b).unwrap();
+    let before = segments(&journal).len();
+
+    // Now with retention that would delete it.
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"128KiB\"\nkeep-undelivered = false")
+        .write();
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let admin = log.wait_addr("admin endpoint", None);
+    wait_metric(admin, "auditlb_journal_self_verify_failures_total", 1.0, 30);
+    assert_eq!(metric(admin, "auditlb_journal_tamper_alarm"), 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(metric(admin, "auditlb_journal_pruned_segments_total"), 0.0);
+    assert!(segments(&journal).len() > before, "the evidence was deleted");
+    assert!(victim.exists());
+    stop(&mut lb);
+    let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
+    assert!(alarm.contains("MODIFIED"), "{alarm}");
+}
+
+/// Two instances archive into one S3 bucket with Object Lock, prune down
+/// to a small local window, and `verify --archive` checks both journals in
+/// one run; an object changed in the bucket is caught, and `cat --archive`
+/// reads the pruned frames back.
+#[test]
+fn two_instances_archive_to_s3_and_one_verify_checks_both() {
+    let s3 = S3::start();
+    s3.bucket_with_lock("audit");
+    let env = s3.env();
+    let dir = scratch_dir("archive-s3");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let mut lbs = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = TestConfig::at(&d)
+            .backend_addrs(&[backend])
+            .anchors()
+            .admin("127.0.0.1:0")
+            .journal("segment-size = \"64KiB\"\n[journal.archive]\nurl = \"s3://audit/lb/\"\nobject-lock-days = 1\n[journal.retention]\nmax-bytes = \"256KiB\"")
+            .write();
+        let (lb, log) = spawn_auditlb_env(&cfg, &env);
+        let addr = log.wait_addr("listening", None);
+        let admin = log.wait_addr("admin endpoint", None);
+        gen_ids(addr, 2, 6_000, &["--id-base", &(i * 6_000).to_string()]);
+        lbs.push((lb, admin, d));
+    }
+    wait_all_ids(&[&sink_log], 12_000, 60);
+    for (_, admin, _) in &lbs {
+        wait_metric(*admin, "auditlb_archive_segments_total", 10.0, 60);
+        wait_metric(*admin, "auditlb_journal_pruned_segments_total", 5.0, 60);
+        assert_eq!(metric(*admin, "auditlb_journal_tamper_alarm"), 0.0);
+    }
+    for (lb, _, _) in &mut lbs {
+        stop(lb);
+    }
+    let keys = s3.keys("audit", "lb/");
+    assert!(keys.iter().any(|k| k.contains("/segments/")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("/anchors/")), "{keys:?}");
+    // Object Lock holds: a locked version cannot be deleted.
+    let seg_key = keys.iter().find(|k| k.contains("/segments/")).unwrap();
+    let refused = s3.boto(&format!(
+        "v = s3.list_object_versions(Bucket='audit', Prefix='{seg_key}')['Versions'][0]['VersionId']\ntry:\n    s3.delete_object(Bucket='audit', Key='{seg_key}', VersionId=v)\n    print('deleted')\nexcept Exception as e:\n    print('refused', e)"
+    ));
+    assert!(refused.starts_with("refused"), "{refused}");
+
+    let url = "s3://audit/lb/";
+    let (code, out, err) = auditlb_cli(&["verify", "--archive", url], &env);
+    let journals: Vec<&str> = out.lines().filter(|l| l.starts_with("journal ")).collect();
+    assert_eq!(journals.len(), 2, "{out}{err}");
+    // The archive alone ends where the last archived segment ends.
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(journals.iter().all(|l| l.contains("INTACT")), "{out}");
+    // With instance a's local journal and anchors file, its tail (and its
+    // last anchors, written after the custodian stopped) is covered too.
+    let a_dir = lbs[0].2.join("journal");
+    let (_, out_a, err) = auditlb_cli(
+        &[
+            "verify",
+            "--archive",
+            url,
+            "--journal",
+            a_dir.to_str().unwrap(),
+            "--anchors",
+            lbs[0].2.join("anchors.log").to_str().unwrap(),
+        ],
+        &env,
+    );
+    let lines: Vec<&str> = out_a.lines().filter(|l| l.starts_with("journal ")).collect();
+    assert_eq!(lines.len(), 2, "{out_a}{err}");
+    assert!(lines.iter().any(|l| l.ends_with(": INTACT")), "{out_a}");
+
+    // cat from the archive: instance b's frames, pruned locally, are there.
+    let b_id = journals[1]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let (code, raw, err) = auditlb_cli(&["cat", "--archive", url, "--journal-id", &b_id], &env);
+    assert_eq!(code, 0, "{err}");
+    let ids: std::collections::HashSet<u64> = raw
+        .lines()
+        .filter_map(|l| l.rsplit(" id=").next()?.parse().ok())
+        .collect();
+    assert!(ids.len() > 3_000, "{} ids from the archive", ids.len());
+
+    // An intruder with the bucket's keys writes a changed copy of an
+    // archived segment (a new version on top): verify catches it.
+    let a_id = journals[0].split_whitespace().nth(1).unwrap().trim_end_matches(':');
+    let victim = format!("lb/{a_id}/segments/");
+    s3.boto(&format!(
+        "k = sorted(o['Key'] for o in s3.list_objects_v2(Bucket='audit', Prefix='{victim}')['Contents'])[2]\nb = bytearray(s3.get_object(Bucket='audit', Key=k)['Body'].read())\nb[len(b)//2] ^= 1\ns3.put_object(Bucket='audit', Key=k, Body=bytes(b), ChecksumAlgorithm='SHA256')"
+    ));
+    let (code, out, err) = auditlb_cli(&["verify", "--archive", url], &env);
+    assert_eq!(code, 1, "{out}{err}");
+    let bad: Vec<&str> = out.lines().filter(|l| l.contains("TAMPERED")).collect();
+    assert_eq!(bad.len(), 1, "{out}");
+    assert!(bad[0].contains(a_id), "{out}");
+}
