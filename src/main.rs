@@ -219,7 +219,13 @@ fn main() -> ExitCode {
                 }
             };
             if let Some(url) = archive {
-                return verify_archive(&url, journal.as_deref(), anchors.as_deref(), key.as_ref(), json);
+                return verify_archive(
+                    &url,
+                    journal.as_deref(),
+                    anchors.as_deref(),
+                    key.as_ref(),
+                    json,
+                );
             }
             let journal = journal.expect("clap requires --journal without --archive");
             match auditlb::journal::verify::verify(&journal, anchors.as_deref(), key.as_ref()) {
@@ -264,12 +270,18 @@ fn main() -> ExitCode {
             let journal = match (journal, archive) {
                 (Some(j), _) => j,
                 (None, Some(url)) => {
-                    let dir = std::env::temp_dir().join(format!("auditlb-cat-{}", std::process::id()));
+                    let dir =
+                        std::env::temp_dir().join(format!("auditlb-cat-{}", std::process::id()));
                     let from_seq = match &from {
                         Some(Bound::Seq(s)) => Some(*s),
                         _ => None,
                     };
-                    if let Err(e) = auditlb::journal::custody::audit::fetch_journal(&url, journal_id.as_deref(), from_seq, &dir) {
+                    if let Err(e) = auditlb::journal::custody::audit::fetch_journal(
+                        &url,
+                        journal_id.as_deref(),
+                        from_seq,
+                        &dir,
+                    ) {
                         let _ = std::fs::remove_dir_all(&dir);
                         eprintln!("auditlb cat: {e}");
                         return ExitCode::from(3);

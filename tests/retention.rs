@@ -105,7 +105,11 @@ fn retention_keeps_undelivered_segments_and_verify_accepts_only_the_pruned_gap()
     wait_metric(admin, "auditlb_journal_verified_seq", 20_000.0, 30);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(metric(admin, "auditlb_journal_pruned_segments_total"), 0.0);
-    assert!(journal_bytes(&journal) > 2 << 20, "{}", journal_bytes(&journal));
+    assert!(
+        journal_bytes(&journal) > 2 << 20,
+        "{}",
+        journal_bytes(&journal)
+    );
     assert!(seg_count > 40.0);
 
     // The backend comes up: everything is delivered, then pruned down.
@@ -115,7 +119,11 @@ fn retention_keeps_undelivered_segments_and_verify_accepts_only_the_pruned_gap()
     wait_metric(admin, "auditlb_journal_pruned_segments_total", 20.0, 30);
     let deadline = Instant::now() + Duration::from_secs(30);
     while journal_bytes(&journal) > (512 + 2 * 64) << 10 {
-        assert!(Instant::now() < deadline, "journal still {} bytes", journal_bytes(&journal));
+        assert!(
+            Instant::now() < deadline,
+            "journal still {} bytes",
+            journal_bytes(&journal)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Traffic after the prune, with more rolls and prunes.
@@ -174,7 +182,10 @@ fn a_crash_between_prune_and_unlink_is_finished_at_the_next_start() {
         .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"256KiB\"")
         .write();
     let journal = dir.join("journal");
-    let fail = vec![("AUDITLB_FAILPOINT".to_owned(), "prune-before-unlink".to_owned())];
+    let fail = vec![(
+        "AUDITLB_FAILPOINT".to_owned(),
+        "prune-before-unlink".to_owned(),
+    )];
     let (mut lb, log) = spawn_auditlb_env(&cfg, &fail);
     let addr = log.wait_addr("listening", None);
     gen_ids(addr, 2, 8_000, &[]);
@@ -191,13 +202,19 @@ fn a_crash_between_prune_and_unlink_is_finished_at_the_next_start() {
     let text = std::fs::read_to_string(&marker).expect("the prune marker survives the crash");
     let listed: Vec<PathBuf> = text.lines().skip(1).map(|n| journal.join(n)).collect();
     assert!(!listed.is_empty());
-    assert!(listed.iter().all(|p| p.exists()), "nothing was unlinked yet");
+    assert!(
+        listed.iter().all(|p| p.exists()),
+        "nothing was unlinked yet"
+    );
 
     let (mut lb, log) = spawn_auditlb_logged(&cfg);
     let addr = log.wait_addr("listening", None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while marker.exists() || listed.iter().any(|p| p.exists()) {
-        assert!(Instant::now() < deadline, "the interrupted prune was not finished");
+        assert!(
+            Instant::now() < deadline,
+            "the interrupted prune was not finished"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Finished from the marker's PRUNE record, not by a second PRUNE that
@@ -265,7 +282,10 @@ fn self_verification_catches_a_segment_edited_while_stopped_and_stops_retention(
     assert_eq!(metric(admin, "auditlb_journal_tamper_alarm"), 1.0);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(metric(admin, "auditlb_journal_pruned_segments_total"), 0.0);
-    assert!(segments(&journal).len() > before, "the evidence was deleted");
+    assert!(
+        segments(&journal).len() > before,
+        "the evidence was deleted"
+    );
     assert!(victim.exists());
     stop(&mut lb);
     let alarm = std::fs::read_to_string(journal.join("ALARM")).unwrap();
@@ -341,7 +361,10 @@ fn two_instances_archive_to_s3_and_one_verify_checks_both() {
         ],
         &env,
     );
-    let lines: Vec<&str> = out_a.lines().filter(|l| l.starts_with("journal ")).collect();
+    let lines: Vec<&str> = out_a
+        .lines()
+        .filter(|l| l.starts_with("journal "))
+        .collect();
     assert_eq!(lines.len(), 2, "{out_a}{err}");
     assert!(lines.iter().any(|l| l.ends_with(": INTACT")), "{out_a}");
 
@@ -362,7 +385,11 @@ fn two_instances_archive_to_s3_and_one_verify_checks_both() {
 
     // An intruder with the bucket's keys writes a changed copy of an
     // archived segment (a new version on top): verify catches it.
-    let a_id = journals[0].split_whitespace().nth(1).unwrap().trim_end_matches(':');
+    let a_id = journals[0]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':');
     let victim = format!("lb/{a_id}/segments/");
     s3.boto(&format!(
         "k = sorted(o['Key'] for o in s3.list_objects_v2(Bucket='audit', Prefix='{victim}')['Contents'])[2]\nb = bytearray(s3.get_object(Bucket='audit', Key=k)['Body'].read())\nb[len(b)//2] ^= 1\ns3.put_object(Bucket='audit', Key=k, Body=bytes(b), ChecksumAlgorithm='SHA256')"

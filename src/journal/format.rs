@@ -893,7 +893,13 @@ mod tests {
             end_chain: [7; 32],
             end_epoch: 9,
             ended_run: true,
-            segments: vec![facts.clone(), SegmentFacts { segment_no: 4, ..facts }],
+            segments: vec![
+                facts.clone(),
+                SegmentFacts {
+                    segment_no: 4,
+                    ..facts
+                },
+            ],
         };
         let enc = p.encode();
         assert_eq!(PruneBody::decode(&enc), Some(p));

@@ -331,7 +331,10 @@ impl Server {
         // in flight is dropped and retried at the next start).
         if let Some((stop, done)) = custody {
             stop.cancel();
-            if tokio::time::timeout(Duration::from_secs(10), done).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), done)
+                .await
+                .is_err()
+            {
                 tracing::warn!("journal custodian did not stop within 10s");
             }
         }

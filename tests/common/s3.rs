@@ -41,7 +41,10 @@ impl S3 {
         let proc = Proc { child };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         S3 {

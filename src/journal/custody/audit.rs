@@ -50,7 +50,9 @@ pub fn verify_archive(
         ids.push(id);
     }
     if ids.is_empty() {
-        return Err(VerifyError::Usage(format!("{url}: no journal under this prefix")));
+        return Err(VerifyError::Usage(format!(
+            "{url}: no journal under this prefix"
+        )));
     }
     let given = match anchors {
         Some(p) => Some(Anchors::read(p).map_err(|source| VerifyError::Io {
@@ -95,7 +97,9 @@ pub fn verify_archive(
             }
         }
         let anchors = match &given {
-            Some(a) if a.bound() == Some(id) => Some((anchors.expect("given").to_owned(), a.clone())),
+            Some(a) if a.bound() == Some(id) => {
+                Some((anchors.expect("given").to_owned(), a.clone()))
+            }
             _ => {
                 let (text, problem) = rt.block_on(archive.anchors_text(&id)).map_err(usage)?;
                 if let Some(problem) = problem {
@@ -192,7 +196,9 @@ pub fn fetch_journal(
             ))
         }
     };
-    let segs = rt.block_on(archive.segments(&id)).map_err(|e| e.to_string())?;
+    let segs = rt
+        .block_on(archive.segments(&id))
+        .map_err(|e| e.to_string())?;
     // From the last segment starting at or before `from_seq`.
     let start = from_seq
         .and_then(|f| segs.iter().rposition(|(s, _, _)| *s <= f))

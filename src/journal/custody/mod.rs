@@ -226,10 +226,7 @@ impl Custodian {
         self.metrics.custody.self_verify_failures.inc();
         self.metrics.tampered.set(1);
         tracing::error!(journal = %self.cfg.dir.display(), class, finding = %message, "self-verification failed: the journal was changed on disk; archive and retention stop; run `auditlb verify`");
-        super::writer::record_alarms(
-            &self.cfg.dir,
-            &[super::recover::Alarm { class, message }],
-        );
+        super::writer::record_alarms(&self.cfg.dir, &[super::recover::Alarm { class, message }]);
     }
 
     /// Walks the segments closed since the last call.
@@ -378,7 +375,10 @@ impl Custodian {
         if !parsed.bad_lines.is_empty() {
             self.alarm(
                 "MODIFIED",
-                format!("anchors {}: a line that is not an anchor line", path.display()),
+                format!(
+                    "anchors {}: a line that is not an anchor line",
+                    path.display()
+                ),
             );
             return Ok(());
         }
@@ -488,7 +488,9 @@ impl Custodian {
         }
         match tokio::time::timeout(RECORD_TIMEOUT, rx).await {
             Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(_)) => Err("the record was not sealed and anchored (journal write failed)".into()),
+            Ok(Err(_)) => {
+                Err("the record was not sealed and anchored (journal write failed)".into())
+            }
             Err(_) => Err("the record was not sealed and anchored within 60s".into()),
         }
     }
@@ -517,9 +519,9 @@ impl Custodian {
                 break;
             }
             let over = r.max_bytes.is_some_and(|m| remaining > m.0);
-            let old = r.max_age.is_some_and(|a| {
-                now.duration_since(s.closed_at).is_ok_and(|age| age > a.0)
-            });
+            let old = r
+                .max_age
+                .is_some_and(|a| now.duration_since(s.closed_at).is_ok_and(|age| age > a.0));
             if !(over || old)
                 || (r.keep_undelivered && s.facts.last_seq >= settled)
                 || (need_archive && !s.archived)

@@ -23,9 +23,9 @@ use crate::journal::format::{hex, parse_segment_name, segment_name, Hash};
 
 /// Checks that `url` names a store this build can write to.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("{url:?} is not a URL (s3://bucket/prefix/, gs://, az://, file:///dir/)"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        format!("{url:?} is not a URL (s3://bucket/prefix/, gs://, az://, file:///dir/)")
+    })?;
     match scheme {
         "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
             if rest.split('/').next().unwrap_or("").is_empty() {
@@ -34,7 +34,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
             Ok(())
         }
         "file" if rest.starts_with('/') => Ok(()),
-        "file" => Err(format!("{url:?}: a file URL needs an absolute path (file:///dir/)")),
+        "file" => Err(format!(
+            "{url:?}: a file URL needs an absolute path (file:///dir/)"
+        )),
         _ => Err(format!(
             "{url:?}: scheme {scheme:?} is not one of s3, gs, az, file"
         )),
@@ -95,7 +97,11 @@ impl Archive {
         check_url(url).map_err(err)?;
         let (scheme, rest) = url.split_once("://").expect("checked");
         let (kind, bucket, prefix) = match scheme {
-            "file" => (Kind::Local, rest.trim_end_matches('/').to_owned(), String::new()),
+            "file" => (
+                Kind::Local,
+                rest.trim_end_matches('/').to_owned(),
+                String::new(),
+            ),
             _ => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let kind = match scheme {
@@ -153,7 +159,12 @@ impl Archive {
     /// (S3), under Object Lock when configured; then reads it back and
     /// checks the hash. An object already there with the same content is
     /// fine (an earlier run's upload); another content is an error.
-    pub async fn put_once(&self, p: &ObjPath, bytes: Bytes, sha: &Hash) -> Result<Stored, ArchiveError> {
+    pub async fn put_once(
+        &self,
+        p: &ObjPath,
+        bytes: Bytes,
+        sha: &Hash,
+    ) -> Result<Stored, ArchiveError> {
         let store = match (self.kind, self.lock_days) {
             (Kind::S3, Some(days)) => {
                 let (scheme, bucket) = self.base.split_once("://").expect("a URL");
@@ -165,11 +176,13 @@ impl Archive {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        let (version, existed) = match store.put_opts(p, PutPayload::from_bytes(bytes), opts).await {
+        let (version, existed) = match store.put_opts(p, PutPayload::from_bytes(bytes), opts).await
+        {
             Ok(r) => (r.version, false),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                (None, true)
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => (None, true),
             Err(e) => return Err(self.fail(p, e)),
         };
         let got = self.hash_of(p).await?;
@@ -178,7 +191,11 @@ impl Archive {
                 p,
                 format!(
                     "{}: the object's SHA-256 is {}, the local file's {}",
-                    if existed { "an object that was already there differs" } else { "read back wrong" },
+                    if existed {
+                        "an object that was already there differs"
+                    } else {
+                        "read back wrong"
+                    },
                     hex(&got),
                     hex(sha)
                 ),
@@ -228,7 +245,10 @@ impl Archive {
     }
 
     /// A journal's archived segments: (first seq, path, size), in order.
-    pub async fn segments(&self, journal_id: &[u8; 16]) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
+    pub async fn segments(
+        &self,
+        journal_id: &[u8; 16],
+    ) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
         let dir = self.object(&[&hex(journal_id), "segments"]);
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&dir));
@@ -243,7 +263,10 @@ impl Archive {
     }
 
     /// A journal's anchors parts: (offset, path, size), in order.
-    pub async fn anchor_parts(&self, journal_id: &[u8; 16]) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
+    pub async fn anchor_parts(
+        &self,
+        journal_id: &[u8; 16],
+    ) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
         let dir = self.object(&[&hex(journal_id), "anchors"]);
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&dir));
@@ -265,7 +288,10 @@ impl Archive {
 
     /// The archived anchors file of a journal, its parts joined; an error
     /// names a part that does not start where the one before ended.
-    pub async fn anchors_text(&self, journal_id: &[u8; 16]) -> Result<(String, Option<String>), ArchiveError> {
+    pub async fn anchors_text(
+        &self,
+        journal_id: &[u8; 16],
+    ) -> Result<(String, Option<String>), ArchiveError> {
         let mut text = Vec::new();
         let mut problem = None;
         for (off, p, _) in self.anchor_parts(journal_id).await? {
@@ -294,7 +320,12 @@ impl Archive {
 /// A store client. For S3 with `lock_days`, every PUT carries the Object
 /// Lock headers (retain-until now + days, compliance mode) and a SHA-256
 /// checksum, signed with the request.
-fn build(kind: Kind, scheme: &str, bucket: &str, lock_days: Option<u32>) -> Result<Arc<dyn ObjectStore>, String> {
+fn build(
+    kind: Kind,
+    scheme: &str,
+    bucket: &str,
+    lock_days: Option<u32>,
+) -> Result<Arc<dyn ObjectStore>, String> {
     use object_store::ClientOptions;
     // The HTTP client takes the process's rustls provider: ring, as for
     // the listeners.
@@ -317,7 +348,13 @@ fn build(kind: Kind, scheme: &str, bucket: &str, lock_days: Option<u32>) -> Resu
             if let Some(days) = lock_days {
                 let until = crate::time::now_ns() / 1_000_000_000 + i64::from(days) * 86_400;
                 let date = crate::time::format_rfc3339(until * 1_000_000_000);
-                let date = date.split('.').next().unwrap_or(&date).trim_end_matches('Z').to_owned() + "Z";
+                let date = date
+                    .split('.')
+                    .next()
+                    .unwrap_or(&date)
+                    .trim_end_matches('Z')
+                    .to_owned()
+                    + "Z";
                 let mut h = http::HeaderMap::new();
                 let v = |s: &str| http::HeaderValue::from_str(s).map_err(|e| e.to_string());
                 h.insert("x-amz-object-lock-mode", v("COMPLIANCE")?);

@@ -112,7 +112,9 @@ pub fn find_boundary(sources: &[Source]) -> Option<Boundary> {
     }
     let mut found = None;
     for src in sources {
-        let Fetch::Local(p) = &src.fetch else { continue };
+        let Fetch::Local(p) = &src.fetch else {
+            continue;
+        };
         let Ok(m) = Mapped::map(p) else { continue };
         for (_, r) in Records::new(m.bytes()).map_while(Result::ok) {
             if r.kind() != Some(RecordType::Prune) {
@@ -710,7 +712,10 @@ impl Walker {
                                     "PRUNE record deletes records after itself".into(),
                                 ));
                             }
-                            if boundary.as_ref().is_some_and(|x| x.record_seq == r.seq && x.body == b) {
+                            if boundary
+                                .as_ref()
+                                .is_some_and(|x| x.record_seq == r.seq && x.body == b)
+                            {
                                 *boundary_seen = true;
                             }
                             rep.prunes += 1;
@@ -847,7 +852,11 @@ impl Walker {
             return rep;
         };
         let last_seq = rep.last_seq.unwrap_or(0);
-        let last_path = self.prev_end.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        let last_path = self
+            .prev_end
+            .as_ref()
+            .map(|p| p.0.clone())
+            .unwrap_or_default();
         let first_path = last_path.clone();
         if let Some(bound) = all.bound().filter(|b| *b != journal_id) {
             rep.failure = Some(Failure {

@@ -155,7 +155,10 @@ impl Writer {
             }
         };
         self.encode_checkpoint(false);
-        let p = self.pending.last_mut().expect("a checkpoint was just encoded");
+        let p = self
+            .pending
+            .last_mut()
+            .expect("a checkpoint was just encoded");
         if let Some(l) = &mut p.line {
             l.insert_str(0, &line);
         }

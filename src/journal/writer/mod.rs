@@ -20,8 +20,8 @@ mod cursors;
 mod run;
 mod segment;
 
-use checkpoint::{hostname, PendingAnchor};
 pub use checkpoint::Done;
+use checkpoint::{hostname, PendingAnchor};
 use cursors::CursorSlot;
 pub use segment::alarm_path;
 pub(in crate::journal) use segment::seal_file;
