@@ -211,3 +211,38 @@ fn bad_duration_and_size_are_parse_errors() {
     let text = GOOD.replace("pool = \"siem\"", "pool = \"siem\"\nidle-timeout = 5");
     assert!(Config::parse(&text).unwrap_err().contains("idle-timeout"));
 }
+
+#[test]
+fn retention_and_archive_are_checked_by_key_path() {
+    let with = |journal: &str| Config::parse(&format!("[journal]\n{journal}\n{GOOD}")).unwrap();
+    let c = with("[journal.archive]\nurl = \"s3://b/p/\"\nobject-lock-days = 30\n[journal.retention]\nmax-age = \"30d\"");
+    c.validate().unwrap();
+    let a = c.journal.archive.as_ref().unwrap();
+    assert_eq!(a.object_lock_days, Some(30));
+    let r = c.journal.retention.as_ref().unwrap();
+    assert_eq!(
+        r.max_age.unwrap().0,
+        std::time::Duration::from_secs(30 * 86400)
+    );
+    assert!(r.keep_undelivered && r.require_archived);
+    let problems = |journal: &str| with(journal).validate().unwrap_err();
+    assert!(problems("[journal.retention]\nkeep-undelivered = false")
+        .iter()
+        .any(|e| e.starts_with("journal.retention: set max-age")));
+    assert!(
+        problems("disk-budget = \"1GiB\"\n[journal.retention]\nmax-bytes = \"2GiB\"")
+            .iter()
+            .any(|e| e.starts_with("journal.retention.max-bytes:"))
+    );
+    for url in ["bucket/x", "ftp://h/x", "s3:///x", "file://relative"] {
+        let p = problems(&format!("[journal.archive]\nurl = \"{url}\""));
+        assert!(
+            p.iter().any(|e| e.starts_with("journal.archive.url:")),
+            "{url}: {p:?}"
+        );
+    }
+    assert!(Config::parse(&format!(
+        "[journal]\n[journal.retention]\nmax-age = \"1d\"\nkeep = 1\n{GOOD}"
+    ))
+    .is_err());
+}
