@@ -136,6 +136,24 @@ fn retention_keeps_undelivered_segments_and_verify_accepts_only_the_pruned_gap()
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("pruned (covered by a PRUNE record)"), "{out}");
     assert!(!segments(&journal)[0].ends_with("00000000000000000001.seg"));
+    // cat reads what is left, and shows the PRUNE records.
+    let (code, jsonl, err) = auditlb_cli(
+        &[
+            "cat",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        jsonl
+            .lines()
+            .any(|l| l.contains("\"type\":\"PRUNE\"") && l.contains("\"deleted\":[{")),
+        "no PRUNE in cat"
+    );
     let anchor_text = std::fs::read_to_string(&anchors).unwrap();
     assert!(anchor_text.lines().any(|l| l.starts_with("p1 ")));
 

@@ -248,6 +248,27 @@ fn json_line(r: &Record<'_>, backend: Option<&str>, tls: Option<&str>) -> String
             }
         }
         Some(RecordType::Recovery) => s.push_str(&format!(",\"reason\":{}", meta(tag::REASON))),
+        Some(RecordType::Archived) => {
+            if let Some(a) = super::format::ArchivedBody::decode(r.body) {
+                s.push_str(&format!(
+                    ",\"segment\":{},\"location\":{}",
+                    segment_json(&a.segment),
+                    json_str(&a.location)
+                ));
+            }
+        }
+        Some(RecordType::Prune) => {
+            if let Some(p) = super::format::PruneBody::decode(r.body) {
+                let segs: Vec<String> = p.segments.iter().map(segment_json).collect();
+                s.push_str(&format!(
+                    ",\"end_seq\":{},\"end_chain\":\"{}\",\"end_epoch\":{},\"deleted\":[{}]",
+                    p.end_seq,
+                    super::format::hex(&p.end_chain),
+                    p.end_epoch,
+                    segs.join(",")
+                ));
+            }
+        }
         Some(RecordType::Config) => {
             let loaded: Vec<String> = r
                 .meta_values(tag::TLS_LOADED)
@@ -264,6 +285,19 @@ fn json_line(r: &Record<'_>, backend: Option<&str>, tls: Option<&str>) -> String
     }
     s.push_str("}\n");
     s
+}
+
+/// A segment's facts (ARCHIVED, PRUNE) as JSON.
+fn segment_json(f: &super::format::SegmentFacts) -> String {
+    format!(
+        "{{\"segment_no\":{},\"first_seq\":{},\"last_seq\":{},\"end_chain\":\"{}\",\"sha256\":\"{}\",\"bytes\":{}}}",
+        f.segment_no,
+        f.first_seq,
+        f.last_seq,
+        super::format::hex(&f.end_chain),
+        super::format::hex(&f.file_sha256),
+        f.file_len
+    )
 }
 
 pub fn base64(data: &[u8]) -> String {
