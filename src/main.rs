@@ -270,16 +270,26 @@ fn main() -> ExitCode {
             let journal = match (journal, archive) {
                 (Some(j), _) => j,
                 (None, Some(url)) => {
-                    let dir =
-                        std::env::temp_dir().join(format!("auditlb-cat-{}", std::process::id()));
-                    let from_seq = match &from {
+                    // A new directory of our own (mode 0700, never one that
+                    // was there: no planted files, no link followed).
+                    use std::os::unix::fs::DirBuilderExt;
+                    let dir = std::env::temp_dir().join(format!(
+                        "auditlb-cat-{}-{:016x}",
+                        std::process::id(),
+                        fastrand::u64(..)
+                    ));
+                    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                        eprintln!("auditlb cat: {}: {e}", dir.display());
+                        return ExitCode::from(3);
+                    }
+                    let seq = |b: &Option<Bound>| match b {
                         Some(Bound::Seq(s)) => Some(*s),
                         _ => None,
                     };
                     if let Err(e) = auditlb::journal::custody::audit::fetch_journal(
                         &url,
                         journal_id.as_deref(),
-                        from_seq,
+                        (seq(&from), seq(&to)),
                         &dir,
                     ) {
                         let _ = std::fs::remove_dir_all(&dir);

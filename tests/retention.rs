@@ -190,6 +190,18 @@ fn retention_keeps_undelivered_segments_and_verify_accepts_only_the_pruned_gap()
 /// the prune, traffic goes on, and the journal verifies.
 #[test]
 fn a_crash_between_prune_and_unlink_is_finished_at_the_next_start() {
+    crash_during_prune("prune-before-unlink");
+}
+
+/// The same with the crash after the first of several unlinks: while it is
+/// stopped, the journal starts inside the PRUNE's range, which `verify`
+/// accepts (not tampering), and the next start finishes the rest.
+#[test]
+fn a_crash_in_the_middle_of_the_unlinks_leaves_a_journal_that_verifies() {
+    crash_during_prune("prune-mid-unlink");
+}
+
+fn crash_during_prune(failpoint: &str) {
     let dir = scratch_dir("retention-crash");
     let sink_log = dir.join("sink.log");
     let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
@@ -200,10 +212,7 @@ fn a_crash_between_prune_and_unlink_is_finished_at_the_next_start() {
         .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"256KiB\"")
         .write();
     let journal = dir.join("journal");
-    let fail = vec![(
-        "AUDITLB_FAILPOINT".to_owned(),
-        "prune-before-unlink".to_owned(),
-    )];
+    let fail = vec![("AUDITLB_FAILPOINT".to_owned(), failpoint.to_owned())];
     let (mut lb, log) = spawn_auditlb_env(&cfg, &fail);
     let addr = log.wait_addr("listening", None);
     gen_ids(addr, 2, 8_000, &[]);
@@ -220,10 +229,19 @@ fn a_crash_between_prune_and_unlink_is_finished_at_the_next_start() {
     let text = std::fs::read_to_string(&marker).expect("the prune marker survives the crash");
     let listed: Vec<PathBuf> = text.lines().skip(1).map(|n| journal.join(n)).collect();
     assert!(!listed.is_empty());
-    assert!(
-        listed.iter().all(|p| p.exists()),
-        "nothing was unlinked yet"
-    );
+    if failpoint == "prune-mid-unlink" {
+        assert!(!listed[0].exists() && listed[1..].iter().all(|p| p.exists()));
+        // Stopped mid-prune: intact (at most its tail after the crash not
+        // anchored), not tampered with.
+        let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
+        assert!(code == 0 || code == 2, "{out}");
+        assert!(out.contains("pruned"), "{out}");
+    } else {
+        assert!(
+            listed.iter().all(|p| p.exists()),
+            "nothing was unlinked yet"
+        );
+    }
 
     let (mut lb, log) = spawn_auditlb_logged(&cfg);
     let addr = log.wait_addr("listening", None);
@@ -401,6 +419,55 @@ fn two_instances_archive_to_s3_and_one_verify_checks_both() {
         .collect();
     assert!(ids.len() > 3_000, "{} ids from the archive", ids.len());
 
+    // A local segment that the archive also holds is changed on the host:
+    // the archived copy is intact, but the two differ, and verify says so.
+    let a_anchors = lbs[0].2.join("anchors.log");
+    let archived_names: Vec<String> = keys
+        .iter()
+        .filter(|k| k.contains("/segments/"))
+        .filter_map(|k| k.rsplit('/').next().map(str::to_owned))
+        .collect();
+    let local_archived = segments(&a_dir)
+        .into_iter()
+        .find(|p| archived_names.iter().any(|n| p.ends_with(n)))
+        .expect("a local segment the archive holds");
+    let original = std::fs::read(&local_archived).unwrap();
+    let mut changed = original.clone();
+    let mid = changed.len() / 2;
+    changed[mid] ^= 1;
+    std::fs::set_permissions(
+        &local_archived,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    std::fs::write(&local_archived, &changed).unwrap();
+    let args = [
+        "verify",
+        "--archive",
+        url,
+        "--journal",
+        a_dir.to_str().unwrap(),
+        "--anchors",
+        a_anchors.to_str().unwrap(),
+    ];
+    let (code, out, err) = auditlb_cli(&args, &env);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("differs from the archived copy"), "{out}");
+    std::fs::write(&local_archived, &original).unwrap();
+    let (code, out, err) = auditlb_cli(&args, &env);
+    assert_eq!(code, 2, "{out}{err}");
+
+    // A delete marker hides an archived segment of b from the listing
+    // (Object Lock keeps the version, not the key): its a1 line says it
+    // was archived, so it is missing.
+    let victim_b = format!("lb/{b_id}/segments/");
+    s3.boto(&format!(
+        "k = sorted(o['Key'] for o in s3.list_objects_v2(Bucket='audit', Prefix='{victim_b}')['Contents'])[1]\ns3.delete_object(Bucket='audit', Key=k)"
+    ));
+    let (code, out, err) = auditlb_cli(&["verify", "--archive", url], &env);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("SEGMENT_MISSING"), "{out}");
+
     // An intruder with the bucket's keys writes a changed copy of an
     // archived segment (a new version on top): verify catches it.
     let a_id = journals[0]
@@ -415,6 +482,172 @@ fn two_instances_archive_to_s3_and_one_verify_checks_both() {
     let (code, out, err) = auditlb_cli(&["verify", "--archive", url], &env);
     assert_eq!(code, 1, "{out}{err}");
     let bad: Vec<&str> = out.lines().filter(|l| l.contains("TAMPERED")).collect();
-    assert_eq!(bad.len(), 1, "{out}");
-    assert!(bad[0].contains(a_id), "{out}");
+    assert_eq!(bad.len(), 2, "{out}");
+    assert!(
+        bad.iter()
+            .any(|l| l.contains(a_id) && l.contains("MODIFIED")),
+        "{out}"
+    );
+}
+
+/// The attack a reviewer found: with auditlb killed, an intruder deletes
+/// the oldest segments and appends a chain-valid PRUNE record that lists
+/// them (and a `p1` line), so the gap looks pruned; auditlb restarts and
+/// seals everything after it. No key is needed to chain a record, but
+/// auditlb always seals its PRUNE with the checkpoint right after it:
+/// `verify` says SEGMENT_MISSING, with or without the anchors file.
+#[test]
+fn a_forged_prune_record_does_not_cover_deleted_segments() {
+    use auditlb::journal::format::{
+        encode_record, parse_record, CheckpointBody, Header, PruneBody, RecordHead, RecordType,
+        SegmentFacts,
+    };
+    use auditlb::journal::reader::Records;
+    use sha2::Digest;
+    let dir = scratch_dir("forged-prune");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .journal("segment-size = \"64KiB\"")
+        .write();
+    let journal = dir.join("journal");
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    gen_ids(addr, 2, 6_000, &[]);
+    wait_all_ids(&[&sink_log], 6_000, 60);
+    lb.kill9();
+    let segs = segments(&journal);
+    assert!(segs.len() > 8);
+    // Facts of segments 0..4, as auditlb would list them.
+    let mut facts = Vec::new();
+    let mut end_epoch = 0;
+    for p in &segs[..4] {
+        let b = std::fs::read(p).unwrap();
+        let h = Header::decode(&b).unwrap();
+        let recs: Vec<_> = Records::new(&b).map_while(Result::ok).collect();
+        for (_, r) in &recs {
+            if RecordType::from_u8(r.rtype).is_some_and(RecordType::is_checkpoint) {
+                end_epoch = CheckpointBody::decode(r.body).unwrap().epoch;
+            }
+        }
+        let (_, last) = recs.last().unwrap();
+        facts.push(SegmentFacts {
+            segment_no: h.segment_no,
+            first_seq: h.first_seq,
+            last_seq: last.seq,
+            end_chain: last.chain,
+            file_sha256: sha2::Sha256::digest(&b).into(),
+            file_len: b.len() as u64,
+        });
+    }
+    let end = facts.last().unwrap().clone();
+    let body = PruneBody {
+        end_segment_no: end.segment_no,
+        end_seq: end.last_seq,
+        end_chain: end.end_chain,
+        end_epoch,
+        ended_run: false,
+        segments: facts.clone(),
+    };
+    // Appended to the newest segment, chained on its last record.
+    let newest = segs.last().unwrap();
+    let bytes = std::fs::read(newest).unwrap();
+    let (at, last) = Records::new(&bytes).map_while(Result::ok).last().unwrap();
+    let tail_end = at + last.raw.len();
+    let mut rec = Vec::new();
+    encode_record(
+        &mut rec,
+        RecordHead {
+            rtype: RecordType::Prune,
+            flags: 0,
+            seq: last.seq + 1,
+            time_ns: last.time_ns + 1,
+        },
+        &[],
+        &body.encode(),
+        &last.chain,
+    );
+    assert!(parse_record(&rec).is_ok());
+    let mut forged = bytes[..tail_end].to_vec();
+    forged.extend_from_slice(&rec);
+    std::fs::write(newest, &forged).unwrap();
+    let anchors = dir.join("anchors.log");
+    let line = auditlb::journal::anchors::PruneLine {
+        journal_id: Header::decode(&bytes).unwrap().journal_id,
+        first_segment_no: 0,
+        end_segment_no: end.segment_no,
+        end_seq: end.last_seq,
+        end_chain: end.end_chain,
+        end_epoch,
+        record_seq: last.seq + 1,
+    }
+    .line(last.time_ns + 1);
+    let mut a = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&anchors)
+        .unwrap();
+    std::io::Write::write_all(&mut a, line.as_bytes()).unwrap();
+    for p in &segs[..4] {
+        std::fs::remove_file(p).unwrap();
+    }
+    // auditlb starts over it and stops cleanly.
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    gen_ids(addr, 1, 500, &["--id-base", "6000"]);
+    wait_all_ids(&[&sink_log], 6_500, 60);
+    stop(&mut lb);
+    let (code, out) = verify_cli(&journal, &anchors);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("SEGMENT_MISSING"), "{out}");
+    let (code, out, _) = auditlb_cli(&["verify", "--journal", journal.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("not sealed by a checkpoint right after it"),
+        "{out}"
+    );
+}
+
+/// A file named like a segment far ahead of the journal is dropped into
+/// the directory while auditlb runs with retention: the open segment is
+/// never taken for a closed one, verified, archived or deleted.
+#[test]
+fn a_stray_file_named_like_a_later_segment_never_gets_the_open_segment_pruned() {
+    let dir = scratch_dir("stray-segment");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"128KiB\"")
+        .write();
+    let journal = dir.join("journal");
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    gen_ids(addr, 1, 2_000, &[]);
+    wait_all_ids(&[&sink_log], 2_000, 60);
+    wait_metric(admin, "auditlb_journal_pruned_segments_total", 1.0, 30);
+    let stray = journal.join("00000000000099999999.seg");
+    std::fs::write(&stray, b"not a segment").unwrap();
+    let open = segments(&journal)
+        .into_iter()
+        .filter(|p| *p != stray)
+        .next_back()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        open.exists(),
+        "the open segment {} was deleted",
+        open.display()
+    );
+    assert_eq!(metric(admin, "auditlb_journal_tamper_alarm"), 0.0);
+    std::fs::remove_file(&stray).unwrap();
+    gen_ids(addr, 1, 2_000, &["--id-base", "2000"]);
+    wait_all_ids(&[&sink_log], 4_000, 60);
+    stop(&mut lb);
+    let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
+    assert_eq!(code, 0, "{out}");
 }

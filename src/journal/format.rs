@@ -570,6 +570,36 @@ impl PruneBody {
         b
     }
 
+    /// Whether the listed segments follow each other (numbers and seqs) and
+    /// the last is the end the record states: how auditlb writes it.
+    pub fn consistent(&self) -> bool {
+        let Some(last) = self.segments.last() else {
+            return false;
+        };
+        self.segments.windows(2).all(|w| {
+            w[0].segment_no.checked_add(1) == Some(w[1].segment_no)
+                && w[0].last_seq.checked_add(1) == Some(w[1].first_seq)
+        }) && last.segment_no == self.end_segment_no
+            && last.last_seq == self.end_seq
+            && last.end_chain == self.end_chain
+    }
+
+    /// The listed segment a journal starting at (`segment_no`, `first_seq`,
+    /// `prev_chain`) follows, if any (a start at the end, or inside the
+    /// list while the unlinks were under way).
+    pub fn covers_start(
+        &self,
+        segment_no: u64,
+        first_seq: u64,
+        prev_chain: &Hash,
+    ) -> Option<usize> {
+        self.segments.iter().position(|f| {
+            f.segment_no.checked_add(1) == Some(segment_no)
+                && f.last_seq.checked_add(1) == Some(first_seq)
+                && f.end_chain == *prev_chain
+        })
+    }
+
     pub fn decode(b: &[u8]) -> Option<PruneBody> {
         if b.len() < 62 || b[0] != 1 || b[57] > 1 {
             return None;

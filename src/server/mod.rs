@@ -180,6 +180,7 @@ impl Server {
             tx: ingress.clone(),
             settled_below: opened.settled_below.clone(),
             freed: opened.freed.clone(),
+            open_first: opened.open_first.clone(),
             stop: custody_stop.clone(),
         }) {
             Ok(done) => Some((custody_stop, done)),

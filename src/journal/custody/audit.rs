@@ -3,7 +3,11 @@
 //! the local segments the archive does not hold yet, with `--journal`)
 //! and its archived anchors file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
 
 use super::store::Archive;
 use crate::journal::anchors::Anchors;
@@ -63,120 +67,216 @@ pub fn verify_archive(
     };
     let mut out = Vec::new();
     for id in ids {
-        let label = PathBuf::from(format!("{url}{}", hex(&id)));
-        let listed = rt.block_on(archive.segments(&id)).map_err(usage)?;
-        let mut sources: Vec<Source> = Vec::new();
-        for (seq, p, _) in &listed {
-            let a = archive.clone();
-            let p = p.clone();
-            let handle = rt.handle().clone();
-            sources.push(Source {
-                name_seq: *seq,
-                label: PathBuf::from(archive.location(&p)),
-                regular: true,
-                fetch: Fetch::Remote(Box::new(move || {
-                    handle
-                        .block_on(a.get(&p))
-                        .map(|b| b.to_vec())
-                        .map_err(std::io::Error::other)
-                })),
-            });
-        }
-        if let (Some(dir), Some(lid)) = (journal, local) {
-            if lid == id {
-                let entries = list_entries(dir).map_err(|source| VerifyError::Io {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-                for e in entries {
-                    if !listed.iter().any(|(s, _, _)| *s == e.name_seq) {
-                        sources.push(Source::local(&e));
-                    }
-                }
-                sources.sort_by_key(|s| s.name_seq);
-            }
-        }
-        let anchors = match &given {
-            Some(a) if a.bound() == Some(id) => {
-                Some((anchors.expect("given").to_owned(), a.clone()))
-            }
-            _ => {
-                let (text, problem) = rt.block_on(archive.anchors_text(&id)).map_err(usage)?;
-                if let Some(problem) = problem {
-                    let rep = Report {
-                        journal_id: Some(id),
-                        failure: Some(Failure {
-                            class: Class::Deleted,
-                            seq: None,
-                            segment: label.join("anchors"),
-                            offset: 0,
-                            message: problem,
-                        }),
-                        ..Report::default()
-                    };
-                    out.push((id, rep));
-                    continue;
-                }
-                (!text.is_empty()).then(|| (label.join("anchors"), Anchors::parse(&text)))
-            }
-        };
-        // Without the local journal, the archive ends at the last segment
-        // an `a1` line says was archived: every such segment must be
-        // there, and checkpoints anchored after it are the local tail's.
-        let with_local = local == Some(id) && journal.is_some();
-        let mut not_archived = None;
-        let mut anchors = anchors;
-        if let (false, Some((_, a))) = (with_local, anchors.as_mut()) {
-            let mut limit = 0;
-            for l in a.archived.iter().filter(|l| l.journal_id == id) {
-                if !listed.iter().any(|(s, _, _)| *s == l.segment.first_seq) {
-                    let rep = Report {
-                        journal_id: Some(id),
-                        failure: Some(Failure {
-                            class: Class::SegmentMissing,
-                            seq: Some(l.segment.first_seq),
-                            segment: PathBuf::from(archive.location(&archive.segment_path(&id, l.segment.first_seq))),
-                            offset: 0,
-                            message: format!(
-                                "segment {} was archived (ARCHIVED record seq {}), but the archive does not hold it",
-                                l.segment.segment_no, l.record_seq
-                            ),
-                        }),
-                        ..Report::default()
-                    };
-                    out.push((id, rep));
-                    limit = u64::MAX;
-                    break;
-                }
-                limit = limit.max(l.segment.last_seq);
-            }
-            if limit == u64::MAX {
-                continue;
-            }
-            let before = a.lines.len();
-            a.lines.retain(|x| x.journal_id != id || x.seq <= limit);
-            if a.lines.len() < before {
-                not_archived = Some(limit);
-            }
-        }
-        let mut rep = verify_sources(&label, sources, anchors, key)?;
-        if let (Some(limit), None) = (not_archived, &rep.failure) {
-            rep.tail_uncovered = Some(format!(
-                "records after seq {limit} are in the local journal, not archived yet (add --journal DIR to check them)"
-            ));
-        }
+        let rep = verify_one(
+            &rt,
+            &archive,
+            url,
+            id,
+            journal,
+            local,
+            anchors,
+            given.as_ref(),
+            key,
+        )?;
         out.push((id, rep));
     }
     Ok(out)
 }
 
-/// Copies one journal's archived segments (from the one holding `from_seq`
-/// on) into `into`, streamed, for `cat`; `id` picks the journal when the
-/// prefix holds several. Returns the journal id.
+fn missing(id: [u8; 16], class: Class, seq: Option<u64>, at: String, message: String) -> Report {
+    Report {
+        journal_id: Some(id),
+        failure: Some(Failure {
+            class,
+            seq,
+            segment: PathBuf::from(at),
+            offset: 0,
+            message,
+        }),
+        ..Report::default()
+    }
+}
+
+/// One journal of the archive: its segments (the archived copy where there
+/// is one, checked against its `a1` line's SHA-256 and object version and
+/// against the local copy; the local segments after them), then its anchors.
+#[allow(clippy::too_many_arguments)]
+fn verify_one(
+    rt: &tokio::runtime::Runtime,
+    archive: &Archive,
+    url: &str,
+    id: [u8; 16],
+    journal: Option<&Path>,
+    local: Option<[u8; 16]>,
+    anchors_path: Option<&Path>,
+    given: Option<&Anchors>,
+    key: Option<&Hash>,
+) -> Result<Report, VerifyError> {
+    let label = PathBuf::from(format!("{url}{}", hex(&id)));
+    let listed = rt.block_on(archive.segments(&id)).map_err(usage)?;
+    let mut anchors = match given {
+        Some(a) if a.bound() == Some(id) => {
+            Some((anchors_path.expect("given").to_owned(), a.clone()))
+        }
+        _ => {
+            let (text, problem) = rt.block_on(archive.anchors_text(&id)).map_err(usage)?;
+            if let Some(problem) = problem {
+                return Ok(missing(
+                    id,
+                    Class::Deleted,
+                    None,
+                    format!("{}/anchors", label.display()),
+                    problem,
+                ));
+            }
+            (!text.is_empty()).then(|| (label.join("anchors"), Anchors::parse(&text)))
+        }
+    };
+    // What each `a1` line says the archive holds.
+    let mut expected: HashMap<u64, (Hash, Option<String>, u64)> = HashMap::new();
+    if let Some((_, a)) = &anchors {
+        for l in a.archived.iter().filter(|l| l.journal_id == id) {
+            let version = l
+                .location
+                .split_once("?versionId=")
+                .map(|(_, v)| v.to_owned());
+            expected.insert(
+                l.segment.first_seq,
+                (l.segment.file_sha256, version, l.record_seq),
+            );
+        }
+    }
+    for (first_seq, (_, _, record_seq)) in &expected {
+        if !listed.iter().any(|(s, _, _)| s == first_seq) {
+            return Ok(missing(
+                id,
+                Class::SegmentMissing,
+                Some(*first_seq),
+                archive.location(&archive.segment_path(&id, *first_seq)),
+                format!("the segment starting at seq {first_seq} was archived (ARCHIVED record seq {record_seq}), but the archive does not hold it"),
+            ));
+        }
+    }
+    let local_dir = journal.filter(|_| local == Some(id));
+    let local_entries = match local_dir {
+        Some(dir) => list_entries(dir).map_err(|source| VerifyError::Io {
+            path: dir.to_owned(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    // Differences found while fetching: reported if the walk passes.
+    let problems: Arc<Mutex<Vec<Failure>>> = Arc::default();
+    let mut sources: Vec<Source> = Vec::new();
+    for (seq, p, _) in &listed {
+        let a = archive.clone();
+        let p = p.clone();
+        let handle = rt.handle().clone();
+        let want = expected.get(seq).cloned();
+        let local_copy = local_entries
+            .iter()
+            .find(|e| e.name_seq == *seq && e.regular)
+            .map(|e| e.path.clone());
+        let problems = problems.clone();
+        let at = archive.location(&p);
+        sources.push(Source {
+            name_seq: *seq,
+            label: PathBuf::from(&at),
+            regular: true,
+            fetch: Fetch::Remote(Box::new(move || {
+                let (bytes, version) = handle
+                    .block_on(a.get_versioned(&p))
+                    .map_err(std::io::Error::other)?;
+                let sha: Hash = Sha256::digest(&bytes).into();
+                let mut found = Vec::new();
+                if let Some((want_sha, want_version, rec)) = want {
+                    if let (Some(w), Some(v)) = (&want_version, &version) {
+                        if w != v {
+                            found.push(format!("the object's current version is {v}, not the version {w} archived (ARCHIVED record seq {rec}): it was written over"));
+                        }
+                    }
+                    if want_sha != sha {
+                        found.push(format!("the object's SHA-256 is {}, the archived segment's was {} (ARCHIVED record seq {rec})", hex(&sha), hex(&want_sha)));
+                    }
+                }
+                if let Some(lp) = local_copy {
+                    let l = Mapped::map(&lp)?;
+                    if Sha256::digest(l.bytes())[..] != sha[..] {
+                        found.push(format!("the local copy {} differs from the archived copy", lp.display()));
+                    }
+                }
+                let mut pr = problems.lock().unwrap_or_else(|e| e.into_inner());
+                for message in found {
+                    pr.push(Failure {
+                        class: Class::Modified,
+                        seq: Some(seq_of(&at)),
+                        segment: PathBuf::from(&at),
+                        offset: 0,
+                        message,
+                    });
+                }
+                Ok(bytes.to_vec())
+            })),
+        });
+    }
+    for e in &local_entries {
+        if !listed.iter().any(|(s, _, _)| *s == e.name_seq) {
+            sources.push(Source::local(e));
+        }
+    }
+    sources.sort_by_key(|s| s.name_seq);
+    // Without the local journal, the archive ends at the last segment an
+    // `a1` line says was archived: checkpoints anchored after it are the
+    // local tail's.
+    let mut not_archived = None;
+    if let (None, Some((_, a))) = (local_dir, anchors.as_mut()) {
+        let limit = expected
+            .keys()
+            .filter_map(|s| {
+                a.archived
+                    .iter()
+                    .find(|l| l.journal_id == id && l.segment.first_seq == *s)
+            })
+            .map(|l| l.segment.last_seq)
+            .max()
+            .unwrap_or(0);
+        let before = a.lines.len();
+        a.lines.retain(|x| x.journal_id != id || x.seq <= limit);
+        if a.lines.len() < before {
+            not_archived = Some(limit);
+        }
+    }
+    let mut rep = verify_sources(&label, sources, anchors, key)?;
+    if rep.failure.is_none() {
+        let mut pr = problems.lock().unwrap_or_else(|e| e.into_inner());
+        if !pr.is_empty() {
+            rep.failure = Some(pr.remove(0));
+        }
+    }
+    if let (Some(limit), None) = (not_archived, &rep.failure) {
+        rep.tail_uncovered = Some(format!(
+            "records after seq {limit} are in the local journal, not archived yet (add --journal DIR to check them)"
+        ));
+    }
+    Ok(rep)
+}
+
+/// The first seq an object's name gives.
+fn seq_of(url: &str) -> u64 {
+    url.rsplit('/')
+        .next()
+        .and_then(crate::journal::format::parse_segment_name)
+        .unwrap_or(0)
+}
+
+/// Copies one journal's archived segments (those that can hold seqs in
+/// `(from, to)`) into the existing directory `into`, one at a time, for
+/// `cat`; `id` picks the journal when the prefix holds several. Returns the
+/// journal id.
 pub fn fetch_journal(
     url: &str,
     id: Option<&str>,
-    from_seq: Option<u64>,
+    (from_seq, to_seq): (Option<u64>, Option<u64>),
     into: &Path,
 ) -> Result<[u8; 16], String> {
     let rt = runtime().map_err(|e| e.to_string())?;
@@ -203,8 +303,10 @@ pub fn fetch_journal(
     let start = from_seq
         .and_then(|f| segs.iter().rposition(|(s, _, _)| *s <= f))
         .unwrap_or(0);
-    std::fs::create_dir_all(into).map_err(|e| format!("{}: {e}", into.display()))?;
     for (seq, p, _) in &segs[start..] {
+        if to_seq.is_some_and(|t| *seq > t) {
+            break;
+        }
         let bytes = rt.block_on(archive.get(p)).map_err(|e| e.to_string())?;
         let path = into.join(segment_name(*seq));
         std::fs::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -63,6 +63,9 @@ pub fn marker_path(dir: &Path) -> PathBuf {
     dir.join("prune.pending")
 }
 
+/// Anchor lines waiting for their segment to close (about 100 bytes each).
+const MAX_PENDING_ANCHORS: usize = 100_000;
+
 /// How often the custodian looks for closed segments.
 const TICK: Duration = Duration::from_secs(1);
 /// Longest wait between archive retries.
@@ -78,6 +81,8 @@ pub struct Start {
     pub tx: mpsc::Sender<Ingress>,
     pub settled_below: Arc<AtomicU64>,
     pub freed: Arc<AtomicU64>,
+    /// First seq of the writer's open segment.
+    pub open_first: Arc<AtomicU64>,
     pub stop: CancellationToken,
 }
 
@@ -128,6 +133,7 @@ struct Custodian {
     tx: mpsc::Sender<Ingress>,
     settled_below: Arc<AtomicU64>,
     freed: Arc<AtomicU64>,
+    open_first: Arc<AtomicU64>,
     stop: CancellationToken,
     walker: Option<Walker>,
     /// Self-verification failed: nothing more is archived or deleted.
@@ -159,6 +165,7 @@ impl Custodian {
             tx: s.tx,
             settled_below: s.settled_below,
             freed: s.freed,
+            open_first: s.open_first,
             stop: s.stop,
             walker: None,
             failed: false,
@@ -234,16 +241,18 @@ impl Custodian {
         if self.failed {
             return;
         }
-        let Ok(entries) = list_entries(&self.cfg.dir) else {
+        let Ok(mut entries) = list_entries(&self.cfg.dir) else {
             return;
         };
-        // The newest is the writer's open segment.
-        let closed = entries.len().saturating_sub(1);
+        // Never the writer's open segment, nor anything named after it
+        // (a stray file there is not a closed segment).
+        let open = self.open_first.load(Ordering::Acquire);
+        entries.retain(|e| e.name_seq < open);
         if self.walker.is_none() {
             let sources: Vec<Source> = entries.iter().map(Source::local).collect();
             self.walker = Some(Walker::new(None, None, find_boundary(&sources)));
         }
-        for e in &entries[..closed] {
+        for e in &entries {
             if self.walked_to.is_some_and(|w| e.name_seq <= w) {
                 continue;
             }
@@ -270,6 +279,16 @@ impl Custodian {
                         f.segment.display(),
                         f.offset,
                         f.message
+                    ),
+                );
+                return;
+            }
+            if !walker.closed() {
+                self.alarm(
+                    "DELETED",
+                    format!(
+                        "{} has no SEGMENT_END (nor a final checkpoint), but the journal went on after it",
+                        e.path.display()
                     ),
                 );
                 return;
@@ -305,6 +324,13 @@ impl Custodian {
                 archived: false,
             });
             for a in archived {
+                // Only copies in the archive configured now count.
+                let Some(arch) = &self.archive else { break };
+                let here =
+                    arch.location(&arch.segment_path(&header.journal_id, a.segment.first_seq));
+                if a.location.split("?versionId=").next() != Some(here.as_str()) {
+                    continue;
+                }
                 if let Some(s) = self
                     .segs
                     .iter_mut()
@@ -312,6 +338,12 @@ impl Custodian {
                 {
                     s.archived = s.facts.file_sha256 == a.segment.file_sha256;
                 }
+            }
+            // Anchor lines are matched segment by segment, so the
+            // checkpoints kept for them stay few even on a long first walk.
+            self.check_anchors();
+            if self.failed {
+                return;
             }
         }
     }
@@ -329,7 +361,13 @@ impl Custodian {
             return;
         };
         let first = walker.rep.first_seq.unwrap_or(0);
-        if let Err(e) = self.read_anchors(&path, &id, first) {
+        // Read on only while few lines wait: at start the file holds lines
+        // for segments not walked yet.
+        let wanted = self.anchors_pending.len() < MAX_PENDING_ANCHORS / 2;
+        if let Err(e) = wanted
+            .then(|| self.read_anchors(&path, &id, first))
+            .transpose()
+        {
             tracing::warn!(anchors = %path.display(), error = %e, "self-verification: cannot read the anchors file");
             return;
         }
@@ -337,16 +375,24 @@ impl Custodian {
         let last = walker.rep.last_seq.unwrap_or(0);
         let mut matched = None;
         let mut bad = None;
-        while self.anchors_pending.front().is_some_and(|a| a.seq <= last) {
-            let a = self.anchors_pending.pop_front().expect("checked");
+        // Every line of a checkpoint walked, wherever it is in the queue
+        // (a line claiming a seq far ahead must not hold the others up).
+        let mut later = VecDeque::with_capacity(self.anchors_pending.len());
+        while let Some(a) = self.anchors_pending.pop_front() {
+            if a.seq > last {
+                later.push_back(a);
+                continue;
+            }
             match walker.check_anchor(&a) {
-                Ok(()) => matched = Some(a.seq),
+                Ok(()) => matched = Some(matched.map_or(a.seq, |m: u64| m.max(a.seq))),
                 Err(m) => {
                     bad = Some(m);
                     break;
                 }
             }
         }
+        later.extend(self.anchors_pending.drain(..));
+        self.anchors_pending = later;
         if let Some(s) = matched {
             walker.forget_checkpoints_below(s + 1);
         }
@@ -388,6 +434,19 @@ impl Custodian {
                 .into_iter()
                 .filter(|a| a.journal_id == *id && a.seq >= first),
         );
+        if self.anchors_pending.len() > MAX_PENDING_ANCHORS {
+            // Far more than an open segment's checkpoints: lines for seqs
+            // the journal never reaches.
+            let n = self.anchors_pending.len();
+            self.alarm(
+                "MODIFIED",
+                format!(
+                    "anchors {}: {n} lines name checkpoints past the journal's closed segments",
+                    path.display()
+                ),
+            );
+            self.anchors_pending.clear();
+        }
         Ok(())
     }
 
@@ -500,7 +559,15 @@ impl Custodian {
         let Some(r) = self.cfg.retention.clone() else {
             return Ok(());
         };
-        if self.segs.is_empty() || self.stop.is_cancelled() {
+        if self.failed || self.segs.is_empty() || self.stop.is_cancelled() {
+            return Ok(());
+        }
+        if marker_path(&self.cfg.dir).exists() {
+            // A prune not finished (a failed unlink): that one first.
+            self.finish_prune()?;
+            let gone: Vec<bool> = self.segs.iter().map(|s| !s.path.exists()).collect();
+            let n = gone.iter().take_while(|g| **g).count();
+            self.segs.drain(..n);
             return Ok(());
         }
         let total: u64 = list_segments(&self.cfg.dir)
@@ -534,6 +601,19 @@ impl Custodian {
         if n == 0 {
             return Ok(());
         }
+        // Still the files that were verified (nothing is deleted on the
+        // strength of an old reading).
+        for s in self.segs.iter().take(n) {
+            let m = Mapped::map(&s.path).map_err(|e| format!("{}: {e}", s.path.display()))?;
+            if Sha256::digest(m.bytes())[..] != s.facts.file_sha256[..] {
+                let msg = format!(
+                    "{} changed after it was verified (SHA-256 differs); kept",
+                    s.path.display()
+                );
+                self.alarm("MODIFIED", msg.clone());
+                return Err(msg);
+            }
+        }
         let last = &self.segs[n - 1];
         let body = PruneBody {
             end_segment_no: last.facts.segment_no,
@@ -550,24 +630,38 @@ impl Custodian {
             .take(n)
             .map(|s| segment_name(s.facts.first_seq))
             .collect();
-        write_marker(&self.cfg.dir, seq, &names).map_err(|e| e.to_string())?;
-        if std::env::var("AUDITLB_FAILPOINT").as_deref() == Ok("prune-before-unlink") {
-            // Fault injection for the crash test: die as a SIGKILL would,
-            // between the anchored PRUNE record and the unlinks.
+        if let Err(e) = write_marker(&self.cfg.dir, seq, &names) {
+            // The record is anchored: go on. A crash before the unlinks
+            // end then leaves a start inside the PRUNE's range, which
+            // verify accepts, and retention prunes the rest again.
+            tracing::warn!(journal = %self.cfg.dir.display(), error = %e, "retention: cannot write the prune marker; unlinking anyway");
+        }
+        // Fault injection for the crash tests: die as a SIGKILL would,
+        // between the anchored PRUNE record and the unlinks, or after the
+        // first of several unlinks.
+        let failpoint = std::env::var("AUDITLB_FAILPOINT").unwrap_or_default();
+        if failpoint == "prune-before-unlink" {
             std::process::abort();
         }
         let mut freed = 0;
-        for s in self.segs.drain(..n) {
+        for i in 0..n {
+            if i == 1 && failpoint == "prune-mid-unlink" {
+                std::process::abort();
+            }
+            let s = self.segs.front().expect("n segments are listed");
             match std::fs::remove_file(&s.path) {
-                Ok(()) => freed += s.facts.file_len,
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // The marker stays: the next pass finishes this prune.
                 Err(e) => return Err(format!("{}: {e}", s.path.display())),
             }
+            freed += s.facts.file_len;
+            self.freed.fetch_add(s.facts.file_len, Ordering::AcqRel);
+            self.metrics.custody.pruned_segments.inc();
+            self.metrics.custody.pruned_bytes.inc_by(s.facts.file_len);
+            self.segs.pop_front();
         }
         finish_marker(&self.cfg.dir).map_err(|e| e.to_string())?;
-        self.freed.fetch_add(freed, Ordering::AcqRel);
-        self.metrics.custody.pruned_segments.inc_by(n as u64);
-        self.metrics.custody.pruned_bytes.inc_by(freed);
         tracing::info!(journal = %self.cfg.dir.display(), segments = n, bytes = freed, prune_seq = seq, "retention: pruned");
         if let (Some(a), Some(id)) = (
             self.archive.clone(),

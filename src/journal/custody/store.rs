@@ -220,6 +220,18 @@ impl Archive {
         Ok(h.finalize().into())
     }
 
+    /// The whole object and its current version (where the store has
+    /// versions).
+    pub async fn get_versioned(
+        &self,
+        p: &ObjPath,
+    ) -> Result<(Bytes, Option<String>), ArchiveError> {
+        let got = self.store.get(p).await.map_err(|e| self.fail(p, e))?;
+        let version = got.meta.version.clone();
+        let bytes = got.bytes().await.map_err(|e| self.fail(p, e))?;
+        Ok((bytes, version))
+    }
+
     /// The whole object.
     pub async fn get(&self, p: &ObjPath) -> Result<Bytes, ArchiveError> {
         let got = self.store.get(p).await.map_err(|e| self.fail(p, e))?;

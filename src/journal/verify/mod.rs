@@ -95,6 +95,9 @@ pub struct Boundary {
     /// Seq of the PRUNE record.
     pub record_seq: u64,
     pub body: super::format::PruneBody,
+    /// The listed segment the kept journal follows (the last, unless the
+    /// unlinks were cut short).
+    pub at: usize,
 }
 
 /// The PRUNE record that covers the segments missing before the first of
@@ -110,8 +113,10 @@ pub fn find_boundary(sources: &[Source]) -> Option<Boundary> {
     if h.segment_no == 0 {
         return None;
     }
+    // The newest such record: prunes are recent, so from the newest
+    // segment back, stopping at the first segment that has one.
     let mut found = None;
-    for src in sources {
+    for src in sources.iter().rev() {
         let Fetch::Local(p) = &src.fetch else {
             continue;
         };
@@ -121,16 +126,17 @@ pub fn find_boundary(sources: &[Source]) -> Option<Boundary> {
                 continue;
             }
             if let Some(b) = super::format::PruneBody::decode(r.body) {
-                if b.end_segment_no.checked_add(1) == Some(h.segment_no)
-                    && b.end_seq.checked_add(1) == Some(h.first_seq)
-                    && b.end_chain == h.prev_chain
-                {
+                if let Some(at) = b.covers_start(h.segment_no, h.first_seq, &h.prev_chain) {
                     found = Some(Boundary {
                         record_seq: r.seq,
                         body: b,
+                        at,
                     });
                 }
             }
+        }
+        if found.is_some() {
+            break;
         }
     }
     found
@@ -266,6 +272,8 @@ pub struct Walker {
     /// starts after segment 0; `seen` once the walk passed it.
     boundary: Option<Boundary>,
     boundary_seen: bool,
+    /// The boundary PRUNE record was just walked: its checkpoint is next.
+    boundary_sealing: bool,
     /// Custody records walked since the caller last took them.
     pub archived: Vec<super::format::ArchivedBody>,
     pub pruned: Vec<(u64, super::format::PruneBody)>,
@@ -290,6 +298,7 @@ impl Walker {
                 key_state: None,
                 k0: key,
                 last_epoch: None,
+                epoch_free: false,
                 checkpoints: HashMap::new(),
             },
             head: [0; 32],
@@ -304,6 +313,7 @@ impl Walker {
             walked: 0,
             boundary,
             boundary_seen: false,
+            boundary_sealing: false,
             archived: Vec::new(),
             pruned: Vec::new(),
             last_epoch: None,
@@ -416,9 +426,12 @@ impl Walker {
                 // Only where a PRUNE record of this journal deleted
                 // exactly the segments before this one.
                 let covered = self.boundary.as_ref().filter(|b| {
-                    b.body.end_segment_no.checked_add(1) == Some(header.segment_no)
-                        && b.body.end_seq.checked_add(1) == Some(header.first_seq)
-                        && b.body.end_chain == header.prev_chain
+                    b.body.consistent()
+                        && b.body.covers_start(
+                            header.segment_no,
+                            header.first_seq,
+                            &header.prev_chain,
+                        ) == Some(b.at)
                 });
                 let Some(b) = covered else {
                     rep.failure = Some(fail(
@@ -432,10 +445,17 @@ impl Walker {
                     ));
                     return Step::Stop;
                 };
-                // Epochs and runs go on from the end of what was pruned.
-                self.w.last_epoch = Some(b.body.end_epoch);
-                self.prev_ended_run = b.body.ended_run;
-                rep.pruned_to = Some(b.body.end_seq);
+                if b.at + 1 == b.body.segments.len() {
+                    // Epochs and runs go on from the end of what was pruned.
+                    self.w.last_epoch = Some(b.body.end_epoch);
+                    self.prev_ended_run = b.body.ended_run;
+                } else {
+                    // A prune whose unlinks were cut short: the epoch at
+                    // this start is not recorded, the ones after it are
+                    // checked as usual.
+                    self.w.epoch_free = true;
+                }
+                rep.pruned_to = Some(b.body.segments[b.at].last_seq);
             } else if header.prev_chain != genesis(&self.journal_id) {
                 rep.failure = Some(fail(
                     Class::Modified,
@@ -551,6 +571,7 @@ impl Walker {
         let w = &mut self.w;
         let boundary = &self.boundary;
         let boundary_seen = &mut self.boundary_seen;
+        let boundary_sealing = &mut self.boundary_sealing;
         let archived = &mut self.archived;
         let pruned = &mut self.pruned;
         let last_checkpoint_at = &mut self.last_checkpoint_at;
@@ -621,6 +642,19 @@ impl Walker {
                         ));
                     }
                     let kind = r.kind();
+                    if std::mem::take(boundary_sealing) {
+                        // The PRUNE record a pruned start rests on is sealed
+                        // by the checkpoint auditlb writes right after it.
+                        if !kind.is_some_and(RecordType::is_checkpoint) {
+                            return Some(fail(
+                                Class::SegmentMissing,
+                                Some(r.seq),
+                                at,
+                                "the PRUNE record the journal's start rests on is not sealed by a checkpoint right after it: not written by auditlb".into(),
+                            ));
+                        }
+                        *boundary_seen = true;
+                    }
                     if let Some(why) = segment_start_mismatch(&header, i as u64, r) {
                         return Some(fail(Class::Modified, Some(r.seq), at, why.into()));
                     }
@@ -704,19 +738,19 @@ impl Walker {
                                     "PRUNE body is malformed".into(),
                                 ));
                             };
-                            if b.end_seq >= r.seq {
+                            if b.end_seq >= r.seq || !b.consistent() {
                                 return Some(fail(
                                     Class::Modified,
                                     Some(r.seq),
                                     at,
-                                    "PRUNE record deletes records after itself".into(),
+                                    "PRUNE record is not one auditlb writes (its segments do not follow each other up to its end, or it deletes records after itself)".into(),
                                 ));
                             }
                             if boundary
                                 .as_ref()
                                 .is_some_and(|x| x.record_seq == r.seq && x.body == b)
                             {
-                                *boundary_seen = true;
+                                *boundary_sealing = true;
                             }
                             rep.prunes += 1;
                             pruned.push((r.seq, b));
@@ -873,13 +907,40 @@ impl Walker {
             return rep;
         }
         // The pruned part: the anchored PRUNE lines must cover every
-        // segment from 0 to where the journal now starts, with no hole,
-        // and the last must end exactly there.
-        if let Some(pruned_to) = rep.pruned_to {
-            let mut covered_to: Option<u64> = None; // next segment not covered
-            let mut ends_at = None;
+        // segment from 0 to where the journal now starts, with no hole;
+        // the PRUNE record it rests on must have its own line, equal in
+        // every field, and its sealing checkpoint must be anchored.
+        if let (Some(pruned_to), Some(b)) = (rep.pruned_to, &self.boundary) {
+            let body = &b.body;
+            let own = all.prunes_of(&journal_id).any(|p| {
+                p.record_seq == b.record_seq
+                    && p.first_segment_no == body.segments[0].segment_no
+                    && p.end_segment_no == body.end_segment_no
+                    && p.end_seq == body.end_seq
+                    && p.end_chain == body.end_chain
+                    && p.end_epoch == body.end_epoch
+            });
+            let sealed = all.of(&journal_id).any(|a| a.seq == b.record_seq + 1);
+            if !own || !sealed {
+                rep.failure = Some(Failure {
+                    class: Class::SegmentMissing,
+                    seq: Some(pruned_to),
+                    segment: first_path,
+                    offset: 0,
+                    message: format!(
+                        "the journal starts after seq {pruned_to}, but the anchors file has {} for the PRUNE record at seq {}",
+                        if own { "no anchored checkpoint" } else { "no PRUNE line" },
+                        b.record_seq
+                    ),
+                });
+                return rep;
+            }
+            let kept_after = body.segments[b.at].segment_no;
+            let mut next: u64 = 0; // the first segment not covered yet
             for p in all.prunes_of(&journal_id) {
-                let next = covered_to.unwrap_or(0);
+                if next > kept_after {
+                    break;
+                }
                 if p.first_segment_no > next {
                     rep.failure = Some(Failure {
                         class: Class::SegmentMissing,
@@ -893,19 +954,16 @@ impl Walker {
                     });
                     return rep;
                 }
-                if p.end_segment_no + 1 > next {
-                    covered_to = Some(p.end_segment_no + 1);
-                    ends_at = Some(p.end_seq);
-                }
+                next = next.max(p.end_segment_no.saturating_add(1));
             }
-            if ends_at != Some(pruned_to) {
+            if next <= kept_after {
                 rep.failure = Some(Failure {
                     class: Class::SegmentMissing,
                     seq: Some(pruned_to),
                     segment: first_path,
                     offset: 0,
                     message: format!(
-                        "the journal starts after seq {pruned_to}, but the anchors file has no PRUNE line ending there"
+                        "segments {next}..{kept_after} were deleted, but no anchored PRUNE line covers them"
                     ),
                 });
                 return rep;
@@ -969,6 +1027,9 @@ struct Walk {
     key_state: Option<(u64, Hash)>,
     k0: Option<Hash>,
     last_epoch: Option<u64>,
+    /// The first checkpoint may have any epoch (a start inside a prune's
+    /// range, whose epoch there is not recorded).
+    epoch_free: bool,
     /// Chain hash, epoch and seal of each checkpoint, by seq, for the
     /// anchors.
     checkpoints: HashMap<u64, (Hash, u64, Hash)>,
@@ -998,7 +1059,7 @@ impl Walk {
         let Some(cp) = CheckpointBody::decode(r.body) else {
             return Err((Class::Modified, "checkpoint body is malformed".into()));
         };
-        if self.last_epoch.is_none() && cp.epoch != 0 {
+        if self.last_epoch.is_none() && cp.epoch != 0 && !std::mem::take(&mut self.epoch_free) {
             // A journal's epochs start at 0: a journal sealed from a later
             // epoch on was sealed with a key taken from the host.
             return Err((

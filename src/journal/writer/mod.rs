@@ -118,6 +118,9 @@ pub struct Writer {
     /// Every frame below this seq is settled by every open pool (what
     /// retention may delete under `keep-undelivered`).
     settled_below: Arc<AtomicU64>,
+    /// First seq of the open segment: the custodian never touches it or
+    /// anything named after it.
+    open_first: Arc<AtomicU64>,
     /// Pool slots closed by a reload (their cursors no longer hold
     /// retention back).
     closed_pools: Vec<bool>,
@@ -259,6 +262,7 @@ impl Writer {
             journal_bytes: 0,
             freed: Arc::new(AtomicU64::new(0)),
             settled_below: Arc::new(AtomicU64::new(0)),
+            open_first: Arc::new(AtomicU64::new(resume.next_seq)),
             closed_pools: Vec::new(),
             full: false,
             buf: Vec::with_capacity(1 << 20),
@@ -448,6 +452,8 @@ pub struct Opened {
     pub settled_below: Arc<AtomicU64>,
     /// Retention adds the bytes it unlinks (the disk budget's count).
     pub freed: Arc<AtomicU64>,
+    /// First seq of the open segment.
+    pub open_first: Arc<AtomicU64>,
     /// First seq of this run: a cursor below it resumes earlier records.
     pub start_seq: u64,
     /// Fires when the writer thread has written its final records.
@@ -520,6 +526,7 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
                 committed: w.committed(),
                 settled_below: w.settled_below.clone(),
                 freed: w.freed.clone(),
+                open_first: w.open_first.clone(),
                 start_seq: w.start_seq(),
                 done: done_rx,
             }));

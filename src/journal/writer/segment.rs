@@ -77,6 +77,7 @@ impl Writer {
             create_segment(&self.cfg.dir, &header).map_err(|e| io::Error::other(e.to_string()))?;
         self.file = file;
         self.seg_path = path;
+        self.open_first.store(header.first_seq, Ordering::Release);
         self.seg_no = header.segment_no;
         self.seg_len = HEADER_LEN as u64;
         self.journal_bytes += HEADER_LEN as u64;
