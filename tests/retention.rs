@@ -634,8 +634,7 @@ fn a_stray_file_named_like_a_later_segment_never_gets_the_open_segment_pruned() 
     std::fs::write(&stray, b"not a segment").unwrap();
     let open = segments(&journal)
         .into_iter()
-        .filter(|p| *p != stray)
-        .next_back()
+        .rfind(|p| *p != stray)
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     assert!(
