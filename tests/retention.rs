@@ -650,3 +650,36 @@ fn a_stray_file_named_like_a_later_segment_never_gets_the_open_segment_pruned() 
     let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
     assert_eq!(code, 0, "{out}");
 }
+
+/// A tight disk: the journal reaches its `disk-budget` (on-full = block)
+/// while the backend is down, so clients are held back. When the backend
+/// comes up, delivery settles the old segments, retention's PRUNE gets
+/// through although frames are blocked, the space comes back, and every
+/// client's frame is delivered.
+#[test]
+fn retention_frees_a_full_journal_once_its_frames_are_delivered() {
+    let dir = scratch_dir("retention-full");
+    let backend = free_addr();
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"\ndisk-budget = \"768KiB\"\non-full = \"block\"\n[journal.retention]\nmax-bytes = \"512KiB\"")
+        .write();
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    let gen = std::thread::spawn(move || gen_ids(addr, 2, 10_000, &[]));
+    wait_metric(admin, "auditlb_journal_full", 1.0, 30);
+    let journal = dir.join("journal");
+    assert!(journal_bytes(&journal) <= 768 << 10);
+    let sink_log = dir.join("sink.log");
+    let (_sink, _) = spawn_sink(&backend.to_string(), "octet", &sink_log, &[]);
+    wait_all_ids(&[&sink_log], 10_000, 90);
+    gen.join().unwrap();
+    assert!(metric(admin, "auditlb_journal_pruned_segments_total") > 10.0);
+    assert!(journal_bytes(&journal) <= 768 << 10);
+    stop(&mut lb);
+    let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
+    assert_eq!(code, 0, "{out}");
+}

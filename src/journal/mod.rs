@@ -56,9 +56,12 @@ pub enum Ingress {
     },
     /// A config reload: applied in order with the frames around it.
     Reconfigure(Box<Reconfigure>),
-    /// An ARCHIVED or PRUNE record from the custodian.
-    Custody(Custody),
 }
+
+/// Custody records that may wait for the writer: they have a channel of
+/// their own, which the writer takes from even while a full journal keeps
+/// frames out (a PRUNE is what frees the space).
+pub const CUSTODY_ITEMS: usize = 4;
 
 /// A record the custodian asks for. It is written, sealed by a checkpoint
 /// right after it, and its anchors line (`a1`/`p1`) appended with that

@@ -150,6 +150,7 @@ impl Server {
             .map(|l| config.pools.iter().position(|p| p.name == l.pool))
             .collect();
         let (ingress, journal_rx) = mpsc::channel(INGRESS_ITEMS);
+        let (custody_tx, custody_rx) = mpsc::channel(journal::CUSTODY_ITEMS);
         let journal_drained = CancellationToken::new();
         let journal_ready = journal::writer::spawn(journal::writer::Start {
             cfg: config.journal.clone(),
@@ -159,6 +160,7 @@ impl Server {
                 tls: material.summary(&config),
             },
             rx: journal_rx,
+            custody: custody_rx,
             pools: links,
             routes: routes.clone(),
             abort: abort.clone(),
@@ -177,7 +179,7 @@ impl Server {
         let custody = match journal::custody::spawn(journal::custody::Start {
             cfg: config.journal.clone(),
             metrics: metrics.journal(),
-            tx: ingress.clone(),
+            tx: custody_tx,
             settled_below: opened.settled_below.clone(),
             freed: opened.freed.clone(),
             open_first: opened.open_first.clone(),
@@ -328,8 +330,9 @@ impl Server {
             custody,
             ..
         } = self;
-        // The custodian holds an ingress sender: it stops first (an upload
-        // in flight is dropped and retried at the next start).
+        // The custodian stops first (an upload in flight is dropped and
+        // retried at the next start; a prune in flight finishes its
+        // unlinks or leaves its marker for the next start).
         if let Some((stop, done)) = custody {
             stop.cancel();
             if tokio::time::timeout(Duration::from_secs(10), done)

@@ -41,7 +41,7 @@ use super::anchors::{Anchor, Anchors};
 use super::format::{segment_name, PruneBody, RecordType, SegmentFacts};
 use super::reader::{list_entries, list_segments, Mapped, Records};
 use super::verify::{find_boundary, Source, Step, Walker};
-use super::{Custody, CustodyRecord, Ingress, JournalMetrics};
+use super::{Custody, CustodyRecord, JournalMetrics};
 use crate::config::JournalConfig;
 use store::Archive;
 
@@ -77,8 +77,8 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Start {
     pub cfg: JournalConfig,
     pub metrics: JournalMetrics,
-    /// The writer's ingress, for ARCHIVED and PRUNE records.
-    pub tx: mpsc::Sender<Ingress>,
+    /// The writer's custody channel, for ARCHIVED and PRUNE records.
+    pub tx: mpsc::Sender<Custody>,
     pub settled_below: Arc<AtomicU64>,
     pub freed: Arc<AtomicU64>,
     /// First seq of the writer's open segment.
@@ -130,7 +130,7 @@ struct Seg {
 struct Custodian {
     cfg: JournalConfig,
     metrics: JournalMetrics,
-    tx: mpsc::Sender<Ingress>,
+    tx: mpsc::Sender<Custody>,
     settled_below: Arc<AtomicU64>,
     freed: Arc<AtomicU64>,
     open_first: Arc<AtomicU64>,
@@ -540,7 +540,7 @@ impl Custodian {
     /// and anchored.
     async fn record(&self, what: CustodyRecord) -> Result<u64, String> {
         let (done, rx) = oneshot::channel();
-        let send = self.tx.send(Ingress::Custody(Custody { what, done }));
+        let send = self.tx.send(Custody { what, done });
         tokio::select! {
             r = send => r.map_err(|_| "the journal writer stopped".to_owned())?,
             _ = self.stop.cancelled() => return Err("stopping".into()),

@@ -40,6 +40,12 @@ impl Writer {
             RecordType::Checkpoint
         };
         self.push_delivery(last);
+        self.encode_seal(rtype, last);
+    }
+
+    /// The checkpoint record alone (its DELIVERY_CURSOR records, if any,
+    /// already written): it covers the record just before it.
+    fn encode_seal(&mut self, rtype: RecordType, last: bool) {
         let seq = self.next_seq;
         let time_ns = now_ns();
         let epoch = self.next_epoch;
@@ -127,6 +133,9 @@ impl Writer {
     pub(super) fn push_custody(&mut self, c: crate::journal::Custody) {
         use crate::journal::anchors::{ArchivedLine, PruneLine};
         use crate::journal::CustodyRecord;
+        // Cursors first: the checkpoint must follow the record at once
+        // (`verify` accepts a pruned start only on a PRUNE sealed so).
+        self.push_delivery(false);
         let seq = self.next_seq;
         let time_ns = now_ns();
         let line = match &c.what {
@@ -154,7 +163,7 @@ impl Writer {
                 .line(time_ns)
             }
         };
-        self.encode_checkpoint(false);
+        self.encode_seal(RecordType::Checkpoint, false);
         let p = self
             .pending
             .last_mut()

@@ -468,6 +468,8 @@ pub struct Start {
     pub config: crate::journal::ConfigStamp,
     /// The sessions' batches (and reloads).
     pub rx: mpsc::Receiver<Ingress>,
+    /// The custodian's ARCHIVED and PRUNE records.
+    pub custody: mpsc::Receiver<crate::journal::Custody>,
     /// One link per configured pool, in slot order.
     pub pools: Vec<PoolLink>,
     /// Pool slot of each listener slot.
@@ -489,6 +491,7 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
         metrics,
         config,
         mut rx,
+        mut custody,
         pools,
         mut routes,
         abort,
@@ -534,7 +537,14 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
                 .enable_time()
                 .build()
                 .expect("a current-thread runtime builds");
-            rt.block_on(run::run(&mut w, &mut rx, &mut outputs, &mut routes, &abort));
+            rt.block_on(run::run(
+                &mut w,
+                &mut rx,
+                &mut custody,
+                &mut outputs,
+                &mut routes,
+                &abort,
+            ));
             drop(outputs);
             // Let the dispatchers finish, keeping the checkpoints going, so
             // the final DELIVERY records say where delivery really got to.

@@ -164,6 +164,7 @@ pub(super) const MAX_ITEMS_PER_WRITE: usize = 256;
 pub(super) async fn run(
     w: &mut Writer,
     rx: &mut mpsc::Receiver<Ingress>,
+    custody: &mut mpsc::Receiver<crate::journal::Custody>,
     outputs: &mut Vec<Offer>,
     routes: &mut Vec<Option<usize>>,
     abort: &CancellationToken,
@@ -220,6 +221,16 @@ pub(super) async fn run(
                 if n == 0 {
                     return;
                 }
+            }
+            // Even while blocked: retention's PRUNE frees the space.
+            Some(c) = custody.recv() => {
+                staged.append(w, outputs);
+                w.push_custody(c);
+                if !commit(w, abort, &mut backoff).await {
+                    return;
+                }
+                offer(w, outputs);
+                continue;
             }
         }
         if blocked {
@@ -297,10 +308,6 @@ pub(super) async fn run(
                     // Records stay in arrival order.
                     staged.append(w, outputs);
                     w.append_gap(&listener, &client.to_string(), reason, count);
-                }
-                Ingress::Custody(c) => {
-                    staged.append(w, outputs);
-                    w.push_custody(c);
                 }
                 Ingress::Reconfigure(rc) => {
                     staged.append(w, outputs);
