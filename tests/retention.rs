@@ -683,3 +683,35 @@ fn retention_frees_a_full_journal_once_its_frames_are_delivered() {
     let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
     assert_eq!(code, 0, "{out}");
 }
+
+/// `max-age` alone: segments closed longer ago than it go (after their
+/// frames are delivered), the journal keeps going, and what is left
+/// verifies.
+#[test]
+fn max_age_prunes_old_segments_without_a_byte_limit() {
+    let dir = scratch_dir("retention-age");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let cfg = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-age = \"1s\"")
+        .write();
+    let journal = dir.join("journal");
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    gen_ids(addr, 2, 4_000, &[]);
+    wait_all_ids(&[&sink_log], 4_000, 60);
+    let closed = segments(&journal).len() as f64 - 1.0;
+    assert!(closed >= 10.0);
+    wait_metric(admin, "auditlb_journal_pruned_segments_total", closed, 30);
+    assert!(segments(&journal).len() <= 3, "{:?}", segments(&journal));
+    gen_ids(addr, 1, 1_000, &["--id-base", "4000"]);
+    wait_all_ids(&[&sink_log], 5_000, 60);
+    stop(&mut lb);
+    let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pruned"), "{out}");
+}
