@@ -9,9 +9,12 @@
 //! checkpoint that seals their record:
 //!
 //! ```text
-//! a1 <journal id> <segment no> <first seq> <last seq> <end chain> <file sha256> <record seq> <time_ns> <location>
-//! p1 <journal id> <first segment no> <end segment no> <end seq> <end chain> <end epoch> <record seq> <time_ns>
+//! a1 <journal id> <segment no> <first seq> <last seq> <end chain> <file sha256> <record seq> <time_ns> <location> .
+//! p1 <journal id> <first segment no> <end segment no> <end seq> <end chain> <end epoch> <record seq> <time_ns> .
 //! ```
+//!
+//! The final `.` says the line is whole: one cut short by a crash (and
+//! closed by the next append) never parses as a shorter, valid one.
 //!
 //! The file binds a journal: its first line names the journal it belongs
 //! to, and a journal directory holding any other journal (wiped,
@@ -71,14 +74,26 @@ impl Anchor {
     /// append was cut short: the start of one, field by field.
     fn is_torn(line: &str) -> bool {
         let f: Vec<&str> = line.split(' ').collect();
-        if f[0] == "a1" || f[0] == "p1" {
-            // A custody line cut short: the fields it has are numbers,
-            // hex, or (last of an a1 line) a location.
-            let max = if f[0] == "a1" { 10 } else { 9 };
-            return f.len() < max
-                && f.iter()
-                    .skip(1)
-                    .all(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit()));
+        let custody = match f[0] {
+            "a" | "a1" => Some((true, 11)),
+            "p" | "p1" => Some((false, 10)),
+            _ => None,
+        };
+        if let Some((archived, max)) = custody {
+            // A custody line cut short: a prefix of one, field by field
+            // (numbers and hex; an a1 line's location; never its final
+            // `.`, which only a whole line has).
+            return (f.len() == 1 || f[0].len() == 2)
+                && f.len() <= max
+                && f.iter().enumerate().skip(1).all(|(i, v)| {
+                    if i == max - 1 {
+                        v.is_empty()
+                    } else if archived && i == 9 {
+                        true
+                    } else {
+                        v.len() <= 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
+                    }
+                });
         }
         // (longest, digits only) per field; "v1" first.
         let shapes: [(usize, bool); 7] = [
@@ -121,7 +136,7 @@ impl ArchivedLine {
     pub fn line(&self, time_ns: i64) -> String {
         let s = &self.segment;
         format!(
-            "a1 {} {} {} {} {} {} {} {} {}\n",
+            "a1 {} {} {} {} {} {} {} {} {} .\n",
             hex(&self.journal_id),
             s.segment_no,
             s.first_seq,
@@ -136,7 +151,7 @@ impl ArchivedLine {
 
     fn parse(line: &str) -> Option<ArchivedLine> {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 10 || f[0] != "a1" {
+        if f.len() != 11 || f[0] != "a1" || f[10] != "." {
             return None;
         }
         f[8].parse::<i64>().ok()?;
@@ -173,7 +188,7 @@ pub struct PruneLine {
 impl PruneLine {
     pub fn line(&self, time_ns: i64) -> String {
         format!(
-            "p1 {} {} {} {} {} {} {} {}\n",
+            "p1 {} {} {} {} {} {} {} {} .\n",
             hex(&self.journal_id),
             self.first_segment_no,
             self.end_segment_no,
@@ -185,9 +200,20 @@ impl PruneLine {
         )
     }
 
+    /// Whether this line states the PRUNE record at `record_seq` with
+    /// `body`, field by field.
+    pub fn matches(&self, record_seq: u64, body: &super::format::PruneBody) -> bool {
+        self.record_seq == record_seq
+            && body.segments.first().map(|s| s.segment_no) == Some(self.first_segment_no)
+            && self.end_segment_no == body.end_segment_no
+            && self.end_seq == body.end_seq
+            && self.end_chain == body.end_chain
+            && self.end_epoch == body.end_epoch
+    }
+
     fn parse(line: &str) -> Option<PruneLine> {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 9 || f[0] != "p1" {
+        if f.len() != 10 || f[0] != "p1" || f[9] != "." {
             return None;
         }
         f[8].parse::<i64>().ok()?;
@@ -465,11 +491,17 @@ mod tests {
         assert_eq!(p.prunes, vec![pr.clone()]);
         assert!(p.bad_lines.is_empty() && p.torn_lines.is_empty());
         assert_eq!(p.prunes_of(&[7; 16]).count(), 1);
-        // A custody line cut short and closed by the next append is torn,
-        // not garbage; the same line edited is garbage.
-        let torn = &pr.line(3)[..50];
-        let p = Anchors::parse(&format!("{}{torn}\n{}", a.line(1), a.line(2)));
-        assert_eq!(p.torn_lines, vec![2]);
+        // A custody line cut short anywhere and closed by the next append
+        // is torn, never garbage and never a shorter valid line; the same
+        // line edited is garbage.
+        for whole in [pr.line(3), arch.line(2)] {
+            let whole = whole.trim_end();
+            for cut in 1..whole.len() {
+                let p = Anchors::parse(&format!("{}{}\n{}", a.line(1), &whole[..cut], a.line(2)));
+                assert_eq!(p.torn_lines, vec![2], "cut at {cut}: {}", &whole[..cut]);
+                assert!(p.archived.is_empty() && p.prunes.is_empty(), "cut at {cut}");
+            }
+        }
         let p = Anchors::parse(&format!("{}p1 zz\n", a.line(1)));
         assert_eq!(p.bad_lines, vec![2]);
     }

@@ -582,6 +582,7 @@ impl PruneBody {
         }) && last.segment_no == self.end_segment_no
             && last.last_seq == self.end_seq
             && last.end_chain == self.end_chain
+            && self.end_epoch < self.end_seq
     }
 
     /// The listed segment a journal starting at (`segment_no`, `first_seq`,
@@ -932,7 +933,28 @@ mod tests {
             ],
         };
         let enc = p.encode();
-        assert_eq!(PruneBody::decode(&enc), Some(p));
+        assert_eq!(PruneBody::decode(&enc), Some(p.clone()));
+        // As auditlb writes it: the list runs up to the stated end, and an
+        // epoch is never more than the records before it.
+        let mut ok = p.clone();
+        ok.segments[1].first_seq = 200;
+        ok.segments[1].last_seq = 250;
+        ok.segments[1].end_chain = [7; 32];
+        assert!(ok.consistent());
+        assert_eq!(ok.covers_start(5, 251, &[7; 32]), Some(1));
+        assert_eq!(ok.covers_start(4, 200, &[5; 32]), Some(0));
+        assert_eq!(ok.covers_start(5, 252, &[7; 32]), None);
+        assert!(!p.consistent());
+        let huge = PruneBody {
+            end_epoch: u64::MAX,
+            ..ok.clone()
+        };
+        assert!(!huge.consistent());
+        assert!(!PruneBody {
+            segments: vec![],
+            ..ok
+        }
+        .consistent());
         for cut in 0..enc.len() {
             assert_eq!(PruneBody::decode(&enc[..cut]), None);
         }

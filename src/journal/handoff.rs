@@ -143,6 +143,12 @@ impl Cursor {
     pub fn get(&self) -> u64 {
         self.below.load(Ordering::Acquire)
     }
+
+    /// Whether a dispatcher still holds this cursor (false once a removed
+    /// pool's dispatcher has finished).
+    pub fn in_use(&self) -> bool {
+        Arc::strong_count(&self.below) > 1
+    }
 }
 
 /// Where a removed pool ends: the last seq that may hold one of its

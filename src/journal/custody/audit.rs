@@ -13,7 +13,9 @@ use super::store::Archive;
 use crate::journal::anchors::Anchors;
 use crate::journal::format::{hex, segment_name, unhex, Hash, Header};
 use crate::journal::reader::{list_entries, Mapped};
-use crate::journal::verify::{verify_sources, Class, Failure, Fetch, Report, Source, VerifyError};
+use crate::journal::verify::{
+    verify_sources_from, Class, Failure, Fetch, Report, Source, VerifyError,
+};
 
 fn runtime() -> Result<tokio::runtime::Runtime, VerifyError> {
     // Multi-thread: segments are fetched with `Handle::block_on` from the
@@ -132,10 +134,19 @@ fn verify_one(
             (!text.is_empty()).then(|| (label.join("anchors"), Anchors::parse(&text)))
         }
     };
-    // What each `a1` line says the archive holds.
+    // What each `a1` line says this archive holds (lines of another
+    // archive URL say nothing about this one).
     let mut expected: HashMap<u64, (Hash, Option<String>, u64)> = HashMap::new();
     if let Some((_, a)) = &anchors {
-        for l in a.archived.iter().filter(|l| l.journal_id == id) {
+        for l in a.archived.iter().filter(|l| {
+            l.journal_id == id
+                && l.location.split("?versionId=").next()
+                    == Some(
+                        archive
+                            .location(&archive.segment_path(&id, l.segment.first_seq))
+                            .as_str(),
+                    )
+        }) {
             let version = l
                 .location
                 .split_once("?versionId=")
@@ -246,7 +257,11 @@ fn verify_one(
             not_archived = Some(limit);
         }
     }
-    let mut rep = verify_sources(&label, sources, anchors, key)?;
+    // An archive that starts after segment 0 (archiving began after a
+    // prune): the PRUNE record its `p1` line names covers the start.
+    let boundary = archive_boundary(rt, archive, &id, &listed, &local_entries, anchors.as_ref())
+        .or_else(|| crate::journal::verify::find_boundary(&sources));
+    let mut rep = verify_sources_from(&label, sources, anchors, key, boundary)?;
     if rep.failure.is_none() {
         let mut pr = problems.lock().unwrap_or_else(|e| e.into_inner());
         if !pr.is_empty() {
@@ -259,6 +274,47 @@ fn verify_one(
         ));
     }
     Ok(rep)
+}
+
+/// The PRUNE record that covers the start of an archive which begins after
+/// segment 0: found through the anchors' `p1` lines, read from the segment
+/// that holds it (local, or fetched).
+fn archive_boundary(
+    rt: &tokio::runtime::Runtime,
+    archive: &Archive,
+    id: &[u8; 16],
+    listed: &[(u64, object_store::path::Path, u64)],
+    local: &[crate::journal::reader::SegmentFile],
+    anchors: Option<&(PathBuf, Anchors)>,
+) -> Option<crate::journal::verify::Boundary> {
+    let (_, a) = anchors?;
+    let (_, first, _) = listed.first()?;
+    let head = rt.block_on(archive.get(first)).ok()?;
+    let h = Header::decode(&head).ok()?;
+    if h.segment_no == 0 {
+        return None;
+    }
+    let line = a
+        .prunes_of(id)
+        .filter(|p| p.end_seq.checked_add(1) == Some(h.first_seq) && p.end_chain == h.prev_chain)
+        .last()?;
+    // The segment holding the PRUNE record: the last starting at or before it.
+    let holder =
+        |names: &mut dyn Iterator<Item = u64>| names.filter(|s| *s <= line.record_seq).max();
+    let from_local = holder(&mut local.iter().map(|e| e.name_seq));
+    let from_archive = holder(&mut listed.iter().map(|(s, _, _)| *s));
+    let bytes = match (from_local, from_archive) {
+        (Some(l), a) if a.is_none_or(|a| l >= a) => {
+            let e = local.iter().find(|e| e.name_seq == l)?;
+            Mapped::map(&e.path).ok()?.bytes().to_vec()
+        }
+        (_, Some(a)) => {
+            let (_, p, _) = listed.iter().find(|(s, _, _)| *s == a)?;
+            rt.block_on(archive.get(p)).ok()?.to_vec()
+        }
+        _ => return None,
+    };
+    crate::journal::verify::prune_covering(&bytes, &h).filter(|b| b.record_seq == line.record_seq)
 }
 
 /// The first seq an object's name gives.

@@ -142,6 +142,8 @@ struct Custodian {
     walker: Option<Walker>,
     /// Self-verification failed: nothing more is archived or deleted.
     failed: bool,
+    /// Archive and retention paused for a tamper alarm (logged once).
+    paused: bool,
     /// Name seq of the last segment walked.
     walked_to: Option<u64>,
     segs: VecDeque<Seg>,
@@ -150,6 +152,8 @@ struct Custodian {
     anchors_read: u64,
     anchors_partial: Vec<u8>,
     anchors_pending: VecDeque<Anchor>,
+    /// Lines below this seq are not checked (their checkpoints were let go).
+    anchors_unchecked_below: u64,
     archive: Option<Archive>,
     /// Bytes of the anchors file the archive holds (`None`: not listed yet).
     anchors_archived: Option<u64>,
@@ -173,11 +177,13 @@ impl Custodian {
             stop: s.stop,
             walker: None,
             failed: false,
+            paused: false,
             walked_to: None,
             segs: VecDeque::new(),
             anchors_read: 0,
             anchors_partial: Vec::new(),
             anchors_pending: VecDeque::new(),
+            anchors_unchecked_below: 0,
             archive,
             anchors_archived: None,
             retry_at: Instant::now(),
@@ -185,14 +191,28 @@ impl Custodian {
         })
     }
 
+    /// Whether any tamper alarm is up (start-up recovery's, a reader's,
+    /// one an earlier run raised and nobody cleared, or ours): then
+    /// nothing is archived or deleted until an operator has looked.
+    fn alarmed(&mut self) -> bool {
+        let up = self.failed || self.metrics.tampered.get() != 0;
+        if up && !self.paused {
+            self.paused = true;
+            tracing::error!(journal = %self.cfg.dir.display(), alarm_file = %super::writer::alarm_path(&self.cfg.dir).display(), "tamper alarm is up: archive and retention are paused (self-verification goes on)");
+        }
+        up
+    }
+
     async fn run(&mut self) {
-        if let Err(e) = self.finish_prune() {
-            tracing::error!(journal = %self.cfg.dir.display(), error = %e, "journal custodian: cannot finish the prune an earlier run began");
+        if !self.alarmed() {
+            if let Err(e) = self.finish_prune() {
+                tracing::error!(journal = %self.cfg.dir.display(), error = %e, "journal custodian: cannot finish the prune an earlier run began");
+            }
         }
         loop {
             self.verify_closed();
             self.check_anchors();
-            if !self.failed {
+            if !self.alarmed() {
                 if self.archive.is_some() && Instant::now() >= self.retry_at {
                     match self.archive_step().await {
                         Ok(()) => self.backoff = Duration::from_secs(1),
@@ -204,7 +224,9 @@ impl Custodian {
                         }
                     }
                 }
-                if let Err(e) = self.retention_step().await {
+                if self.alarmed() {
+                    // Raised by the archive step (a file changed).
+                } else if let Err(e) = self.retention_step().await {
                     tracing::error!(journal = %self.cfg.dir.display(), error = %e, "retention: prune failed; retrying");
                 }
             }
@@ -370,24 +392,37 @@ impl Custodian {
             return;
         };
         let first = walker.rep.first_seq.unwrap_or(0);
-        // Read on only while few lines wait: at start the file holds lines
-        // for segments not walked yet.
-        let wanted = self.anchors_pending.len() < MAX_PENDING_ANCHORS / 2;
-        if let Err(e) = wanted
-            .then(|| self.read_anchors(&path, &id, first))
-            .transpose()
-        {
-            tracing::warn!(anchors = %path.display(), error = %e, "self-verification: cannot read the anchors file");
+        let last = walker.rep.last_seq.unwrap_or(0);
+        // Read until the lines reach the checkpoints walked (at start the
+        // file holds the whole history), but never far past them.
+        loop {
+            let caught_up = self.anchors_pending.back().is_some_and(|a| a.seq > last)
+                || self.anchors_pending.len() >= MAX_PENDING_ANCHORS / 2;
+            if caught_up || self.failed {
+                break;
+            }
+            let before = self.anchors_read;
+            if let Err(e) = self.read_anchors(&path, &id, first) {
+                tracing::warn!(anchors = %path.display(), error = %e, "self-verification: cannot read the anchors file");
+                return;
+            }
+            if self.anchors_read == before {
+                break;
+            }
+        }
+        if self.failed {
             return;
         }
         let walker = self.walker.as_mut().expect("checked");
-        let last = walker.rep.last_seq.unwrap_or(0);
         let mut matched = None;
         let mut bad = None;
         // Every line of a checkpoint walked, wherever it is in the queue
         // (a line claiming a seq far ahead must not hold the others up).
         let mut later = VecDeque::with_capacity(self.anchors_pending.len());
         while let Some(a) = self.anchors_pending.pop_front() {
+            if a.seq < self.anchors_unchecked_below {
+                continue;
+            }
             if a.seq > last {
                 later.push_back(a);
                 continue;
@@ -405,6 +440,14 @@ impl Custodian {
         if let Some(s) = matched {
             walker.forget_checkpoints_below(s + 1);
         }
+        if walker.checkpoints_kept() > MAX_PENDING_ANCHORS {
+            // Anchor lines are not coming (the sync thread cannot write
+            // them): stop waiting for these, and do not hold it against
+            // lines that come later for them.
+            tracing::warn!(journal = %self.cfg.dir.display(), below = last + 1, "self-verification: checkpoints without anchor lines; not kept for them");
+            walker.forget_checkpoints_below(last + 1);
+            self.anchors_unchecked_below = last + 1;
+        }
         if let Some(m) = bad {
             self.alarm("MODIFIED", format!("anchors {}: {m}", path.display()));
         }
@@ -414,9 +457,29 @@ impl Custodian {
     fn read_anchors(&mut self, path: &Path, id: &[u8; 16], first: u64) -> io::Result<()> {
         let mut f = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.anchors_read == 0 => {
+                return Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.alarm(
+                    "DELETED",
+                    format!("anchors {}: the file is gone", path.display()),
+                );
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
+        if f.metadata()?.len() < self.anchors_read {
+            self.alarm(
+                "TAIL_TRUNCATED",
+                format!(
+                    "anchors {}: the file is shorter than the {} bytes already read",
+                    path.display(),
+                    self.anchors_read
+                ),
+            );
+            return Ok(());
+        }
         f.seek(SeekFrom::Start(self.anchors_read))?;
         let mut buf = Vec::new();
         (&mut f).take(4 << 20).read_to_end(&mut buf)?;
@@ -696,12 +759,17 @@ impl Custodian {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("{}: {e}", marker.display())),
         };
-        let seq = text
+        let Some(seq) = text
             .lines()
             .next()
             .and_then(|l| l.strip_prefix("auditlb-prune v1 "))
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("{}: not a prune marker", marker.display()))?;
+        else {
+            // Markers are written whole (renamed into place): this one is
+            // not auditlb's. Nothing is deleted on its word.
+            tracing::warn!(marker = %marker.display(), "not a prune marker; removed, nothing deleted");
+            return finish_marker(&dir).map_err(|e| e.to_string());
+        };
         let Some(body) = find_prune(&dir, seq) else {
             self.alarm(
                 "DELETED",
@@ -742,16 +810,23 @@ impl Custodian {
     }
 }
 
-/// The PRUNE record at `seq` in the journal, if there is one.
+/// The PRUNE record at `seq` in the journal, if there is one as auditlb
+/// writes it: consistent, and sealed by the checkpoint right after it.
 fn find_prune(dir: &Path, seq: u64) -> Option<PruneBody> {
     let segs = list_segments(dir).ok()?;
     let seg = segs.iter().rev().find(|s| s.name_seq <= seq)?;
     let m = Mapped::map(&seg.path).ok()?;
-    Records::new(m.bytes())
+    let mut recs = Records::new(m.bytes())
         .map_while(Result::ok)
-        .find(|(_, r)| r.seq == seq)
-        .filter(|(_, r)| r.kind() == Some(RecordType::Prune))
-        .and_then(|(_, r)| PruneBody::decode(r.body))
+        .skip_while(|(_, r)| r.seq != seq);
+    let (_, r) = recs.next()?;
+    let sealed = recs
+        .next()
+        .is_some_and(|(_, n)| n.kind().is_some_and(RecordType::is_checkpoint));
+    (r.kind() == Some(RecordType::Prune) && sealed)
+        .then(|| PruneBody::decode(r.body))
+        .flatten()
+        .filter(PruneBody::consistent)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -765,9 +840,12 @@ fn write_marker(dir: &Path, seq: u64, names: &[String]) -> io::Result<()> {
         text.push_str(n);
         text.push('\n');
     }
-    let mut f = File::create(&path)?;
+    // Whole or not at all: written aside, then renamed into place.
+    let tmp = dir.join("prune.pending.tmp");
+    let mut f = File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
     sync_dir(dir)
 }
 

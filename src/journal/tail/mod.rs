@@ -203,6 +203,9 @@ impl PoolTail {
                 Some(s) => {
                     tracing::warn!(journal = %self.dir.display(), pool = %self.pool, from = self.next_seq, first = s.name_seq, "no segment holds the next seq; reading on from the next segment");
                     self.next_seq = s.name_seq;
+                    // Not the segment after the one read last (retention
+                    // deleted what was between): nothing to link to.
+                    self.link = None;
                     s
                 }
                 None => return Ok(false),

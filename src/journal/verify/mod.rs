@@ -21,6 +21,11 @@ use super::seal::{key_at, ratchet, seal, SealInput};
 /// How many later epoch keys are tried to tell WRONG_EPOCH from BAD_SEAL.
 const EPOCH_LOOKAHEAD: u64 = 64;
 
+/// Most epochs a key is derived through (one HMAC each): 34 years of one
+/// checkpoint a second. A checkpoint claiming more is crafted, and
+/// deriving its key would keep `verify` busy for ever.
+const MAX_EPOCH: u64 = 1 << 30;
+
 mod report;
 pub use report::{json_str, printable, Class, Failure, Report};
 
@@ -115,28 +120,34 @@ pub fn find_boundary(sources: &[Source]) -> Option<Boundary> {
     }
     // The newest such record: prunes are recent, so from the newest
     // segment back, stopping at the first segment that has one.
-    let mut found = None;
     for src in sources.iter().rev() {
         let Fetch::Local(p) = &src.fetch else {
             continue;
         };
         let Ok(m) = Mapped::map(p) else { continue };
-        for (_, r) in Records::new(m.bytes()).map_while(Result::ok) {
-            if r.kind() != Some(RecordType::Prune) {
-                continue;
-            }
-            if let Some(b) = super::format::PruneBody::decode(r.body) {
-                if let Some(at) = b.covers_start(h.segment_no, h.first_seq, &h.prev_chain) {
-                    found = Some(Boundary {
-                        record_seq: r.seq,
-                        body: b,
-                        at,
-                    });
-                }
-            }
+        if let Some(b) = prune_covering(m.bytes(), &h) {
+            return Some(b);
         }
-        if found.is_some() {
-            break;
+    }
+    None
+}
+
+/// The last PRUNE record in a segment's `bytes` that covers a journal
+/// starting with `first` (the header of its first segment).
+pub fn prune_covering(bytes: &[u8], first: &Header) -> Option<Boundary> {
+    let mut found = None;
+    for (_, r) in Records::new(bytes).map_while(Result::ok) {
+        if r.kind() != Some(RecordType::Prune) {
+            continue;
+        }
+        if let Some(b) = super::format::PruneBody::decode(r.body) {
+            if let Some(at) = b.covers_start(first.segment_no, first.first_seq, &first.prev_chain) {
+                found = Some(Boundary {
+                    record_seq: r.seq,
+                    body: b,
+                    at,
+                });
+            }
         }
     }
     found
@@ -172,13 +183,34 @@ pub fn verify(
 }
 
 /// Walks `sources` (one journal's segments, in order, from a directory or
-/// an archive) against `anchors`.
+/// an archive) against `anchors`; a pruned start is looked for in the
+/// local sources ([`find_boundary`]).
 pub fn verify_sources(
     journal: &Path,
     sources: Vec<Source>,
     anchors: Option<(PathBuf, Anchors)>,
     key: Option<&Hash>,
 ) -> Result<Report, VerifyError> {
+    let boundary = find_boundary(&sources);
+    verify_sources_from(journal, sources, anchors, key, boundary)
+}
+
+/// [`verify_sources`] with the PRUNE record a pruned start rests on
+/// already found (from an archive, where it is fetched by its `p1` line).
+pub fn verify_sources_from(
+    journal: &Path,
+    sources: Vec<Source>,
+    anchors: Option<(PathBuf, Anchors)>,
+    key: Option<&Hash>,
+    mut boundary: Option<Boundary>,
+) -> Result<Report, VerifyError> {
+    // With anchors, a boundary their `p1` lines do not state is none at
+    // all: found before the walk, so its epochs never drive key derivation.
+    if let (Some(b), Some((_, a))) = (&boundary, &anchors) {
+        if !a.prunes.iter().any(|p| p.matches(b.record_seq, &b.body)) {
+            boundary = None;
+        }
+    }
     let mut rep = Report {
         seals_checked: key.is_some(),
         ..Report::default()
@@ -220,7 +252,7 @@ pub fn verify_sources(
         a.bound()
             .map(|id| (id, a.of(&id).map(|x| x.seq).max().unwrap_or(0)))
     });
-    let mut walker = Walker::new(key.copied(), bound, find_boundary(&sources));
+    let mut walker = Walker::new(key.copied(), bound, boundary);
     walker.rep.seals_checked = key.is_some();
     let n = sources.len();
     for (k, src) in sources.into_iter().enumerate() {
@@ -238,6 +270,9 @@ pub fn verify_sources(
         if walker.segment(info, bytes, k + 1 == n) == Step::Stop {
             break;
         }
+        // Only the custodian uses them: not kept for a whole journal.
+        walker.archived.clear();
+        walker.pruned.clear();
     }
     Ok(walker.finish(anchors.as_ref().map(|(p, a)| (p.as_path(), a))))
 }
@@ -345,6 +380,11 @@ impl Walker {
             )),
             None => Err(format!("anchored seq {} is not a checkpoint of the journal", a.seq)),
         }
+    }
+
+    /// How many walked checkpoints are kept for anchor lines.
+    pub fn checkpoints_kept(&self) -> usize {
+        self.w.checkpoints.len()
     }
 
     /// Lets go of the checkpoints below `seq` (self-verification keeps
@@ -912,14 +952,9 @@ impl Walker {
         // every field, and its sealing checkpoint must be anchored.
         if let (Some(pruned_to), Some(b)) = (rep.pruned_to, &self.boundary) {
             let body = &b.body;
-            let own = all.prunes_of(&journal_id).any(|p| {
-                p.record_seq == b.record_seq
-                    && p.first_segment_no == body.segments[0].segment_no
-                    && p.end_segment_no == body.end_segment_no
-                    && p.end_seq == body.end_seq
-                    && p.end_chain == body.end_chain
-                    && p.end_epoch == body.end_epoch
-            });
+            let own = all
+                .prunes_of(&journal_id)
+                .any(|p| p.matches(b.record_seq, body));
             let sealed = all.of(&journal_id).any(|a| a.seq == b.record_seq + 1);
             if !own || !sealed {
                 rep.failure = Some(Failure {
@@ -1086,6 +1121,16 @@ impl Walk {
                     format!("epoch {} does not advance from {last}", cp.epoch),
                 ));
             }
+        }
+        if cp.epoch >= r.seq || cp.epoch > MAX_EPOCH {
+            // One epoch per checkpoint, and every checkpoint is a record.
+            return Err((
+                Class::EpochGap,
+                format!(
+                    "epoch {} is more than the journal has records or than any key is derived through",
+                    cp.epoch
+                ),
+            ));
         }
         self.last_epoch = Some(cp.epoch);
         if cp.covered_seq.checked_add(1) != Some(r.seq) || &cp.covered_chain != prev {

@@ -48,7 +48,11 @@ impl Writer {
         let below = self
             .delivery
             .iter()
-            .filter(|c| !self.closed_pools.get(c.pool).copied().unwrap_or(false))
+            // A removed pool holds retention back until its dispatcher
+            // has finished what it still delivers.
+            .filter(|c| {
+                !self.closed_pools.get(c.pool).copied().unwrap_or(false) || c.cursor.in_use()
+            })
             .map(|c| c.cursor.get().max(c.recorded))
             .min()
             .unwrap_or(self.next_seq);
