@@ -715,3 +715,62 @@ fn max_age_prunes_old_segments_without_a_byte_limit() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("pruned"), "{out}");
 }
+
+/// Archiving is switched on for a journal that retention has already
+/// pruned: the archive starts after segment 0, and `verify --archive`
+/// rests that start on the PRUNE record the anchors name, as local verify
+/// does. A local archive directory (`file://`) is the target here.
+#[test]
+fn an_archive_begun_after_a_prune_verifies() {
+    let dir = scratch_dir("archive-late");
+    let sink_log = dir.join("sink.log");
+    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let journal = dir.join("journal");
+    let base = TestConfig::at(&dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0");
+    let cfg = base
+        .clone()
+        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"256KiB\"")
+        .write();
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    gen_ids(addr, 2, 4_000, &[]);
+    wait_all_ids(&[&sink_log], 4_000, 60);
+    wait_metric(admin, "auditlb_journal_pruned_segments_total", 5.0, 30);
+    stop(&mut lb);
+
+    let archive = dir.join("archive");
+    let url = format!("file://{}/", archive.display());
+    let cfg = base
+        .journal(&format!(
+            "segment-size = \"64KiB\"\n[journal.archive]\nurl = \"{url}\"\n[journal.retention]\nmax-bytes = \"256KiB\""
+        ))
+        .write();
+    let (mut lb, log) = spawn_auditlb_logged(&cfg);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    gen_ids(addr, 2, 4_000, &["--id-base", "4000"]);
+    wait_all_ids(&[&sink_log], 8_000, 60);
+    wait_metric(admin, "auditlb_archive_segments_total", 5.0, 30);
+    stop(&mut lb);
+    let anchors = dir.join("anchors.log");
+    let (code, out, err) = auditlb_cli(
+        &[
+            "verify",
+            "--archive",
+            &url,
+            "--journal",
+            journal.to_str().unwrap(),
+            "--anchors",
+            anchors.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pruned"), "{out}");
+    let (code, out, err) = auditlb_cli(&["verify", "--archive", &url], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+}

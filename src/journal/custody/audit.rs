@@ -251,9 +251,12 @@ fn verify_one(
             .map(|l| l.segment.last_seq)
             .max()
             .unwrap_or(0);
-        let before = a.lines.len();
+        let before = (a.lines.len(), sources.len());
         a.lines.retain(|x| x.journal_id != id || x.seq <= limit);
-        if a.lines.len() < before {
+        // Segments archived after the archived anchors were last uploaded
+        // have no `a1` line there yet: nothing vouches for them.
+        sources.retain(|s| s.name_seq <= limit);
+        if (a.lines.len(), sources.len()) != before {
             not_archived = Some(limit);
         }
     }
