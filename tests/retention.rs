@@ -48,6 +48,49 @@ fn wait_metric(admin: std::net::SocketAddr, name: &str, at_least: f64, secs: u64
     }
 }
 
+/// auditlb (the binary) over one backend, with anchors, an admin endpoint,
+/// extra `[journal]` lines and extra environment: its config file, process,
+/// log, listener and admin addresses.
+fn start(
+    dir: &Path,
+    backend: std::net::SocketAddr,
+    journal: &str,
+    env: &[(String, String)],
+) -> (
+    PathBuf,
+    Proc,
+    Log,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let cfg = TestConfig::at(dir)
+        .backend_addrs(&[backend])
+        .anchors()
+        .admin("127.0.0.1:0")
+        .journal(journal)
+        .write();
+    let (lb, log) = spawn_auditlb_env(&cfg, env);
+    let addr = log.wait_addr("listening", None);
+    let admin = log.wait_addr("admin endpoint", None);
+    (cfg, lb, log, addr, admin)
+}
+
+/// A backend logging to `dir/sink.log`: its process, address and log.
+fn sink_in(dir: &Path) -> (Proc, std::net::SocketAddr, PathBuf) {
+    let log = dir.join("sink.log");
+    let (p, addr) = spawn_sink("127.0.0.1:0", "octet", &log, &[]);
+    (p, addr, log)
+}
+
+/// Stops auditlb cleanly, then `verify` with its anchors: intact, with a
+/// pruned start.
+fn stop_and_verify_pruned(lb: &mut Proc, dir: &Path) {
+    stop(lb);
+    let (code, out) = verify_cli(&dir.join("journal"), &dir.join("anchors.log"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pruned"), "{out}");
+}
+
 /// SIGTERM and wait for a clean exit.
 fn stop(p: &mut Proc) {
     p.signal(libc::SIGTERM);
@@ -88,15 +131,7 @@ fn copy_dir(from: &Path, to: &Path) {
 fn retention_keeps_undelivered_segments_and_verify_accepts_only_the_pruned_gap() {
     let dir = scratch_dir("retention-bytes");
     let backend = free_addr();
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[backend])
-        .anchors()
-        .admin("127.0.0.1:0")
-        .journal("segment-size = \"64KiB\"\ndisk-budget = \"64MiB\"\n[journal.retention]\nmax-bytes = \"512KiB\"")
-        .write();
-    let (mut lb, log) = spawn_auditlb_logged(&cfg);
-    let addr = log.wait_addr("listening", None);
-    let admin = log.wait_addr("admin endpoint", None);
+    let (_cfg, mut lb, _log, addr, admin) = start(&dir, backend, "segment-size = \"64KiB\"\ndisk-budget = \"64MiB\"\n[journal.retention]\nmax-bytes = \"512KiB\"", &[]);
     let journal = dir.join("journal");
     gen_ids(addr, 4, 20_000, &[]);
     wait_metric(admin, "auditlb_journal_records_total", 20_000.0, 30);
@@ -203,8 +238,7 @@ fn a_crash_in_the_middle_of_the_unlinks_leaves_a_journal_that_verifies() {
 
 fn crash_during_prune(failpoint: &str) {
     let dir = scratch_dir("retention-crash");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let cfg = TestConfig::at(&dir)
         .backend_addrs(&[backend])
         .anchors()
@@ -266,10 +300,7 @@ fn crash_during_prune(failpoint: &str) {
     }
     gen_ids(addr, 2, 3_000, &["--id-base", "8000"]);
     wait_all_ids(&[&sink_log], 11_000, 60);
-    stop(&mut lb);
-    let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("pruned"), "{out}");
+    stop_and_verify_pruned(&mut lb, &dir);
 }
 
 /// An intruder edits a closed segment while auditlb is stopped; start-up
@@ -278,18 +309,9 @@ fn crash_during_prune(failpoint: &str) {
 #[test]
 fn self_verification_catches_a_segment_edited_while_stopped_and_stops_retention() {
     let dir = scratch_dir("self-verify");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[backend])
-        .anchors()
-        .admin("127.0.0.1:0")
-        .journal("segment-size = \"64KiB\"")
-        .write();
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let journal = dir.join("journal");
-    let (mut lb, log) = spawn_auditlb_logged(&cfg);
-    let addr = log.wait_addr("listening", None);
-    let admin = log.wait_addr("admin endpoint", None);
+    let (_cfg, mut lb, _log, addr, admin) = start(&dir, backend, "segment-size = \"64KiB\"", &[]);
     gen_ids(addr, 2, 6_000, &[]);
     wait_all_ids(&[&sink_log], 6_000, 60);
     wait_metric(admin, "auditlb_journal_verified_seq", 5_000.0, 30);
@@ -338,8 +360,7 @@ fn two_instances_archive_to_s3_and_one_verify_checks_both() {
     s3.bucket_with_lock("audit");
     let env = s3.env();
     let dir = scratch_dir("archive-s3");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let mut lbs = Vec::new();
     for (i, name) in ["a", "b"].iter().enumerate() {
         let d = dir.join(name);
@@ -505,8 +526,7 @@ fn a_forged_prune_record_does_not_cover_deleted_segments() {
     use auditlb::journal::reader::Records;
     use sha2::Digest;
     let dir = scratch_dir("forged-prune");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let cfg = TestConfig::at(&dir)
         .backend_addrs(&[backend])
         .anchors()
@@ -615,18 +635,14 @@ fn a_forged_prune_record_does_not_cover_deleted_segments() {
 #[test]
 fn a_stray_file_named_like_a_later_segment_never_gets_the_open_segment_pruned() {
     let dir = scratch_dir("stray-segment");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[backend])
-        .anchors()
-        .admin("127.0.0.1:0")
-        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"128KiB\"")
-        .write();
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let journal = dir.join("journal");
-    let (mut lb, log) = spawn_auditlb_logged(&cfg);
-    let addr = log.wait_addr("listening", None);
-    let admin = log.wait_addr("admin endpoint", None);
+    let (_cfg, mut lb, _log, addr, admin) = start(
+        &dir,
+        backend,
+        "segment-size = \"64KiB\"\n[journal.retention]\nmax-bytes = \"128KiB\"",
+        &[],
+    );
     gen_ids(addr, 1, 2_000, &[]);
     wait_all_ids(&[&sink_log], 2_000, 60);
     wait_metric(admin, "auditlb_journal_pruned_segments_total", 1.0, 30);
@@ -660,15 +676,7 @@ fn a_stray_file_named_like_a_later_segment_never_gets_the_open_segment_pruned() 
 fn retention_frees_a_full_journal_once_its_frames_are_delivered() {
     let dir = scratch_dir("retention-full");
     let backend = free_addr();
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[backend])
-        .anchors()
-        .admin("127.0.0.1:0")
-        .journal("segment-size = \"64KiB\"\ndisk-budget = \"768KiB\"\non-full = \"block\"\n[journal.retention]\nmax-bytes = \"512KiB\"")
-        .write();
-    let (mut lb, log) = spawn_auditlb_logged(&cfg);
-    let addr = log.wait_addr("listening", None);
-    let admin = log.wait_addr("admin endpoint", None);
+    let (_cfg, mut lb, _log, addr, admin) = start(&dir, backend, "segment-size = \"64KiB\"\ndisk-budget = \"768KiB\"\non-full = \"block\"\n[journal.retention]\nmax-bytes = \"512KiB\"", &[]);
     let gen = std::thread::spawn(move || gen_ids(addr, 2, 10_000, &[]));
     wait_metric(admin, "auditlb_journal_full", 1.0, 30);
     let journal = dir.join("journal");
@@ -690,18 +698,14 @@ fn retention_frees_a_full_journal_once_its_frames_are_delivered() {
 #[test]
 fn max_age_prunes_old_segments_without_a_byte_limit() {
     let dir = scratch_dir("retention-age");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
-    let cfg = TestConfig::at(&dir)
-        .backend_addrs(&[backend])
-        .anchors()
-        .admin("127.0.0.1:0")
-        .journal("segment-size = \"64KiB\"\n[journal.retention]\nmax-age = \"1s\"")
-        .write();
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let journal = dir.join("journal");
-    let (mut lb, log) = spawn_auditlb_logged(&cfg);
-    let addr = log.wait_addr("listening", None);
-    let admin = log.wait_addr("admin endpoint", None);
+    let (_cfg, mut lb, _log, addr, admin) = start(
+        &dir,
+        backend,
+        "segment-size = \"64KiB\"\n[journal.retention]\nmax-age = \"1s\"",
+        &[],
+    );
     gen_ids(addr, 2, 4_000, &[]);
     wait_all_ids(&[&sink_log], 4_000, 60);
     let closed = segments(&journal).len() as f64 - 1.0;
@@ -710,10 +714,7 @@ fn max_age_prunes_old_segments_without_a_byte_limit() {
     assert!(segments(&journal).len() <= 3, "{:?}", segments(&journal));
     gen_ids(addr, 1, 1_000, &["--id-base", "4000"]);
     wait_all_ids(&[&sink_log], 5_000, 60);
-    stop(&mut lb);
-    let (code, out) = verify_cli(&journal, &dir.join("anchors.log"));
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("pruned"), "{out}");
+    stop_and_verify_pruned(&mut lb, &dir);
 }
 
 /// Archiving is switched on for a journal that retention has already
@@ -723,8 +724,7 @@ fn max_age_prunes_old_segments_without_a_byte_limit() {
 #[test]
 fn an_archive_begun_after_a_prune_verifies() {
     let dir = scratch_dir("archive-late");
-    let sink_log = dir.join("sink.log");
-    let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+    let (_sink, backend, sink_log) = sink_in(&dir);
     let journal = dir.join("journal");
     let base = TestConfig::at(&dir)
         .backend_addrs(&[backend])

@@ -261,17 +261,8 @@ impl Archive {
         &self,
         journal_id: &[u8; 16],
     ) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
-        let dir = self.object(&[&hex(journal_id), "segments"]);
-        let mut out = Vec::new();
-        let mut s = self.store.list(Some(&dir));
-        while let Some(m) = s.next().await {
-            let m = m.map_err(|e| self.fail(&dir, e))?;
-            if let Some(seq) = m.location.filename().and_then(parse_segment_name) {
-                out.push((seq, m.location.clone(), m.size));
-            }
-        }
-        out.sort_by_key(|x| x.0);
-        Ok(out)
+        self.numbered(journal_id, "segments", parse_segment_name)
+            .await
     }
 
     /// A journal's anchors parts: (offset, path, size), in order.
@@ -279,19 +270,29 @@ impl Archive {
         &self,
         journal_id: &[u8; 16],
     ) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
-        let dir = self.object(&[&hex(journal_id), "anchors"]);
+        self.numbered(journal_id, "anchors", |n| {
+            n.strip_suffix(".part")
+                .filter(|d| d.len() == 20)
+                .and_then(|d| d.parse().ok())
+        })
+        .await
+    }
+
+    /// The objects of one folder of a journal whose names `number` reads,
+    /// with that number and size, in number order.
+    async fn numbered(
+        &self,
+        journal_id: &[u8; 16],
+        folder: &str,
+        number: impl Fn(&str) -> Option<u64>,
+    ) -> Result<Vec<(u64, ObjPath, u64)>, ArchiveError> {
+        let dir = self.object(&[&hex(journal_id), folder]);
         let mut out = Vec::new();
         let mut s = self.store.list(Some(&dir));
         while let Some(m) = s.next().await {
             let m = m.map_err(|e| self.fail(&dir, e))?;
-            let off = m
-                .location
-                .filename()
-                .and_then(|n| n.strip_suffix(".part"))
-                .filter(|d| d.len() == 20)
-                .and_then(|d| d.parse::<u64>().ok());
-            if let Some(off) = off {
-                out.push((off, m.location.clone(), m.size));
+            if let Some(n) = m.location.filename().and_then(&number) {
+                out.push((n, m.location.clone(), m.size));
             }
         }
         out.sort_by_key(|x| x.0);
