@@ -383,7 +383,14 @@ fn two_instances_archive_to_s3_and_one_verify_checks_both() {
         wait_metric(*admin, "auditlb_journal_pruned_segments_total", 5.0, 60);
         assert_eq!(metric(*admin, "auditlb_journal_tamper_alarm"), 0.0);
     }
-    for (lb, _, _) in &mut lbs {
+    for (lb, admin, _) in &mut lbs {
+        // Everything closed is archived (so instance a keeps archived
+        // segments locally, under max-bytes, for the check below).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metric(*admin, "auditlb_archive_lag_segments") > 0.0 {
+            assert!(Instant::now() < deadline, "the archive did not catch up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         stop(lb);
     }
     let keys = s3.keys("audit", "lb/");

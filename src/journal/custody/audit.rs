@@ -140,12 +140,11 @@ fn verify_one(
     if let Some((_, a)) = &anchors {
         for l in a.archived.iter().filter(|l| {
             l.journal_id == id
-                && l.location.split("?versionId=").next()
-                    == Some(
-                        archive
-                            .location(&archive.segment_path(&id, l.segment.first_seq))
-                            .as_str(),
-                    )
+                // The object's key under the prefix, whatever the URL's
+                // spelling (s3 or s3a, a replica of the bucket).
+                && l.location.split("?versionId=").next().is_some_and(|u| {
+                    u.ends_with(&format!("/{}", archive.segment_path(&id, l.segment.first_seq)))
+                })
         }) {
             let version = l
                 .location
@@ -239,6 +238,13 @@ fn verify_one(
     // Without the local journal, the archive ends at the last segment an
     // `a1` line says was archived: checkpoints anchored after it are the
     // local tail's.
+    let first_header = match listed.first() {
+        Some((_, p, _)) => rt
+            .block_on(archive.get(p))
+            .ok()
+            .and_then(|b| Header::decode(&b).ok()),
+        None => None,
+    };
     let mut not_archived = None;
     if let (None, Some((_, a))) = (local_dir, anchors.as_mut()) {
         let limit = expected
@@ -259,10 +265,41 @@ fn verify_one(
         if (a.lines.len(), sources.len()) != before {
             not_archived = Some(limit);
         }
+        // An archive begun after a prune whose PRUNE record is in a segment
+        // not vouched for yet: not proven yet, not missing.
+        if let Some(h) = &first_header {
+            let pending = a.prunes_of(&id).any(|p| {
+                p.end_seq.checked_add(1) == Some(h.first_seq)
+                    && p.end_chain == h.prev_chain
+                    && p.record_seq > limit
+            });
+            if h.segment_no != 0 && pending {
+                return Ok(Report {
+                    journal_id: Some(id),
+                    tail_uncovered: Some(format!(
+                        "the archive starts at seq {} after a prune whose PRUNE record is not archived yet (add --journal DIR to check it)",
+                        h.first_seq
+                    )),
+                    ..Report::default()
+                });
+            }
+        }
     }
     // An archive that starts after segment 0 (archiving began after a
     // prune): the PRUNE record its `p1` line names covers the start.
-    let boundary = archive_boundary(rt, archive, &id, &listed, &local_entries, anchors.as_ref())
+    let boundary = first_header
+        .as_ref()
+        .and_then(|h| {
+            archive_boundary(
+                rt,
+                archive,
+                &id,
+                h,
+                &listed,
+                &local_entries,
+                anchors.as_ref(),
+            )
+        })
         .or_else(|| crate::journal::verify::find_boundary(&sources));
     let mut rep = verify_sources_from(&label, sources, anchors, key, boundary)?;
     if rep.failure.is_none() {
@@ -286,14 +323,12 @@ fn archive_boundary(
     rt: &tokio::runtime::Runtime,
     archive: &Archive,
     id: &[u8; 16],
+    h: &Header,
     listed: &[(u64, object_store::path::Path, u64)],
     local: &[crate::journal::reader::SegmentFile],
     anchors: Option<&(PathBuf, Anchors)>,
 ) -> Option<crate::journal::verify::Boundary> {
     let (_, a) = anchors?;
-    let (_, first, _) = listed.first()?;
-    let head = rt.block_on(archive.get(first)).ok()?;
-    let h = Header::decode(&head).ok()?;
     if h.segment_no == 0 {
         return None;
     }
@@ -317,7 +352,7 @@ fn archive_boundary(
         }
         _ => return None,
     };
-    crate::journal::verify::prune_covering(&bytes, &h).filter(|b| b.record_seq == line.record_seq)
+    crate::journal::verify::prune_covering(&bytes, h).filter(|b| b.record_seq == line.record_seq)
 }
 
 /// The first seq an object's name gives.

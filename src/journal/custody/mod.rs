@@ -92,15 +92,13 @@ pub fn spawn(start: Start) -> io::Result<oneshot::Receiver<()>> {
     std::thread::Builder::new()
         .name("journal-custody".into())
         .spawn(move || {
-            // Below the data path: SCHED_IDLE (it runs on CPU time nothing
-            // else wants), or a nice value of 19 where that is refused.
+            // Below the data path, but not starved: a nice value of 10
+            // (about a tenth of a core against busy ones), since retention
+            // frees the disk the data path needs.
             // SAFETY: plain syscalls on this thread's own id.
             unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-                let param = libc::sched_param { sched_priority: 0 };
-                if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
-                    libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
-                }
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -393,31 +391,50 @@ impl Custodian {
         };
         let first = walker.rep.first_seq.unwrap_or(0);
         let last = walker.rep.last_seq.unwrap_or(0);
-        // Read until the lines reach the checkpoints walked (at start the
-        // file holds the whole history), but never far past them.
-        loop {
+        // Read and match in turns until the lines reach the checkpoints
+        // walked (at start the file holds the whole history), never far
+        // past them.
+        let mut eof = false;
+        let bad = loop {
             let caught_up = self.anchors_pending.back().is_some_and(|a| a.seq > last)
                 || self.anchors_pending.len() >= MAX_PENDING_ANCHORS / 2;
-            if caught_up || self.failed {
-                break;
+            if !caught_up {
+                let before = self.anchors_read;
+                if let Err(e) = self.read_anchors(&path, &id, first) {
+                    tracing::warn!(anchors = %path.display(), error = %e, "self-verification: cannot read the anchors file");
+                    return;
+                }
+                eof = self.anchors_read == before;
             }
-            let before = self.anchors_read;
-            if let Err(e) = self.read_anchors(&path, &id, first) {
-                tracing::warn!(anchors = %path.display(), error = %e, "self-verification: cannot read the anchors file");
+            if self.failed {
                 return;
             }
-            if self.anchors_read == before {
-                break;
+            let bad = self.match_anchors(last);
+            if bad.is_some() || caught_up || eof {
+                break bad;
             }
-        }
-        if self.failed {
-            return;
-        }
+        };
         let walker = self.walker.as_mut().expect("checked");
+        if bad.is_none() && eof && walker.checkpoints_kept() > MAX_PENDING_ANCHORS {
+            // The whole file is read and these checkpoints have no lines
+            // (the sync thread could not write them): stop keeping them,
+            // and do not hold it against lines that come later for them.
+            tracing::warn!(journal = %self.cfg.dir.display(), below = last + 1, "self-verification: checkpoints without anchor lines; not kept for them");
+            walker.forget_checkpoints_below(last + 1);
+            self.anchors_unchecked_below = last + 1;
+        }
+        if let Some(m) = bad {
+            self.alarm("MODIFIED", format!("anchors {}: {m}", path.display()));
+        }
+    }
+
+    /// Checks the waiting anchor lines of checkpoints walked up to `last`
+    /// (wherever they are in the queue: a line claiming a seq far ahead
+    /// must not hold the others up); what does not match is returned.
+    fn match_anchors(&mut self, last: u64) -> Option<String> {
+        let walker = self.walker.as_mut()?;
         let mut matched = None;
         let mut bad = None;
-        // Every line of a checkpoint walked, wherever it is in the queue
-        // (a line claiming a seq far ahead must not hold the others up).
         let mut later = VecDeque::with_capacity(self.anchors_pending.len());
         while let Some(a) = self.anchors_pending.pop_front() {
             if a.seq < self.anchors_unchecked_below {
@@ -440,17 +457,7 @@ impl Custodian {
         if let Some(s) = matched {
             walker.forget_checkpoints_below(s + 1);
         }
-        if walker.checkpoints_kept() > MAX_PENDING_ANCHORS {
-            // Anchor lines are not coming (the sync thread cannot write
-            // them): stop waiting for these, and do not hold it against
-            // lines that come later for them.
-            tracing::warn!(journal = %self.cfg.dir.display(), below = last + 1, "self-verification: checkpoints without anchor lines; not kept for them");
-            walker.forget_checkpoints_below(last + 1);
-            self.anchors_unchecked_below = last + 1;
-        }
-        if let Some(m) = bad {
-            self.alarm("MODIFIED", format!("anchors {}: {m}", path.display()));
-        }
+        bad
     }
 
     /// Reads at most 4 MiB of new anchor lines into `anchors_pending`.
@@ -707,6 +714,11 @@ impl Custodian {
             // end then leaves a start inside the PRUNE's range, which
             // verify accepts, and retention prunes the rest again.
             tracing::warn!(journal = %self.cfg.dir.display(), error = %e, "retention: cannot write the prune marker; unlinking anyway");
+        }
+        if self.alarmed() {
+            // Raised while the record was written: nothing is unlinked (a
+            // later PRUNE lists these segments again).
+            return Ok(());
         }
         // Fault injection for the crash tests: die as a SIGKILL would,
         // between the anchored PRUNE record and the unlinks, or after the

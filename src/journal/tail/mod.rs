@@ -230,9 +230,12 @@ impl PoolTail {
                         return Err(format!("header says first seq {}", h.first_seq));
                     }
                     // Linked to the segment before it.
+                    // The head of the segment read last links this one
+                    // only if this one comes right after it.
+                    let next_after_past = segs.first().map(|s| s.name_seq) == Some(seg.name_seq);
                     let before = match self.link.take() {
-                        Some(link) => Some(link),
-                        None => last_chain_before(&all, seg.name_seq),
+                        Some(link) if self.past.is_some() && next_after_past => Some(link),
+                        _ => last_chain_before(&all, seg.name_seq),
                     };
                     match before {
                         Some(link) if link != h.prev_chain => {

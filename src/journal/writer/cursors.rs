@@ -48,10 +48,11 @@ impl Writer {
         let below = self
             .delivery
             .iter()
-            // A removed pool holds retention back until its dispatcher
-            // has finished what it still delivers.
-            .filter(|c| {
-                !self.closed_pools.get(c.pool).copied().unwrap_or(false) || c.cursor.in_use()
+            // A removed pool holds retention back while its dispatcher
+            // still delivers, for a while.
+            .filter(|c| match self.closed_pools.get(c.pool).copied().flatten() {
+                None => true,
+                Some(at) => c.cursor.in_use() && at.elapsed() < super::RETIRED_HOLD,
             })
             .map(|c| c.cursor.get().max(c.recorded))
             .min()

@@ -121,9 +121,10 @@ pub struct Writer {
     /// First seq of the open segment: the custodian never touches it or
     /// anything named after it.
     open_first: Arc<AtomicU64>,
-    /// Pool slots closed by a reload (their cursors no longer hold
-    /// retention back).
-    closed_pools: Vec<bool>,
+    /// When each pool slot was closed by a reload, if it was: its cursor
+    /// holds retention back while its dispatcher still delivers, for at
+    /// most [`RETIRED_HOLD`].
+    closed_pools: Vec<Option<Instant>>,
     /// Over budget now (logged once per episode).
     full: bool,
     /// Checkpoint messages for the backends (`send-checkpoints`), waiting
@@ -148,6 +149,10 @@ pub struct Writer {
     /// reaches [`MAX_ANNOUNCED`] (a connection is then announced again).
     announced: std::collections::HashMap<u64, u64>,
 }
+
+/// Longest a removed pool's unfinished delivery holds retention back (its
+/// backends may be gone for good).
+pub(super) const RETIRED_HOLD: Duration = Duration::from_secs(600);
 
 /// Most connections remembered as announced in one segment (16 bytes and
 /// a hash slot each, about 2MiB at most).

@@ -13,7 +13,7 @@ impl Writer {
     pub(super) fn add_pool(&mut self, link: PoolLink, starts: &[u64]) -> Offer {
         let offer = Offer::new(&link, link.start.max(self.start_seq));
         let slot = self.pool_names.len();
-        self.closed_pools.push(false);
+        self.closed_pools.push(None);
         self.pool_names.push(link.name.as_str().into());
         self.settled_logs.push((link.name, link.settled));
         for (i, cursor) in link.cursors.into_iter().enumerate() {
@@ -110,7 +110,7 @@ pub(super) fn reconfigure(
             out.close(w.next_seq - 1);
         }
         if let Some(c) = w.closed_pools.get_mut(i) {
-            *c = true;
+            *c = Some(Instant::now());
         }
     }
     *routes = rc.routes;
