@@ -65,6 +65,7 @@ pub mod journal;
 pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
+pub mod relp;
 pub mod server;
 pub mod session;
 pub mod syslog;
