@@ -144,6 +144,10 @@ impl Metrics {
                 "journal_tamper_alarm",
                 "1 when startup or self-verification found journal damage.",
             ),
+            durable_seq: single_gauge(
+                "journal_durable_seq",
+                "Last seq on disk under the sync policy (covered by an fdatasync; written, with sync = os).",
+            ),
             custody: crate::journal::custody::CustodyMetrics {
                 verified_seq: single_gauge(
                     "journal_verified_seq",

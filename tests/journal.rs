@@ -1819,3 +1819,41 @@ fn a_rewritten_run_is_quarantined_not_routed() {
         assert_eq!(verify_cli(&journal, &anchors).0, 1);
     }
 }
+
+/// `auditlb_journal_durable_seq` follows the sync policy's promise (what a
+/// RELP acknowledgement waits for): after the fdatasync that covers a
+/// record (`always`, `interval`) or after its write (`os`), up to the last
+/// frame of a burst.
+#[test]
+fn the_durable_seq_reaches_every_frame_under_each_sync_policy() {
+    for policy in ["always", "interval", "os"] {
+        let dir = scratch_dir(&format!("durable-{policy}"));
+        let sink_log = dir.join("sink.log");
+        let (_sink, backend) = spawn_sink("127.0.0.1:0", "octet", &sink_log, &[]);
+        let cfg = TestConfig::at(&dir)
+            .backend_addrs(&[backend])
+            .admin("127.0.0.1:0")
+            .journal(&format!("sync = \"{policy}\""))
+            .write();
+        let (mut lb, log) = spawn_auditlb_logged(&cfg);
+        let addr = log.wait_addr("listening", None);
+        let admin = log.wait_addr("admin endpoint", None);
+        gen_ids(addr, 2, 2_000, &[]);
+        wait_all_ids(&[&sink_log], 2_000, 60);
+        // Every frame is journaled before it is routed: the last one's seq
+        // is at least the frames plus the run's opening records.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let durable = scraped(admin, "auditlb_journal_durable_seq").unwrap_or(0.0);
+            if durable >= 2_000.0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{policy}: durable seq stayed at {durable}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lb.kill9();
+    }
+}

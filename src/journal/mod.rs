@@ -106,6 +106,50 @@ pub struct Reconfigure {
     /// once the change is written.
     pub done: tokio::sync::oneshot::Sender<u64>,
 }
+/// How far the journal is on disk under its sync policy: after the
+/// fdatasync that covers a record (`always`, `interval`), or after its
+/// write (`os`). Whoever must not answer before a record is durable (a RELP
+/// acknowledgement) waits on it.
+#[derive(Clone)]
+pub struct Durable {
+    tx: Arc<tokio::sync::watch::Sender<u64>>,
+    gauge: IntGauge,
+}
+
+impl Durable {
+    pub fn new(gauge: IntGauge, upto: u64) -> Durable {
+        gauge.set(upto as i64);
+        Durable {
+            tx: Arc::new(tokio::sync::watch::channel(upto).0),
+            gauge,
+        }
+    }
+
+    /// Every record up to `upto` is durable (never moves back).
+    pub fn mark(&self, upto: u64) {
+        let moved = self.tx.send_if_modified(|v| {
+            let up = upto > *v;
+            if up {
+                *v = upto;
+            }
+            up
+        });
+        if moved {
+            self.gauge.set(upto as i64);
+        }
+    }
+
+    /// The last durable seq now.
+    pub fn get(&self) -> u64 {
+        *self.tx.borrow()
+    }
+
+    /// Changes, for waiting on them.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
 /// Resolved metric handles for the writer.
 #[derive(Clone)]
 pub struct JournalMetrics {
@@ -130,6 +174,8 @@ pub struct JournalMetrics {
     pub refused_full: IntCounter,
     /// Frames journaled with no pool to deliver them to.
     pub unrouted: IntCounter,
+    /// Last seq durable under the sync policy.
+    pub durable_seq: IntGauge,
     /// The custodian's metrics (self-verification, archive, retention).
     pub custody: custody::CustodyMetrics,
 }

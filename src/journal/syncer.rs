@@ -26,12 +26,18 @@ use super::JournalMetrics;
 const QUEUED_JOBS: usize = 4;
 
 enum Job {
-    /// fdatasync a segment (a second handle on it).
-    Segment { file: File, path: PathBuf },
+    /// fdatasync a segment (a second handle on it); everything up to
+    /// `upto` is then durable.
+    Segment {
+        file: File,
+        path: PathBuf,
+        upto: u64,
+    },
     /// A checkpoint: the segment, then the anchor line, then the key.
     Checkpoint {
         file: File,
         path: PathBuf,
+        upto: u64,
         anchor: Option<String>,
         key: Option<KeyImage>,
         done: Vec<super::writer::Done>,
@@ -54,13 +60,14 @@ impl Syncer {
         anchors: Option<AnchorsFile>,
         key: Option<KeyFile>,
         metrics: JournalMetrics,
+        durable: super::Durable,
     ) -> io::Result<Syncer> {
         let (tx, rx) = sync_channel(QUEUED_JOBS);
         let ok = Arc::new(AtomicBool::new(true));
         let flag = ok.clone();
         let thread = std::thread::Builder::new()
             .name("journal-sync".into())
-            .spawn(move || run(rx, anchors, key, metrics, flag))?;
+            .spawn(move || run(rx, anchors, key, metrics, flag, durable))?;
         Ok(Syncer {
             tx: Some(tx),
             thread: Some(thread),
@@ -75,9 +82,9 @@ impl Syncer {
 
     /// Asks for the segment to be synced; skipped when jobs are already
     /// waiting (the next one syncs it too).
-    pub fn sync_segment(&self, file: File, path: PathBuf) {
+    pub fn sync_segment(&self, file: File, path: PathBuf, upto: u64) {
         if let Some(tx) = &self.tx {
-            match tx.try_send(Job::Segment { file, path }) {
+            match tx.try_send(Job::Segment { file, path, upto }) {
                 Ok(()) | Err(TrySendError::Full(_)) => {}
                 Err(TrySendError::Disconnected(_)) => self.ok.store(false, Ordering::Release),
             }
@@ -90,6 +97,7 @@ impl Syncer {
         &self,
         file: File,
         path: PathBuf,
+        upto: u64,
         anchor: Option<String>,
         key: Option<KeyImage>,
         done: Vec<super::writer::Done>,
@@ -97,6 +105,7 @@ impl Syncer {
         let job = Job::Checkpoint {
             file,
             path,
+            upto,
             anchor,
             key,
             done,
@@ -135,6 +144,7 @@ fn run(
     key_file: Option<KeyFile>,
     metrics: JournalMetrics,
     ok: Arc<AtomicBool>,
+    durable: super::Durable,
 ) {
     let sync = |file: &File, path: &PathBuf| -> io::Result<()> {
         let t = Instant::now();
@@ -154,15 +164,25 @@ fn run(
     };
     while let Ok(job) = rx.recv() {
         match job {
-            Job::Segment { file, path } => report(sync(&file, &path)),
+            Job::Segment { file, path, upto } => {
+                let r = sync(&file, &path);
+                if r.is_ok() {
+                    durable.mark(upto);
+                }
+                report(r);
+            }
             Job::Checkpoint {
                 file,
                 path,
+                upto,
                 anchor,
                 key,
                 done,
             } => {
                 let synced = sync(&file, &path);
+                if synced.is_ok() {
+                    durable.mark(upto);
+                }
                 let mut r = Ok(());
                 if synced.is_ok() {
                     if let (Some(f), Some(line)) = (&mut anchors, &anchor) {

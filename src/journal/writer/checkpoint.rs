@@ -191,6 +191,7 @@ impl Writer {
             syncer.checkpoint(
                 file,
                 self.seg_path.clone(),
+                self.committed.load(Ordering::Acquire),
                 (!lines.is_empty()).then_some(lines),
                 key,
                 done,

@@ -103,6 +103,8 @@ pub struct Writer {
     dirty: bool,
     /// Seq of the last record written to the file (what readers may read).
     committed: Arc<AtomicU64>,
+    /// Seq of the last record durable under the sync policy.
+    durable: crate::journal::Durable,
     /// First seq written by this run.
     start_seq: u64,
     /// Per delivery name, its cursor as published and as last recorded.
@@ -238,6 +240,11 @@ impl Writer {
             prev_chain: resume.prev_chain,
         };
         let (file, seg_path) = create_segment(dir, &header)?;
+        // What recovery kept is on disk already.
+        let durable = crate::journal::Durable::new(
+            metrics.durable_seq.clone(),
+            resume.next_seq.saturating_sub(1),
+        );
         let mut w = Writer {
             cfg: cfg.clone(),
             metrics,
@@ -260,6 +267,7 @@ impl Writer {
             },
             dirty: true,
             committed: Arc::new(AtomicU64::new(resume.next_seq.saturating_sub(1))),
+            durable,
             start_seq: resume.next_seq,
             delivery: Vec::new(),
             pool_names: Vec::new(),
@@ -351,6 +359,10 @@ impl Writer {
             self.metrics.fsync.observe(t.elapsed().as_secs_f64());
             self.dirty = false;
         }
+        if self.syncer.is_none() {
+            // Nothing in flight elsewhere: all that is written is on disk.
+            self.durable.mark(self.committed.load(Ordering::Acquire));
+        }
         Ok(())
     }
 
@@ -369,6 +381,7 @@ impl Writer {
             self.anchors.take(),
             key,
             self.metrics.clone(),
+            self.durable.clone(),
         )?);
         Ok(())
     }
@@ -377,7 +390,11 @@ impl Writer {
     pub fn sync_soon(&mut self) -> io::Result<()> {
         match &self.syncer {
             Some(s) if self.dirty => {
-                s.sync_segment(self.file.try_clone()?, self.seg_path.clone());
+                s.sync_segment(
+                    self.file.try_clone()?,
+                    self.seg_path.clone(),
+                    self.committed.load(Ordering::Acquire),
+                );
                 self.dirty = false;
                 Ok(())
             }
@@ -459,6 +476,8 @@ pub struct Opened {
     pub freed: Arc<AtomicU64>,
     /// First seq of the open segment.
     pub open_first: Arc<AtomicU64>,
+    /// How far the journal is durable under its sync policy.
+    pub durable: crate::journal::Durable,
     /// First seq of this run: a cursor below it resumes earlier records.
     pub start_seq: u64,
     /// Fires when the writer thread has written its final records.
@@ -535,6 +554,7 @@ pub fn spawn(start: Start) -> oneshot::Receiver<Result<Opened, JournalError>> {
                 settled_below: w.settled_below.clone(),
                 freed: w.freed.clone(),
                 open_first: w.open_first.clone(),
+                durable: w.durable.clone(),
                 start_seq: w.start_seq(),
                 done: done_rx,
             }));

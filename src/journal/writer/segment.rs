@@ -27,6 +27,10 @@ impl Writer {
         if !self.buf.is_empty() {
             self.write_out(self.buf.len())?;
             self.committed.store(self.next_seq - 1, Ordering::Release);
+            if self.cfg.sync == SyncPolicy::Os {
+                // Durable as far as this policy promises: written.
+                self.durable.mark(self.next_seq - 1);
+            }
         }
         if !self.pending.is_empty() {
             self.publish_anchors()?;
