@@ -232,6 +232,14 @@ impl Archive {
         Ok((bytes, version))
     }
 
+    /// The first `n` bytes of an object (a segment's header).
+    pub async fn get_prefix(&self, p: &ObjPath, n: u64) -> Result<Bytes, ArchiveError> {
+        self.store
+            .get_range(p, 0..n)
+            .await
+            .map_err(|e| self.fail(p, e))
+    }
+
     /// The whole object.
     pub async fn get(&self, p: &ObjPath) -> Result<Bytes, ArchiveError> {
         let got = self.store.get(p).await.map_err(|e| self.fail(p, e))?;
