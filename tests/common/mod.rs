@@ -47,6 +47,15 @@ pub async fn wait_for(secs: f64, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A loopback address nothing listens on now (for a backend started
+/// later, or a server that takes a port number).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A fresh directory under cargo's scratch space for integration tests.
 pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};

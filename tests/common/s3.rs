@@ -27,11 +27,7 @@ impl S3 {
             "{} is missing: run scripts/test, which installs moto (an S3 server) from PyPI",
             bin.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_addr().port();
         let child = std::process::Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())

@@ -293,18 +293,10 @@ impl Custodian {
             let bytes = mapped.as_ref().map_or(&[][..], Mapped::bytes);
             let walker = self.walker.as_mut().expect("made above");
             let step = walker.segment((e.name_seq, e.path.clone(), e.regular), bytes, false);
-            if let (Step::Stop, Some(f)) = (step, walker.rep.failure.clone()) {
-                self.alarm(
-                    f.class.name(),
-                    format!(
-                        "{} at seq {} in {} (offset {}): {}",
-                        f.class.name(),
-                        f.seq.map_or("-".into(), |s| s.to_string()),
-                        f.segment.display(),
-                        f.offset,
-                        f.message
-                    ),
-                );
+            if step == Step::Stop {
+                if let Some(f) = walker.rep.failure.clone() {
+                    self.alarm(f.class.name(), f.to_string());
+                }
                 return;
             }
             if !walker.closed() {

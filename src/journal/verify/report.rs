@@ -49,6 +49,21 @@ pub struct Failure {
     pub message: String,
 }
 
+impl std::fmt::Display for Failure {
+    /// `CLASS at seq N, segment PATH, byte offset O: message`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at seq {}, segment {}, byte offset {}: {}",
+            self.class.name(),
+            self.seq.map_or("-".to_owned(), |q| q.to_string()),
+            self.segment.display(),
+            self.offset,
+            self.message
+        )
+    }
+}
+
 /// What a verification found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -93,15 +108,7 @@ impl Report {
         let mut s = String::new();
         match &self.failure {
             Some(f) => {
-                let _ = writeln!(
-                    s,
-                    "TAMPERED: {} at seq {}, segment {}, byte offset {}: {}",
-                    f.class.name(),
-                    f.seq.map_or("-".to_owned(), |q| q.to_string()),
-                    f.segment.display(),
-                    f.offset,
-                    f.message
-                );
+                let _ = writeln!(s, "TAMPERED: {f}");
             }
             None if self.tail_uncovered.is_some() => {
                 let _ = writeln!(
