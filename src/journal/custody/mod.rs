@@ -241,11 +241,29 @@ impl Custodian {
         if self.archive.is_none() {
             return;
         }
-        let waiting: Vec<&Seg> = self.segs.iter().filter(|s| !s.archived).collect();
-        m.archive_lag.set(waiting.len() as i64);
-        let age = waiting.first().map_or(0, |s| {
+        // Closed segments not archived: the verified ones waiting, and
+        // those self-verification has not reached yet.
+        let open = self.open_first.load(Ordering::Acquire);
+        let unverified: Vec<PathBuf> = list_segments(&self.cfg.dir)
+            .map(|all| {
+                all.into_iter()
+                    .filter(|e| e.name_seq < open && self.walked_to.is_none_or(|w| e.name_seq > w))
+                    .map(|e| e.path)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let waiting = self.segs.iter().filter(|s| !s.archived);
+        let oldest = match waiting.clone().next() {
+            Some(s) => Some(s.closed_at),
+            None => unverified
+                .first()
+                .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()),
+        };
+        m.archive_lag
+            .set((waiting.count() + unverified.len()) as i64);
+        let age = oldest.map_or(0, |t| {
             SystemTime::now()
-                .duration_since(s.closed_at)
+                .duration_since(t)
                 .map_or(0, |d| d.as_secs())
         });
         m.archive_oldest_age.set(age as i64);
