@@ -34,6 +34,8 @@ pub struct ConnMeta {
     /// certificate (the journal records it once per connection, in a
     /// CONNECTION record its frames refer to).
     pub tls: Option<Arc<crate::tls::TlsIdentity>>,
+    /// A RELP session (the journal records a CONNECTION for it too).
+    pub relp: bool,
     /// `balance = "connection"`: the backend index this client sticks to.
     sticky: AtomicUsize,
 }
@@ -46,6 +48,7 @@ impl ConnMeta {
             peer,
             peer_text: peer.to_string().into(),
             tls: None,
+            relp: false,
             sticky: AtomicUsize::new(NO_BACKEND),
         }
     }
@@ -54,6 +57,27 @@ impl ConnMeta {
     pub fn with_tls(mut self, tls: crate::tls::TlsIdentity) -> Self {
         self.tls = Some(Arc::new(tls));
         self
+    }
+
+    /// A RELP session's meta.
+    pub fn with_relp(mut self) -> Self {
+        self.relp = true;
+        self
+    }
+
+    /// Whether the journal records a CONNECTION for it (TLS or RELP).
+    pub fn announced(&self) -> bool {
+        self.tls.is_some() || self.relp
+    }
+
+    /// What the CONNECTION record names as its protocol.
+    pub fn protocol(&self) -> &'static str {
+        match (self.relp, self.tls.is_some()) {
+            (false, false) => "syslog",
+            (false, true) => "syslog+tls",
+            (true, false) => "relp",
+            (true, true) => "relp+tls",
+        }
     }
 
     pub fn sticky(&self) -> usize {

@@ -82,6 +82,101 @@ impl HealthCheck for TlsHandshake {
     }
 }
 
+/// For RELP pools: a connection (over TLS with `[pool.tls]`), `open`
+/// answered with 200 and the `syslog` command, then `close`. A backend
+/// that accepts connections but does not speak RELP is down, and the
+/// backend sees a clean session rather than a broken one per check.
+pub struct RelpOpen {
+    pub timeout: Duration,
+    pub tls: crate::tls::PoolTlsSlot,
+}
+
+impl HealthCheck for RelpOpen {
+    async fn check(&self, addr: SocketAddr) -> Result<(), String> {
+        let attempt = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("health check: connect: {e}"))?;
+            match crate::tls::current(&self.tls) {
+                None => relp_probe(tcp).await,
+                Some(tls) => {
+                    let mut stream = tls
+                        .connect(addr, tcp)
+                        .await
+                        .map_err(|e| format!("health check: TLS handshake: {e}"))?;
+                    relp_probe(&mut stream).await?;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    Ok(())
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "health check: no RELP session within {:?}",
+                self.timeout
+            )),
+        }
+    }
+}
+
+/// `open`, its answer, `close`, its answer.
+async fn relp_probe<S>(mut s: S) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use crate::relp;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut dec = relp::Decoder::new(64 * 1024);
+    let mut buf = bytes::BytesMut::new();
+    for (txnr, command, data) in [(1, "open", relp::offers()), (2, "close", Vec::new())] {
+        let mut out = Vec::new();
+        relp::encode(txnr, command, &data, &mut out);
+        s.write_all(&out)
+            .await
+            .map_err(|e| format!("health check: RELP {command}: {e}"))?;
+        s.flush()
+            .await
+            .map_err(|e| format!("health check: RELP {command}: {e}"))?;
+        let f = loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(format!("health check: not RELP: {e}")),
+            }
+            match s.read_buf(&mut buf).await {
+                Ok(0) => {
+                    return Err(format!(
+                        "health check: connection closed after RELP {command}"
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("health check: RELP {command}: {e}")),
+            }
+        };
+        if f.command != relp::Command::Rsp || f.txnr != txnr {
+            return Err(format!("health check: no RELP answer to {command}"));
+        }
+        if command == "close" {
+            // librelp answers `close` with an empty rsp, then serverclose.
+            break;
+        }
+        let rsp = relp::parse_rsp(&f.data)
+            .ok_or_else(|| format!("health check: RELP answer to {command} has no status"))?;
+        if !rsp.ok() {
+            return Err(format!(
+                "health check: RELP {command} refused: {} {}",
+                rsp.code,
+                String::from_utf8_lossy(rsp.text)
+            ));
+        }
+        if command == "open" && !relp::offers_syslog(rsp.cmd_data) {
+            return Err("health check: the RELP server does not offer the syslog command".into());
+        }
+    }
+    Ok(())
+}
+
 /// Checks one backend with `check` every `interval` until `stop` is
 /// cancelled. The first check runs at once.
 pub async fn run(

@@ -66,6 +66,11 @@ pub(crate) struct SessionSettings {
     pub(crate) warn_limit: Arc<LogLimiter>,
     /// TLS material, for a TLS listener.
     pub(crate) tls: Option<Arc<ListenerTls>>,
+    /// Syslog (RFC 6587 framing) or RELP.
+    pub(crate) protocol: crate::config::Protocol,
+    /// How far the journal is durable: a RELP session answers a message
+    /// once this reaches its frame.
+    pub(crate) durable: crate::journal::Durable,
 }
 
 /// Counts connections per source IP; a guard gives the slot back.
@@ -166,6 +171,7 @@ impl ListenerShared {
             old.slot,
             old.warn_limit.clone(),
             tls,
+            old.durable.clone(),
         ));
     }
 
@@ -185,8 +191,11 @@ impl SessionSettings {
         slot: usize,
         warn_limit: Arc<LogLimiter>,
         tls: Option<Arc<ListenerTls>>,
+        durable: crate::journal::Durable,
     ) -> Self {
         Self {
+            protocol: cfg.protocol,
+            durable,
             name: cfg.name.as_str().into(),
             framing: cfg.framing,
             max_frame: usize::try_from(cfg.max_frame.0).unwrap_or(usize::MAX),
@@ -211,6 +220,7 @@ impl Listener {
         slot: usize,
         metrics: ListenerMetrics,
         tls: Option<Arc<ListenerTls>>,
+        durable: crate::journal::Durable,
     ) -> Self {
         let warn_limit = Arc::new(LogLimiter::new(10, Duration::from_secs(10)));
         Self {
@@ -224,7 +234,7 @@ impl Listener {
                 }),
                 tls_now: tokio::sync::watch::Sender::new(tls.clone()),
                 settings: std::sync::RwLock::new(Arc::new(SessionSettings::new(
-                    cfg, metrics, tx, slot, warn_limit, tls,
+                    cfg, metrics, tx, slot, warn_limit, tls, durable,
                 ))),
             }),
         }

@@ -35,6 +35,12 @@ pub struct Metrics {
     pending_frames: IntGaugeVec,
     delivery_lag: IntGaugeVec,
     oldest_undelivered: prometheus::GaugeVec,
+    relp_sessions: IntCounterVec,
+    relp_acks: IntCounterVec,
+    relp_nacks: IntCounterVec,
+    relp_backend_acks: IntCounterVec,
+    relp_backend_nacks: IntCounterVec,
+    relp_resent: IntCounterVec,
     tls_handshakes: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     tls_handshake_waits: IntCounterVec,
@@ -326,6 +332,42 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric names are unique");
                 g
             },
+            relp_sessions: counter(
+                &r,
+                "relp_sessions_total",
+                "RELP sessions opened by clients (open answered with 200).",
+                &["listener"],
+            ),
+            relp_acks: counter(
+                &r,
+                "relp_acks_total",
+                "RELP messages acknowledged to clients (rsp 200), each once durable in the journal.",
+                &["listener"],
+            ),
+            relp_nacks: counter(
+                &r,
+                "relp_nacks_total",
+                "RELP commands answered with rsp 500, by reason (disk_full: journal full with on-full = drop; oversize: longer than max-frame with oversize = drop; command: not supported).",
+                &["listener", "reason"],
+            ),
+            relp_backend_acks: counter(
+                &r,
+                "relp_backend_acks_total",
+                "RELP messages a backend acknowledged (rsp 200), each settling a frame.",
+                &["pool", "backend"],
+            ),
+            relp_backend_nacks: counter(
+                &r,
+                "relp_backend_nacks_total",
+                "RELP messages a backend refused (rsp other than 200); each frame is routed again.",
+                &["pool", "backend"],
+            ),
+            relp_resent: counter(
+                &r,
+                "relp_resent_total",
+                "Frames sent again over RELP: written to a backend connection that ended or refused them before acknowledging (possible duplicates at the receivers).",
+                &["pool"],
+            ),
             tls_handshakes: counter(
                 &r,
                 "tls_handshakes_total",
@@ -445,6 +487,9 @@ impl Metrics {
             refused_malformed: refused("malformed"),
             refused_incomplete: refused("incomplete"),
             refused_unjournaled: refused("unjournaled_at_exit"),
+            relp_sessions: self.relp_sessions.with_label_values(&[name]),
+            relp_acks: self.relp_acks.with_label_values(&[name]),
+            relp_nacks: self.relp_nacks.clone(),
             tls_handshakes: self.tls_handshakes.clone(),
             tls_failures: self.tls_handshake_failures.clone(),
             tls_waits: self.tls_handshake_waits.clone(),
@@ -473,6 +518,8 @@ impl Metrics {
             connect_failed: self
                 .upstream_connects
                 .with_label_values(&[pool, backend, "failed"]),
+            relp_acks: self.relp_backend_acks.with_label_values(&l),
+            relp_nacks: self.relp_backend_nacks.with_label_values(&l),
         }
     }
 
@@ -497,6 +544,7 @@ impl Metrics {
             pending: self.pending_frames.with_label_values(&[pool]),
             lag: self.delivery_lag.with_label_values(&[pool]),
             oldest: self.oldest_undelivered.with_label_values(&[pool]),
+            relp_resent: self.relp_resent.with_label_values(&[pool]),
         }
     }
 }
@@ -529,6 +577,9 @@ pub struct ListenerMetrics {
     pub refused_malformed: IntCounter,
     pub refused_incomplete: IntCounter,
     pub refused_unjournaled: IntCounter,
+    pub relp_sessions: IntCounter,
+    pub relp_acks: IntCounter,
+    relp_nacks: IntCounterVec,
     tls_handshakes: IntCounterVec,
     tls_failures: IntCounterVec,
     tls_waits: IntCounterVec,
@@ -536,6 +587,13 @@ pub struct ListenerMetrics {
 }
 
 impl ListenerMetrics {
+    /// RELP commands answered with 500, for `reason`.
+    pub fn relp_nack(&self, reason: &str, n: u64) {
+        self.relp_nacks
+            .with_label_values(&[&self.name, reason])
+            .inc_by(n);
+    }
+
     /// A TLS handshake completed with `version`.
     pub fn tls_ok(&self, version: &str) {
         self.tls_handshakes
@@ -569,6 +627,8 @@ pub struct BackendMetrics {
     pub unsettled: IntGauge,
     pub connect_ok: IntCounter,
     pub connect_failed: IntCounter,
+    pub relp_acks: IntCounter,
+    pub relp_nacks: IntCounter,
 }
 
 /// Resolved handles for one pool.
@@ -582,4 +642,5 @@ pub struct PoolMetrics {
     pub pending: IntGauge,
     pub lag: IntGauge,
     pub oldest: prometheus::Gauge,
+    pub relp_resent: IntCounter,
 }

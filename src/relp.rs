@@ -13,7 +13,11 @@
 //!
 //! A frame that breaks the grammar is an error: the session that reads it
 //! is closed with the reason (the protocol has no way to recover), like a
-//! framing error of the syslog framer.
+//! framing error of the syslog framer. A well-formed frame whose data is
+//! longer than the decoder's limit is not: its first `max_data` octets are
+//! kept, the rest is read past without being buffered, and the frame says
+//! how long it was ([`Frame::len`]), so a session can truncate or refuse it
+//! and go on.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -23,6 +27,24 @@ pub const MAX_TXNR: u32 = 999_999_999;
 const MAX_HEADER: usize = 9 + 1 + 32 + 1 + 9;
 /// Longest command name.
 const MAX_COMMAND: usize = 32;
+
+/// What auditlb offers in an `open` and in its answer to one: RELP
+/// version 0, its name and version, and the `syslog` command.
+pub fn offers() -> Vec<u8> {
+    format!(
+        "relp_version=0\nrelp_software=auditlb,{},https://github.com/auditlb/auditlb\ncommands=syslog",
+        env!("CARGO_PKG_VERSION")
+    )
+    .into_bytes()
+}
+
+/// Whether offers (of an `open`, or of the answer to one) include the
+/// `syslog` command.
+pub fn offers_syslog(data: &[u8]) -> bool {
+    parse_offers(data).iter().any(|(name, value)| {
+        *name == b"commands" && value.split(|&b| b == b',').any(|c| c == b"syslog")
+    })
+}
 
 /// The transaction number after `txnr` (wraps to 1, never 0).
 pub fn next_txnr(txnr: u32) -> u32 {
@@ -74,7 +96,17 @@ impl Command {
 pub struct Frame {
     pub txnr: u32,
     pub command: Command,
+    /// The data, or its first `max_data` octets when it was longer.
     pub data: Bytes,
+    /// DATALEN as sent: more than `data.len()` for a frame cut short.
+    pub len: usize,
+}
+
+impl Frame {
+    /// The data was longer than the decoder's limit and was cut.
+    pub fn truncated(&self) -> bool {
+        self.len > self.data.len()
+    }
 }
 
 /// Why bytes are not a RELP frame.
@@ -88,8 +120,6 @@ pub enum Error {
     BadDatalen,
     #[error("expected a space after the {0}")]
     MissingSpace(&'static str),
-    #[error("data of {len} octets is over the limit of {max}")]
-    TooLong { len: usize, max: usize },
     #[error("frame does not end with LF")]
     MissingTrailer,
 }
@@ -102,7 +132,6 @@ impl Error {
             Error::BadCommand => "bad_command",
             Error::BadDatalen => "bad_datalen",
             Error::MissingSpace(_) => "missing_space",
-            Error::TooLong { .. } => "too_long",
             Error::MissingTrailer => "missing_trailer",
         }
     }
@@ -114,6 +143,20 @@ impl Error {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     max_data: usize,
+    /// Inside a frame longer than `max_data`.
+    long: Option<Long>,
+}
+
+/// A frame whose data is over the limit, being read past.
+#[derive(Debug, Clone)]
+struct Long {
+    txnr: u32,
+    command: Command,
+    len: usize,
+    /// The first `max_data` octets of its data.
+    kept: BytesMut,
+    /// Data octets not yet seen.
+    left: usize,
 }
 
 /// Where the header parse got to.
@@ -130,7 +173,15 @@ impl Decoder {
     /// for version 1; a listener uses its `max-frame` plus room for the
     /// open offers).
     pub fn new(max_data: usize) -> Decoder {
-        Decoder { max_data }
+        Decoder {
+            max_data,
+            long: None,
+        }
+    }
+
+    /// Inside a frame (some of it read, not all).
+    pub fn in_frame(&self, buf: &[u8]) -> bool {
+        self.long.is_some() || !buf.is_empty()
     }
 
     /// Most bytes the buffer holds while waiting for a frame to complete.
@@ -140,16 +191,31 @@ impl Decoder {
 
     /// The next whole frame in `buf` (taken off it), `Ok(None)` when more
     /// bytes are needed, or why the stream is not RELP.
-    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        if self.long.is_some() {
+            return self.read_long(buf);
+        }
         let (txnr, command, len, at) = match header(buf)? {
             Header::Partial => return Ok(None),
             Header::Done(t, c, l, at) => (t, c, l, at),
         };
         if len > self.max_data {
-            return Err(Error::TooLong {
+            // Only the SP after DATALEN is checked here; the data is taken
+            // as it comes.
+            match buf.get(at) {
+                None => return Ok(None),
+                Some(b' ') => {}
+                Some(_) => return Err(Error::MissingSpace("data length")),
+            }
+            buf.advance(at + 1);
+            self.long = Some(Long {
+                txnr,
+                command,
                 len,
-                max: self.max_data,
+                kept: BytesMut::with_capacity(self.max_data),
+                left: len,
             });
+            return self.read_long(buf);
         }
         // With data: SP DATA LF; without: LF.
         let need = if len == 0 { at + 1 } else { at + 1 + len + 1 };
@@ -178,6 +244,31 @@ impl Decoder {
             txnr,
             command,
             data,
+            len,
+        }))
+    }
+
+    /// Goes on through a frame longer than the limit.
+    fn read_long(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
+        let long = self.long.as_mut().expect("inside a long frame");
+        let take = long.left.min(buf.len());
+        let keep = take.min(self.max_data - long.kept.len());
+        long.kept.extend_from_slice(&buf[..keep]);
+        buf.advance(take);
+        long.left -= take;
+        if long.left > 0 || buf.is_empty() {
+            return Ok(None);
+        }
+        let long = self.long.take().expect("inside a long frame");
+        if buf[0] != b'\n' {
+            return Err(Error::MissingTrailer);
+        }
+        buf.advance(1);
+        Ok(Some(Frame {
+            txnr: long.txnr,
+            command: long.command,
+            data: long.kept.freeze(),
+            len: long.len,
         }))
     }
 }
@@ -315,6 +406,7 @@ mod tests {
     use super::*;
 
     fn decode_all(dec: &Decoder, bytes: &[u8]) -> (Vec<Frame>, Option<Error>) {
+        let mut dec = dec.clone();
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         loop {
@@ -329,7 +421,7 @@ mod tests {
     #[test]
     fn a_librelp_session_decodes() {
         let stream = b"1 open 86 relp_version=0\nrelp_software=librelp,1.2.18,http://librelp.adiscon.com\ncommands=syslog\n2 syslog 29 <13>Nov 27 10:00:00 host x: y\n3 close 0\n";
-        let dec = Decoder::new(128 * 1024);
+        let mut dec = Decoder::new(128 * 1024);
         let (frames, err) = decode_all(&dec, stream);
         assert_eq!(err, None);
         assert_eq!(frames.len(), 3);
@@ -394,7 +486,8 @@ mod tests {
             (b"1 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", Error::BadCommand),
             (b"1 syslog x", Error::BadDatalen),
             (b"1 syslog 5x", Error::MissingSpace("data length")),
-            (b"1 syslog 17 ", Error::TooLong { len: 17, max: 16 }),
+            (b"1 syslog 17x", Error::MissingSpace("data length")),
+            (b"1 syslog 17 abcdefghijklmnopqX", Error::MissingTrailer),
             (b"1 syslog 2 abX", Error::MissingTrailer),
             (b"1 close 0 ", Error::MissingTrailer),
         ] {
@@ -411,5 +504,34 @@ mod tests {
         for partial in [&b"1"[..], b"12 sys", b"12 syslog 1", b"12 syslog 10 abc"] {
             assert_eq!(decode_all(&dec, partial), (vec![], None));
         }
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_cut_and_the_stream_goes_on() {
+        let mut stream = Vec::new();
+        encode(1, "syslog", &[b'a'; 100], &mut stream);
+        encode(2, "syslog", b"short", &mut stream);
+        let dec = Decoder::new(16);
+        let (frames, err) = decode_all(&dec, &stream);
+        assert_eq!(err, None);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(&frames[0].data[..], &[b'a'; 16][..]);
+        assert_eq!(frames[0].len, 100);
+        assert!(frames[0].truncated());
+        assert_eq!(&frames[1].data[..], b"short");
+        assert!(!frames[1].truncated());
+        // Byte by byte, the buffer stays small and the frames are the same.
+        let mut dec = Decoder::new(16);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &b in &stream {
+            buf.extend_from_slice(&[b]);
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            assert!(buf.len() <= dec.max_buffer());
+        }
+        assert_eq!(got, frames);
+        assert!(!dec.in_frame(&buf));
     }
 }

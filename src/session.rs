@@ -7,6 +7,12 @@
 //! (backpressure: a full writer queue stops the read). Idle and
 //! partial-frame timeouts close stuck clients; every close has a counted
 //! reason, and frames refused before routing leave a GAP record.
+//!
+//! On a `protocol = "relp"` listener the session speaks RELP instead
+//! ([`relp`]): same journal, same limits, plus an answer per message once
+//! it is durable.
+
+mod relp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::config::Protocol;
 use crate::frame::{ConnMeta, Frame};
 use crate::framer::{Decoder, Event, FrameError};
 use crate::journal::Ingress;
@@ -121,7 +128,11 @@ pub(crate) async fn session(
             .with_interval(Duration::from_secs(10)),
     );
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-    let meta = ConnMeta::new(id, s.name.clone(), peer);
+    let mut meta = ConnMeta::new(id, s.name.clone(), peer);
+    let is_relp = s.protocol == Protocol::Relp;
+    if is_relp {
+        meta = meta.with_relp();
+    }
     // One span per connection, attached to the future (not entered across
     // awaits, which would leak it into other tasks' logs).
     let span = tracing::debug_span!("session", listener = %s.name, client = %peer, conn = id);
@@ -135,6 +146,9 @@ pub(crate) async fn session(
         // What this session started with; only reloads after it count.
         recheck.reloads.mark_unchanged();
         match &s.tls {
+            None if is_relp => {
+                Box::pin(relp::session(stream, &Arc::new(meta), s, &stop, &mut recheck)).await
+            }
             None => read_loop(stream, &Arc::new(meta), s, &stop, &mut recheck).await,
             // Boxed: the TLS states (handshake, a rustls connection) are
             // several KiB, and an inline branch would make every plain
@@ -153,7 +167,11 @@ pub(crate) async fn session(
                     ));
                     tracing::debug!(version = %identity.version, cipher = %identity.cipher, sni = ?identity.sni, peer = ?identity.peer.as_ref().map(|p| &p.subject), "TLS session established");
                     let meta = Arc::new(meta.with_tls(identity));
-                    let close = read_loop(&mut stream, &meta, s, &stop, &mut recheck).await;
+                    let close = if is_relp {
+                        relp::session(&mut stream, &meta, s, &stop, &mut recheck).await
+                    } else {
+                        read_loop(&mut stream, &meta, s, &stop, &mut recheck).await
+                    };
                     // close_notify, so the client knows nothing was cut.
                     let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, stream.shutdown()).await;
                     close
@@ -519,6 +537,16 @@ async fn read_frames<S: ClientStream>(
 
 /// Hands the batch to the journal writer. False when it is gone.
 async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
+    flush_with(batch, s, None).await
+}
+
+/// Hands the batch to the journal writer, which answers `ack` with the
+/// seq of its last frame (or why it refused them). False when it is gone.
+async fn flush_with(
+    batch: &mut Vec<Frame>,
+    s: &SessionSettings,
+    ack: Option<crate::journal::Ack>,
+) -> bool {
     let mut frames = std::mem::take(batch);
     // A few frames would keep a whole read buffer alive: copy them out. A
     // read full of frames uses its buffer well and goes on as it is.
@@ -530,6 +558,7 @@ async fn flush(batch: &mut Vec<Frame>, s: &SessionSettings) -> bool {
     let sent = s.tx.send(Ingress::Frames {
         listener: s.slot,
         frames,
+        ack,
     });
     if sent.await.is_err() {
         // Only when the journal stopped (shutdown grace over while it was

@@ -10,6 +10,12 @@
 //! wrapped in [`Counted`], and after each batch is written and flushed its
 //! frames are settled against the ciphertext bytes written by then, so a
 //! frame settles only once every TLS record holding it is acknowledged.
+//!
+//! Towards a `protocol = "relp"` pool the connection speaks RELP instead
+//! ([`relp`]): a frame settles on the backend's `rsp 200`, so neither
+//! `SIOCOUTQ` nor a replay window is needed.
+
+mod relp;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -101,6 +107,9 @@ pub struct Handback {
     /// Seqs of frames settled since the dispatcher last looked, for its
     /// delivery cursor. Bounded like the frames: each was in flight.
     settled: Mutex<Vec<(u32, u64)>>,
+    /// Frames in `frames` a backend refused (RELP `rsp 500`), by seq, each
+    /// with that backend: kept away from it while another can take them.
+    kept_off: Mutex<Vec<(u64, u32)>>,
     /// The pool dispatcher's wake-up.
     pub wake: Arc<Notify>,
 }
@@ -111,6 +120,7 @@ impl Handback {
             frames: Mutex::new(Vec::new()),
             replay: Mutex::new(Vec::new()),
             settled: Mutex::new(Vec::new()),
+            kept_off: Mutex::new(Vec::new()),
             wake,
         }
     }
@@ -127,6 +137,23 @@ impl Handback {
 
     pub fn take(&self) -> Vec<Frame> {
         std::mem::take(&mut *crate::lock(&self.frames))
+    }
+
+    /// Frames backend `backend` refused: routed again, to another backend
+    /// while there is one.
+    pub fn push_refused(&self, backend: u32, frames: Vec<Frame>) {
+        crate::lock(&self.kept_off).extend(
+            frames
+                .iter()
+                .filter(|f| f.seq > 0)
+                .map(|f| (f.seq, backend)),
+        );
+        self.push(frames);
+    }
+
+    /// The backends refused frames are to be kept away from, by seq.
+    pub fn take_kept_off(&self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut *crate::lock(&self.kept_off))
     }
 
     /// Asks for settled frames of backend `backend` to be sent again, by
@@ -259,6 +286,9 @@ impl Backoff {
 #[derive(Clone)]
 pub struct UpstreamSettings {
     pub framing: OutFraming,
+    /// `Some(window)`: RELP towards the backend, with at most `window`
+    /// messages unacknowledged.
+    pub relp_window: Option<usize>,
     /// Bytes of settled frames sent again after a reset (0: off).
     pub replay_window: u64,
     pub connect_timeout: Duration,
@@ -375,6 +405,9 @@ pub struct Upstream {
     last_progress: std::time::Instant,
     /// The dispatcher dropped its sender.
     input_closed: bool,
+    /// RELP: frames taken from the dispatcher and not yet sent (beyond the
+    /// window). Charged to this connection like the FIFO.
+    waiting: VecDeque<Frame>,
 }
 
 impl Upstream {
@@ -397,6 +430,7 @@ impl Upstream {
             settled_seqs: Vec::new(),
             last_progress: std::time::Instant::now(),
             input_closed: false,
+            waiting: VecDeque::new(),
         }
     }
 
@@ -421,13 +455,21 @@ impl Upstream {
                     backoff.reset();
                     self.shared.connected.store(true, Ordering::Release);
                     self.backend.connection_opened();
-                    let end = match conn {
-                        Conn::Plain(mut stream) => {
+                    let end = match (conn, self.settings.relp_window) {
+                        (Conn::Plain(mut stream), Some(window)) => {
+                            let (rd, wr) = stream.split();
+                            self.serve_relp(rd, wr, window, &abort).await
+                        }
+                        (Conn::Tls { stream, .. }, Some(window)) => {
+                            let (rd, wr) = tokio::io::split(*stream);
+                            self.serve_relp(rd, wr, window, &abort).await
+                        }
+                        (Conn::Plain(mut stream), None) => {
                             let fd = stream.as_raw_fd();
                             let (rd, wr) = stream.split();
                             self.serve(rd, wr, fd, None, &abort).await
                         }
-                        Conn::Tls { stream, fd, wire } => {
+                        (Conn::Tls { stream, fd, wire }, None) => {
                             let (rd, wr) = tokio::io::split(*stream);
                             self.serve(rd, wr, fd, Some(&wire), &abort).await
                         }
@@ -768,6 +810,15 @@ impl Upstream {
     /// After a failure: unsettled frames and everything queued go back.
     fn hand_back_unsettled(&mut self) {
         let mut frames: Vec<Frame> = self.fifo.drain(..).map(|(_, f)| f).collect();
+        if self.settings.relp_window.is_some() && !frames.is_empty() {
+            // Written and never acknowledged: sent again (the backend may
+            // have taken some of them).
+            self.settings
+                .metrics
+                .relp_resent
+                .inc_by(frames.len() as u64);
+        }
+        frames.extend(self.waiting.drain(..));
         self.note_oldest();
         while let Ok(batch) = self.rx.try_recv() {
             frames.extend(batch);
@@ -786,6 +837,7 @@ impl Upstream {
     /// Shutdown grace is over: what is still here is not delivered.
     fn lose_queued(&mut self) {
         let mut frames: Vec<Frame> = self.fifo.drain(..).map(|(_, f)| f).collect();
+        frames.extend(self.waiting.drain(..));
         self.note_oldest();
         self.rx.close();
         while let Ok(batch) = self.rx.try_recv() {

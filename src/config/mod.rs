@@ -261,6 +261,29 @@ pub enum Framing {
     Lf,
 }
 
+/// What a listener speaks with its clients, or a pool with its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Syslog over TCP (RFC 6587 framing), or over TLS (RFC 5425).
+    #[default]
+    Syslog,
+    /// RELP (rsyslog's Reliable Event Logging Protocol): each message is
+    /// acknowledged by the receiver. A RELP listener answers `rsp 200`
+    /// only once the frame is durable in the journal; a RELP pool settles a
+    /// frame only on the backend's `rsp 200`.
+    Relp,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Syslog => "syslog",
+            Protocol::Relp => "relp",
+        }
+    }
+}
+
 /// What happens to a frame longer than `max-frame`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -308,7 +331,13 @@ pub struct ListenerConfig {
     /// long (a stuck or slowloris client). Default 30s.
     #[serde(default = "default_frame_timeout")]
     pub frame_timeout: HumanDuration,
+    /// `syslog` (default) or `relp`. A RELP listener cuts frames by RELP's
+    /// own framing (`framing` is not used); `max-frame` and `oversize`
+    /// apply to each message.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Syslog over TLS (RFC 5425) on this listener; plain TCP when absent.
+    /// RELP over TLS with `protocol = "relp"`.
     pub tls: Option<ListenerTlsConfig>,
 }
 
@@ -492,6 +521,16 @@ pub struct PoolConfig {
     /// TLS towards the backends (and a TLS handshake as the health check);
     /// plain TCP when absent.
     pub tls: Option<PoolTlsConfig>,
+    /// `syslog` (default) or `relp` towards the backends. Over RELP a frame
+    /// is settled by the backend's `rsp 200` (`framing` and
+    /// `replay-window` are not used: nothing unacknowledged is ever taken
+    /// as delivered).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// RELP: messages sent and not yet acknowledged on one backend
+    /// connection. Default 128 (librelp's), 1 to 65536.
+    #[serde(default = "default_relp_window")]
+    pub relp_window: usize,
     #[serde(default, rename = "backend")]
     pub backends: Vec<BackendConfig>,
 }
@@ -578,6 +617,9 @@ fn default_tcp_user_timeout() -> HumanDuration {
 }
 fn default_queue_bytes() -> ByteSize {
     ByteSize(4 << 20)
+}
+fn default_relp_window() -> usize {
+    128
 }
 fn default_replay_window() -> ByteSize {
     ByteSize(4 << 20)

@@ -233,6 +233,9 @@ impl Config {
             if p.tcp_user_timeout.0 < Duration::from_millis(1) {
                 errs.push(format!("{at}.tcp-user-timeout: must be at least 1ms"));
             }
+            if p.relp_window == 0 || p.relp_window > 65536 {
+                errs.push(format!("{at}.relp-window: must be between 1 and 65536"));
+            }
             if p.replay_window.0 > 256 << 20 {
                 errs.push(format!("{at}.replay-window: at most 256MiB"));
             }

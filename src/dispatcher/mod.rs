@@ -353,6 +353,8 @@ impl Dispatcher {
             if !back.is_empty() {
                 self.requeue(back);
             }
+            // Refused by a backend (RELP 500): to another one if possible.
+            self.replay.origin.extend(self.handback.take_kept_off());
             let replay = self.handback.take_replay();
             if !replay.is_empty() {
                 self.replay.add(replay);

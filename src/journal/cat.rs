@@ -107,7 +107,7 @@ pub fn cat(
                 }
             };
             if format == Format::Jsonl && r.kind() == Some(RecordType::Connection) {
-                conns.insert(r.seq, tls_json(&r));
+                conns.insert(r.seq, connection_json(&r));
             }
             if from.is_some_and(|b| !b.allows_from(&r)) || to.is_some_and(|b| !b.allows_to(&r)) {
                 continue;
@@ -180,8 +180,9 @@ fn backend_of(ranges: &[(u64, u64, String)], seq: u64) -> Option<&str> {
         .map(|r| r.2.as_str())
 }
 
-/// A CONNECTION record's TLS fields as a JSON object.
-fn tls_json(r: &Record<'_>) -> String {
+/// A CONNECTION record as a JSON member: `"tls":{..}` with its TLS fields
+/// for a TLS connection, `"connection":{..}` for a plain one (RELP).
+fn connection_json(r: &Record<'_>) -> String {
     let text = |t: u8| {
         r.meta_value(t)
             .map_or("null".into(), |v| json_str(&String::from_utf8_lossy(v)))
@@ -194,8 +195,15 @@ fn tls_json(r: &Record<'_>) -> String {
         .body
         .get(1..9)
         .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+    if r.meta_value(tag::TLS_VERSION).is_none() {
+        return format!(
+            "\"connection\":{{\"connection\":{},\"conn_id\":{conn},\"protocol\":{}}}",
+            r.seq,
+            text(tag::PROTOCOL)
+        );
+    }
     format!(
-        "{{\"connection\":{},\"conn_id\":{conn},\"protocol\":{},\"version\":{},\"cipher\":{},\"sni\":{},\"peer_sha256\":{},\"peer_subject\":{},\"peer_san\":[{}]}}",
+        "\"tls\":{{\"connection\":{},\"conn_id\":{conn},\"protocol\":{},\"version\":{},\"cipher\":{},\"sni\":{},\"peer_sha256\":{},\"peer_subject\":{},\"peer_san\":[{}]}}",
         r.seq,
         text(tag::PROTOCOL),
         text(tag::TLS_VERSION),
@@ -207,7 +215,7 @@ fn tls_json(r: &Record<'_>) -> String {
     )
 }
 
-fn json_line(r: &Record<'_>, backend: Option<&str>, tls: Option<&str>) -> String {
+fn json_line(r: &Record<'_>, backend: Option<&str>, conn: Option<&str>) -> String {
     let kind = r.kind().map_or("UNKNOWN", RecordType::name);
     let meta = |t: u8| {
         r.meta_value(t)
@@ -280,8 +288,9 @@ fn json_line(r: &Record<'_>, backend: Option<&str>, tls: Option<&str>) -> String
         }
         _ => {}
     }
-    if let Some(t) = tls {
-        s.push_str(&format!(",\"tls\":{t}"));
+    if let Some(c) = conn {
+        s.push(',');
+        s.push_str(c);
     }
     s.push_str("}\n");
     s

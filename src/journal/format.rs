@@ -50,7 +50,7 @@ pub enum RecordType {
     Cursor = 10,
     /// Tampering found at start-up (what, where), chained like any record.
     Alarm = 11,
-    /// Who is on the other end of a TLS connection (and what it
+    /// Who is on the other end of a TLS or RELP connection (and what it
     /// negotiated), written before its first frame in each segment; its
     /// frames carry this record's seq (meta `CONN`). Body: version byte 1,
     /// then the process-local connection number (u64) the logs use.
@@ -119,7 +119,7 @@ pub mod tag {
     pub const BACKEND: u8 = 4;
     pub const REASON: u8 = 5;
     pub const POOL: u8 = 6;
-    /// CONNECTION: `syslog+tls`.
+    /// CONNECTION: `syslog+tls`, `relp`, `relp+tls`.
     pub const PROTOCOL: u8 = 7;
     /// CONNECTION: `TLSv1.3`, `TLSv1.2`.
     pub const TLS_VERSION: u8 = 8;

@@ -46,7 +46,18 @@ pub enum Ingress {
     /// [`Reconfigure::routes`]), in arrival order. The writer decides their
     /// pool, so a reload switches every session of a listener between two
     /// batches, never inside one.
-    Frames { listener: usize, frames: Vec<Frame> },
+    ///
+    /// `ack`, when given, is answered with the seq of the batch's last
+    /// frame once the frames are numbered (the sender then waits for
+    /// [`Durable`] to reach it), or with why they were refused (a GAP
+    /// record was written for them). A RELP session asks for it: it may
+    /// answer `rsp 200` only for what is durable. Dropped unanswered only
+    /// when the writer stops.
+    Frames {
+        listener: usize,
+        frames: Vec<Frame>,
+        ack: Option<Ack>,
+    },
     /// Frames refused before routing (oversize drop, malformed, ...).
     Gap {
         listener: Arc<str>,
@@ -56,6 +67,24 @@ pub enum Ingress {
     },
     /// A config reload: applied in order with the frames around it.
     Reconfigure(Box<Reconfigure>),
+}
+
+/// The answer to a batch that asked for one ([`Ingress::Frames`]).
+pub type Ack = tokio::sync::oneshot::Sender<Result<u64, Refused>>;
+
+/// Why the writer did not journal a batch (it wrote a GAP record instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The journal reached its disk budget with `on-full = "drop"`.
+    DiskFull,
+}
+
+impl Refused {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::DiskFull => "disk_full",
+        }
+    }
 }
 
 /// Custody records that may wait for the writer: they have a channel of

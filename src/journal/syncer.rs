@@ -80,13 +80,18 @@ impl Syncer {
         self.ok.load(Ordering::Acquire)
     }
 
-    /// Asks for the segment to be synced; skipped when jobs are already
-    /// waiting (the next one syncs it too).
-    pub fn sync_segment(&self, file: File, path: PathBuf, upto: u64) {
-        if let Some(tx) = &self.tx {
-            match tx.try_send(Job::Segment { file, path, upto }) {
-                Ok(()) | Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => self.ok.store(false, Ordering::Release),
+    /// Asks for the segment to be synced. False when jobs are already
+    /// waiting and it was skipped: the writer asks again later, since the
+    /// waiting jobs mark durable only what was written when they were
+    /// queued (a RELP client waits on that mark).
+    pub fn sync_segment(&self, file: File, path: PathBuf, upto: u64) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        match tx.try_send(Job::Segment { file, path, upto }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => false,
+            Err(TrySendError::Disconnected(_)) => {
+                self.ok.store(false, Ordering::Release);
+                true
             }
         }
     }

@@ -29,9 +29,10 @@ impl Server {
             slot,
             self.ctx.metrics.listener(&cfg.name),
             tls,
+            self.ctx.durable.clone(),
         );
         let addr = l.local_addr()?;
-        tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, tls = cfg.tls.is_some(), "listening");
+        tracing::info!(listener = %cfg.name, address = %addr, pool = %cfg.pool, tls = cfg.tls.is_some(), protocol = cfg.protocol.label(), "listening");
         let stop = self.stop.child_token();
         let sessions = TaskTracker::new();
         let shared = l.shared();

@@ -198,6 +198,7 @@ impl Server {
             abort,
             background_stop,
             committed: opened.committed.clone(),
+            durable: opened.durable.clone(),
             journal_dir: config.journal.dir.clone(),
             start_seq: opened.start_seq,
         };

@@ -16,6 +16,8 @@ pub(super) struct PoolSupervisor {
     pub(super) background_stop: CancellationToken,
     /// Seq of the last record written to the journal.
     pub(super) committed: Arc<AtomicU64>,
+    /// How far the journal is durable (for RELP listeners' answers).
+    pub(super) durable: crate::journal::Durable,
     pub(super) journal_dir: PathBuf,
     /// First seq of this run: pools check every record of earlier runs'
     /// segments they read back before routing it.
@@ -62,6 +64,8 @@ pub(super) fn upstream_shape(p: &PoolConfig) -> impl PartialEq {
         p.tcp_user_timeout,
         p.replay_window,
         p.tls.clone(),
+        p.protocol,
+        p.relp_window,
     )
 }
 
@@ -85,6 +89,7 @@ impl PoolSupervisor {
             groups: Vec::new(),
             settings: UpstreamSettings {
                 framing: p.framing,
+                relp_window: (p.protocol == crate::config::Protocol::Relp).then_some(p.relp_window),
                 replay_window: p.replay_window.0,
                 connect_timeout: p.connect_timeout.0,
                 tcp_user_timeout: p.tcp_user_timeout.0,
@@ -221,6 +226,8 @@ impl PoolSupervisor {
         let reconnect = upstream_shape(&old) != upstream_shape(new);
         if reconnect {
             state.settings.framing = new.framing;
+            state.settings.relp_window =
+                (new.protocol == crate::config::Protocol::Relp).then_some(new.relp_window);
             state.settings.replay_window = new.replay_window.0;
             state.settings.connect_timeout = new.connect_timeout.0;
             state.settings.tcp_user_timeout = new.tcp_user_timeout.0;
@@ -305,7 +312,17 @@ impl PoolSupervisor {
         let stop = self.background_stop.child_token();
         let timeout = p.health.timeout.0;
         let interval = p.health.interval.0;
-        if p.tls.is_some() {
+        if p.protocol == crate::config::Protocol::Relp {
+            self.background.spawn(health::run(
+                backend.clone(),
+                interval,
+                health::RelpOpen {
+                    timeout,
+                    tls: tls.clone(),
+                },
+                stop.clone(),
+            ));
+        } else if p.tls.is_some() {
             self.background.spawn(health::run(
                 backend.clone(),
                 interval,

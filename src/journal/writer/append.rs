@@ -21,15 +21,17 @@ impl Writer {
         self.push(RecordType::Config, 0, &meta, &stamp.hash)
     }
 
-    /// Writes the CONNECTION record of every TLS connection in `batches`
-    /// not yet announced in this segment.
+    /// Writes the CONNECTION record of every TLS or RELP connection in
+    /// `batches` not yet announced in this segment.
     fn announce_connections(&mut self, batches: &[(&str, &mut [Frame])]) {
         if self.announced.len() >= MAX_ANNOUNCED {
             self.announced.clear();
         }
         let mut last = None;
         for f in batches.iter().flat_map(|(_, f)| f.iter()) {
-            let Some(tls) = &f.conn.tls else { continue };
+            if !f.conn.announced() {
+                continue;
+            }
             if last == Some(f.conn.id) || self.announced.contains_key(&f.conn.id) {
                 last = Some(f.conn.id);
                 continue;
@@ -41,14 +43,17 @@ impl Writer {
             let mut meta: Vec<(u8, &[u8])> = vec![
                 (tag::LISTENER, f.conn.listener.as_bytes()),
                 (tag::CLIENT, f.conn.peer_text.as_bytes()),
-                (tag::PROTOCOL, b"syslog+tls"),
-                (tag::TLS_VERSION, tls.version.as_bytes()),
-                (tag::CIPHER, tls.cipher.as_bytes()),
+                (tag::PROTOCOL, f.conn.protocol().as_bytes()),
             ];
-            if let Some(sni) = &tls.sni {
+            let tls = f.conn.tls.as_deref();
+            if let Some(tls) = tls {
+                meta.push((tag::TLS_VERSION, tls.version.as_bytes()));
+                meta.push((tag::CIPHER, tls.cipher.as_bytes()));
+            }
+            if let Some(sni) = tls.and_then(|t| t.sni.as_ref()) {
                 meta.push((tag::SNI, sni.as_bytes()));
             }
-            if let Some(p) = &tls.peer {
+            if let Some(p) = tls.and_then(|t| t.peer.as_ref()) {
                 sha = p.sha256.to_string();
                 // Bounded so the record's meta (64KiB at most) always
                 // holds every field: a huge subject or SAN list is cut,
@@ -122,9 +127,9 @@ impl Writer {
             for f in frames.iter_mut() {
                 let conn = f
                     .conn
-                    .tls
-                    .as_ref()
-                    .and_then(|_| self.announced.get(&f.conn.id))
+                    .announced()
+                    .then(|| self.announced.get(&f.conn.id))
+                    .flatten()
                     .map(|seq| seq.to_be_bytes());
                 let all: [(u8, &[u8]); 4] = [
                     (tag::LISTENER, f.conn.listener.as_bytes()),

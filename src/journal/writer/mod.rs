@@ -390,12 +390,12 @@ impl Writer {
     pub fn sync_soon(&mut self) -> io::Result<()> {
         match &self.syncer {
             Some(s) if self.dirty => {
-                s.sync_segment(
+                // Still dirty when skipped: the next tick asks again.
+                self.dirty = !s.sync_segment(
                     self.file.try_clone()?,
                     self.seg_path.clone(),
                     self.committed.load(Ordering::Acquire),
                 );
-                self.dirty = false;
                 Ok(())
             }
             Some(_) => Ok(()),

@@ -40,6 +40,13 @@ pub(super) const STAGE_FRAMES: u64 = 8192;
 pub(super) struct Staged {
     /// Each batch with its pool slot (`None`: no pool, journaled only).
     batches: Vec<(Option<usize>, Vec<Frame>)>,
+    /// Batches that asked to be told their last seq: (index in `batches`,
+    /// whom to tell).
+    acks: Vec<(usize, crate::journal::Ack)>,
+    /// A batch here asked for an answer: under `sync = "interval"` the
+    /// commit asks for the sync at once rather than at the next tick, so
+    /// a RELP client's window does not wait out the interval.
+    pub(super) waited: bool,
     frames: u64,
     /// Estimated journal bytes (for the disk budget).
     bytes: u64,
@@ -62,6 +69,12 @@ impl Staged {
             .map(|(n, (_, f))| (&**n, &mut f[..]))
             .collect();
         w.append_batches(&mut batches);
+        for (i, ack) in self.acks.drain(..) {
+            if let Some(last) = self.batches[i].1.last() {
+                self.waited = true;
+                let _ = ack.send(Ok(last.seq));
+            }
+        }
         for (pool, mut frames) in self.batches.drain(..) {
             if let Some(p) = pool {
                 outputs[p].stage(&mut frames);
@@ -191,6 +204,8 @@ pub(super) async fn run(
                 }
                 for item in items.drain(..) {
                     if let Ingress::Frames { frames, .. } = item {
+                        // An ack is dropped unanswered: the client is not
+                        // told its frames are safe, and sends them again.
                         if let Some(f) = frames.first() {
                             w.metrics.refused_full.inc_by(frames.len() as u64);
                             w.append_gap(&f.conn.listener, &f.conn.peer.to_string(), "disk_full", frames.len() as u64);
@@ -252,7 +267,11 @@ pub(super) async fn run(
                 continue;
             }
             match item {
-                Ingress::Frames { listener, frames } => {
+                Ingress::Frames {
+                    listener,
+                    frames,
+                    ack,
+                } => {
                     let bytes: u64 = frames.iter().map(|f| f.len() as u64 + 100).sum();
                     if !w.fits(bytes + staged.bytes + w.buf.len() as u64) {
                         match w.cfg.on_full {
@@ -264,11 +283,18 @@ pub(super) async fn run(
                                     .map(|f| (f.conn.listener.to_string(), f.conn.peer.to_string()))
                                     .unwrap_or_default();
                                 w.append_gap(&listener, &client, "disk_full", n);
+                                if let Some(ack) = ack {
+                                    let _ = ack.send(Err(crate::journal::Refused::DiskFull));
+                                }
                                 continue;
                             }
                             OnFull::Block => {
                                 // Keep this item and everything after it.
-                                held.push(Ingress::Frames { listener, frames });
+                                held.push(Ingress::Frames {
+                                    listener,
+                                    frames,
+                                    ack,
+                                });
                                 blocked = true;
                                 continue;
                             }
@@ -286,6 +312,9 @@ pub(super) async fn run(
                     }
                     staged.frames += frames.len() as u64;
                     staged.bytes += bytes;
+                    if let Some(ack) = ack {
+                        staged.acks.push((staged.batches.len(), ack));
+                    }
                     staged.batches.push((route, frames));
                     // Checkpoints and segment ends fall between batches, as
                     // close to the configured count and size as batches
@@ -338,6 +367,13 @@ pub(super) async fn run(
         // Written (and synced, by policy) before anything is routed.
         if !commit(w, abort, &mut backoff).await {
             return;
+        }
+        if std::mem::take(&mut staged.waited) && w.cfg.sync == SyncPolicy::Interval {
+            // A RELP client waits for these: the sync thread's group
+            // commit now (it takes in whatever else is written meanwhile).
+            if let Err(e) = w.sync_soon() {
+                tracing::error!(error = %e, segment = %w.seg_path.display(), "journal: sync request failed");
+            }
         }
         offer(w, outputs);
         announce(w, outputs);
