@@ -327,11 +327,9 @@ fn header(b: &[u8]) -> Result<Header, Error> {
 
 /// Appends one frame to `out`.
 pub fn encode(txnr: u32, command: &str, data: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(txnr.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(command.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(data.len().to_string().as_bytes());
+    use std::io::Write as _;
+    // Formatted straight into `out`: no allocation per frame.
+    let _ = write!(out, "{txnr} {command} {}", data.len());
     if !data.is_empty() {
         out.push(b' ');
         out.extend_from_slice(data);
@@ -342,12 +340,21 @@ pub fn encode(txnr: u32, command: &str, data: &[u8], out: &mut Vec<u8>) {
 /// A `rsp` frame: `code` with its text, then `cmd_data` on the next line
 /// if any (the offers answering `open`).
 pub fn encode_rsp(txnr: u32, code: u16, text: &str, cmd_data: &[u8], out: &mut Vec<u8>) {
-    let mut data = format!("{code} {text}").into_bytes();
+    use std::io::Write as _;
+    let code = code.min(999);
+    // "CODE TEXT", then LF and the command data if any.
+    let extra = if cmd_data.is_empty() {
+        0
+    } else {
+        1 + cmd_data.len()
+    };
+    let len = 3 + 1 + text.len() + extra;
+    let _ = write!(out, "{txnr} rsp {len} {code:03} {text}");
     if !cmd_data.is_empty() {
-        data.push(b'\n');
-        data.extend_from_slice(cmd_data);
+        out.push(b'\n');
+        out.extend_from_slice(cmd_data);
     }
-    encode(txnr, "rsp", &data, out);
+    out.push(b'\n');
 }
 
 /// A parsed `rsp` data part.

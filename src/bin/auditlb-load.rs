@@ -3,12 +3,17 @@
 //!
 //! ```text
 //! auditlb-load gen  --to 127.0.0.1:1514 --connections 4 --frames 200000 --size 200 \
-//!                   [--framing lf|octet] [--rate FRAMES_PER_S] [--id-base N]
+//!                   [--framing lf|octet|relp] [--window N] [--rate FRAMES_PER_S] [--id-base N]
 //!                   [--tls-ca FILE [--tls-name NAME]]
-//! auditlb-load sink --listen 127.0.0.1:0 [--framing lf|octet] [--log FILE]
+//! auditlb-load sink --listen 127.0.0.1:0 [--framing lf|octet|relp] [--log FILE]
 //!                   [--close-after N] [--stall-after N] [--seconds S] [--expect N]
 //!                   [--rcvbuf BYTES] [--tls-cert FILE --tls-key FILE]
 //! ```
+//! With `--framing relp` the generator is a RELP client (open, `syslog`
+//! commands with at most `--window` unanswered, default 1024, then close;
+//! it prints how many were answered 200 and how many not) and the sink a
+//! RELP server (it answers each message 200 once it is counted and, with
+//! `--log`, logged).
 //! With `--tls-ca` the generator speaks TLS (checking the server against
 //! that CA and `--tls-name`, default `localhost`); with `--tls-cert` and
 //! `--tls-key` the sink does (a `--log` is then written after each read).
@@ -66,10 +71,13 @@ impl Args {
     }
     fn octet(&self) -> bool {
         match self.get("--framing").unwrap_or("lf") {
-            "lf" => false,
+            "lf" | "relp" => false,
             "octet" | "octet-counted" => true,
             _ => usage(),
         }
+    }
+    fn relp(&self) -> bool {
+        self.get("--framing") == Some("relp")
     }
 }
 
@@ -159,13 +167,18 @@ fn generate(a: &Args) {
     let frames = a.num("--frames", 100_000);
     let size = a.num("--size", 200) as usize;
     let octet = a.octet();
+    let relp = a.relp();
+    let window = a.num("--window", 1024).max(1) as usize;
     let rate = a.num("--rate", 0);
     let base = a.num("--id-base", 0);
     let tls = client_tls(a);
     let started = Instant::now();
+    let answered = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..conns)
         .map(|c| {
             let tls = tls.clone();
+            let (answered, refused) = (answered.clone(), refused.clone());
             std::thread::spawn(move || {
                 let tcp = TcpStream::connect(to)
                     .unwrap_or_else(|e| fail(&format!("connect to {to}: {e}")));
@@ -196,6 +209,8 @@ fn generate(a: &Args) {
                 let t0 = Instant::now();
                 let mut buf = Vec::with_capacity(per_write * (size + 16));
                 let mut digits = [0u8; 20];
+                let mut client = relp.then(|| RelpClient::open(&mut *s, window));
+                let mut line = Vec::with_capacity(size + 16);
                 for (k, chunk) in mine.chunks(per_write).enumerate() {
                     buf.clear();
                     // ts= (send time, once per write) lets the sink measure
@@ -209,6 +224,15 @@ fn generate(a: &Args) {
                         let id = decimal(base + i, &mut digits);
                         let pad = size.saturating_sub(head.len() + 4 + id.len());
                         let len = head.len() + pad + 4 + id.len();
+                        if let Some(client) = &mut client {
+                            line.clear();
+                            line.extend_from_slice(head.as_bytes());
+                            line.resize(line.len() + pad, b'x');
+                            line.extend_from_slice(b" id=");
+                            line.extend_from_slice(id);
+                            client.push(&line, &mut buf);
+                            continue;
+                        }
                         if octet {
                             let mut lb = [0u8; 20];
                             buf.extend_from_slice(decimal(len as u64, &mut lb));
@@ -222,6 +246,10 @@ fn generate(a: &Args) {
                             buf.push(b'\n');
                         }
                     }
+                    if let Some(client) = &mut client {
+                        // Room in the window first.
+                        client.wait_room(&mut *s, chunk.len());
+                    }
                     if s.write_all(&buf).is_err() {
                         eprintln!("auditlb-load gen: connection {c} closed by the server");
                         return;
@@ -233,6 +261,11 @@ fn generate(a: &Args) {
                             std::thread::sleep(wait);
                         }
                     }
+                }
+                if let Some(client) = &mut client {
+                    client.close(&mut *s);
+                    answered.fetch_add(client.ok, Ordering::Relaxed);
+                    refused.fetch_add(client.refused, Ordering::Relaxed);
                 }
                 s.finish();
                 // Wait for the server to close: everything was read.
@@ -249,6 +282,107 @@ fn generate(a: &Args) {
         "sent={frames} seconds={secs:.3} rate={:.0} frames/s",
         frames as f64 / secs
     );
+    if relp {
+        println!(
+            "answered={} refused={}",
+            answered.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// The generator's side of one RELP session (blocking).
+struct RelpClient {
+    txnr: u32,
+    window: usize,
+    /// Sent and not yet answered.
+    outstanding: usize,
+    ok: u64,
+    refused: u64,
+    dec: auditlb::relp::Decoder,
+    rbuf: bytes::BytesMut,
+}
+
+impl RelpClient {
+    fn open(s: &mut dyn Stream, window: usize) -> RelpClient {
+        let mut out = Vec::new();
+        auditlb::relp::encode(1, "open", &auditlb::relp::offers(), &mut out);
+        s.write_all(&out)
+            .unwrap_or_else(|e| fail(&format!("RELP open: {e}")));
+        let mut c = RelpClient {
+            txnr: 2,
+            window,
+            outstanding: 1,
+            ok: 0,
+            refused: 0,
+            dec: auditlb::relp::Decoder::new(1 << 20),
+            rbuf: bytes::BytesMut::new(),
+        };
+        while c.outstanding > 0 {
+            c.read_answers(s);
+        }
+        if c.ok != 1 {
+            fail("the RELP server refused the open");
+        }
+        // The open's answer is not a message.
+        c.ok = 0;
+        c
+    }
+
+    /// Encodes one message into `out`.
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        auditlb::relp::encode(self.txnr, "syslog", data, out);
+        self.txnr = auditlb::relp::next_txnr(self.txnr);
+    }
+
+    /// Reads answers until `n` more may be sent; counts them sent.
+    fn wait_room(&mut self, s: &mut dyn Stream, n: usize) {
+        while self.outstanding + n > self.window.max(n) {
+            self.read_answers(s);
+        }
+        self.outstanding += n;
+    }
+
+    /// Takes the answers buffered, or reads more when there are none.
+    fn read_answers(&mut self, s: &mut dyn Stream) {
+        let before = self.outstanding;
+        loop {
+            match self.dec.decode(&mut self.rbuf) {
+                Ok(Some(f)) if f.command == auditlb::relp::Command::Rsp => {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    match auditlb::relp::parse_rsp(&f.data) {
+                        Some(r) if r.ok() => self.ok += 1,
+                        _ => self.refused += 1,
+                    }
+                }
+                Ok(Some(f)) if f.command == auditlb::relp::Command::ServerClose => {
+                    fail("the RELP server closed the session")
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => fail(&format!("RELP answer: {e}")),
+            }
+        }
+        if self.outstanding < before {
+            return;
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        match s.read(&mut chunk) {
+            Ok(0) => fail("the RELP server closed the connection"),
+            Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+            Err(e) => fail(&format!("RELP read: {e}")),
+        }
+    }
+
+    /// Waits for every answer, then closes the session.
+    fn close(&mut self, s: &mut dyn Stream) {
+        while self.outstanding > 0 {
+            self.read_answers(s);
+        }
+        let mut out = Vec::new();
+        auditlb::relp::encode(self.txnr, "close", b"", &mut out);
+        let _ = s.write_all(&out);
+    }
 }
 
 /// `n` in decimal, written into the end of `out`.
@@ -322,6 +456,7 @@ struct Tally {
 fn sink(a: &Args) {
     let listen = a.addr("--listen");
     let octet = a.octet();
+    let relp = a.relp();
     let close_after = a.num("--close-after", 0);
     let stall_after = a.num("--stall-after", 0);
     let seconds = a.num("--seconds", 600);
@@ -388,6 +523,14 @@ fn sink(a: &Args) {
                     }
                 });
                 std::thread::spawn(move || {
+                    if relp {
+                        // RELP: counted, logged, then answered.
+                        match &mut tls {
+                            Some(t) => relp_sink(t, &tally, &first, log.as_mut()),
+                            None => relp_sink(&mut s, &tally, &first, log.as_mut()),
+                        }
+                        return;
+                    }
                     let mut buf = vec![0u8; 1 << 16];
                     let mut pending: Vec<u8> = Vec::new();
                     let mut closed = false;
@@ -469,6 +612,67 @@ fn sink(a: &Args) {
             lat[lat.len() - 1],
             lat.len()
         );
+    }
+}
+
+/// One RELP session of the sink: every message is counted (and logged)
+/// before it is answered 200.
+fn relp_sink<S: Read + Write>(
+    s: &mut S,
+    tally: &Tally,
+    first: &Mutex<Option<Instant>>,
+    mut log: Option<&mut std::fs::File>,
+) {
+    use auditlb::relp::{self, Command};
+    let mut dec = relp::Decoder::new(1 << 20);
+    let mut rbuf = bytes::BytesMut::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    let mut lines = Vec::new();
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        auditlb::lock(first).get_or_insert_with(Instant::now);
+        rbuf.extend_from_slice(&chunk[..n]);
+        out.clear();
+        lines.clear();
+        let mut end = false;
+        let mut messages = false;
+        loop {
+            match dec.decode(&mut rbuf) {
+                Ok(Some(f)) => match f.command {
+                    Command::Open => relp::encode_rsp(f.txnr, 200, "OK", &relp::offers(), &mut out),
+                    Command::Syslog => {
+                        lines.extend_from_slice(&f.data);
+                        lines.push(b'\n');
+                        messages = true;
+                        relp::encode_rsp(f.txnr, 200, "OK", b"", &mut out);
+                    }
+                    Command::Close => {
+                        relp::encode(f.txnr, "rsp", b"", &mut out);
+                        relp::encode(0, "serverclose", b"", &mut out);
+                        end = true;
+                        break;
+                    }
+                    _ => relp::encode_rsp(f.txnr, 500, "not supported", b"", &mut out),
+                },
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if let Some(l) = log.as_mut() {
+            if l.write_all(&lines).is_err() {
+                return;
+            }
+        }
+        if messages {
+            count(false, &mut lines, tally);
+        }
+        if s.write_all(&out).and_then(|()| s.flush()).is_err() || end {
+            return;
+        }
     }
 }
 
