@@ -41,8 +41,11 @@ pub(crate) const MAX_UNANSWERED: usize = 16 * 1024;
 const MIN_DATA: usize = 4096;
 /// Longest read.
 const READ_CHUNK: usize = 64 * 1024;
-/// While stopping: how long answers still owed may take.
-const DRAIN_ANSWERS: Duration = Duration::from_secs(5);
+/// While stopping: how long what the client already sent is read ...
+const DRAIN_READ: Duration = Duration::from_secs(1);
+/// ... and how long the answers owed may take in all (well within the
+/// default shutdown grace of 10 s, which the backends need too).
+const DRAIN_ANSWERS: Duration = Duration::from_secs(3);
 
 /// An answer owed, in command order.
 enum Owed {
@@ -156,6 +159,8 @@ impl State<'_> {
         let mut last_read = Instant::now();
         let mut partial_since: Option<Instant> = None;
         let mut draining: Option<Instant> = None;
+        // While stopping: what the client had already sent is read.
+        let mut input_done = false;
         loop {
             // Every whole command read so far.
             let mut completed = false;
@@ -164,6 +169,9 @@ impl State<'_> {
                     Ok(Some(f)) => {
                         completed = true;
                         if let Err(close) = self.command(f).await {
+                            // An answer that goes with the refusal (an
+                            // open refused with 500) is sent first.
+                            self.write_out(stream).await;
                             return close;
                         }
                     }
@@ -209,14 +217,30 @@ impl State<'_> {
             if let Some(since) = draining {
                 // Stopping: what was read is answered (or the wait ran
                 // out), then the client is told the server closes.
-                if self.owed.is_empty() || since.elapsed() >= DRAIN_ANSWERS {
+                let quiet = input_done || self.closing;
+                if (quiet && self.owed.is_empty()) || since.elapsed() >= DRAIN_ANSWERS {
                     let mut hint = Vec::new();
                     relp::encode(0, "serverclose", b"", &mut hint);
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         stream.write_all(&hint).await?;
-                        stream.flush().await
+                        stream.flush().await?;
+                        // A lingering close: our side ends (FIN, after
+                        // close_notify over TLS), then what the client
+                        // still sends is read and dropped (it was not
+                        // answered; the client sends it again) until it
+                        // closes too. Closing with unread data would reset
+                        // the connection, and a reset makes the client's
+                        // kernel drop the answers and the hint it has not
+                        // read yet.
+                        stream.shutdown().await?;
+                        buf.clear();
+                        while stream.read_some(buf, READ_CHUNK).await? > 0 {
+                            buf.clear();
+                        }
+                        Ok::<(), io::Error>(())
                     })
                     .await;
+                    buf.clear();
                     return Close::Shutdown;
                 }
             }
@@ -241,12 +265,16 @@ impl State<'_> {
             };
             let may_read = !self.closing && self.unanswered < MAX_UNANSWERED;
             let owing = !self.owed.is_empty();
+            if draining.is_some_and(|t| t.elapsed() >= DRAIN_READ) {
+                // A client that keeps sending is not read for ever.
+                input_done = true;
+            }
             let step = if draining.is_some() {
-                if may_read && draining.is_some_and(|t| t.elapsed() < DRAIN_ANSWERS / 2) {
+                if may_read && !input_done {
                     match read_now(stream, buf, READ_CHUNK).await {
                         Some(r) => Step::Read(r),
                         None => {
-                            self.wait_answer(DRAIN_ANSWERS / 10).await;
+                            input_done = true;
                             Step::Answered
                         }
                     }
@@ -329,9 +357,9 @@ impl State<'_> {
                     );
                     self.out.extend_from_slice(&out);
                     s.metrics.relp_nack("command", 1);
-                    return Err(Close::Malformed(
-                        "RELP: the client does not offer the syslog command".into(),
-                    ));
+                    return Err(self
+                        .malformed("RELP: the client does not offer the syslog command".into())
+                        .await);
                 }
                 self.opened = true;
                 s.metrics.relp_sessions.inc();
@@ -417,6 +445,19 @@ impl State<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Writes the answers encoded so far, briefly (the session is ending).
+    async fn write_out<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) {
+        if self.out.is_empty() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        })
+        .await;
+        self.out.clear();
     }
 
     fn owe(&mut self, o: Owed) {
