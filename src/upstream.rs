@@ -408,6 +408,8 @@ pub struct Upstream {
     /// RELP: frames taken from the dispatcher and not yet sent (beyond the
     /// window). Charged to this connection like the FIFO.
     waiting: VecDeque<Frame>,
+    /// RELP refusals are logged at most this often.
+    warn_limit: crate::ratelimit::LogLimiter,
 }
 
 impl Upstream {
@@ -431,6 +433,7 @@ impl Upstream {
             last_progress: std::time::Instant::now(),
             input_closed: false,
             waiting: VecDeque::new(),
+            warn_limit: crate::ratelimit::LogLimiter::new(5, Duration::from_secs(10)),
         }
     }
 

@@ -1652,3 +1652,311 @@ fn relp_over_tls_between_two_auditlbs() {
         "#2's FRAME records referring to a relp+tls connection"
     );
 }
+
+/// A RELP backend that answers `open` and then never answers a message
+/// (hung, yet it reads and passes the open/close health check) must not
+/// hold up the pool: with round robin over it and a fast backend, the fast
+/// one keeps getting its share while the hung one's window is full, long
+/// before `tcp-user-timeout` cuts the hung connection. (Before the fix the
+/// hung connection stopped reading the dispatcher's channel once its
+/// window was full; the dispatcher then blocked on that channel and B got
+/// about 66 frames.) Once the hung backend is cut off, everything reaches
+/// the fast one.
+#[test]
+fn a_hung_relp_backend_does_not_hold_up_the_others() {
+    let hung_conns: Arc<Mutex<Vec<Arc<Mutex<TcpStream>>>>> = Arc::default();
+    let conns = hung_conns.clone();
+    let hung = Relpd::start(move |mut c| {
+        conns.lock().unwrap().push(c.w.clone());
+        while let Some(f) = c.next() {
+            match f.cmd.as_str() {
+                "open" => c.answer_open(&f),
+                "close" => return c.answer_close(&f),
+                // Read, never answered.
+                _ => {}
+            }
+        }
+    });
+    let b_ids: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let ids = b_ids.clone();
+    let fast = Relpd::start(move |mut c| {
+        while let Some(f) = c.next() {
+            match f.cmd.as_str() {
+                "open" => c.answer_open(&f),
+                "syslog" => {
+                    if let Some(id) = id_of(&f.data) {
+                        ids.lock().unwrap().push(id);
+                    }
+                    c.rsp(f.txnr, 200, "OK", b"");
+                }
+                "close" => return c.answer_close(&f),
+                _ => c.rsp(f.txnr, 500, "unknown command", b""),
+            }
+        }
+    });
+    let dir = scratch_dir("relp-wire-hung");
+    let cfg = TestConfig::at(&dir)
+        .pool("protocol = \"relp\"")
+        .pool("relp-window = 2")
+        .pool("connections = 1")
+        .pool("tcp-user-timeout = \"60s\"")
+        .backend_addrs(&[hung.addr, fast.addr])
+        .anchors()
+        .admin("127.0.0.1:0");
+    let mut lb = Lb::start(&dir, &cfg.toml());
+    let addr = lb.listener("in");
+    lb.wait_metric(
+        "auditlb_backend_up",
+        &[("pool", "p")],
+        "2 (both up)",
+        |v| v == 2.0,
+        20,
+    );
+    // 400 lines, a few at a time (small batches, as a trickle of clients
+    // sends them), each on its own connection.
+    const N: u64 = 400;
+    for start in (0..N).step_by(4) {
+        send_lines(addr, start..start + 4);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let unique =
+        |ids: &Mutex<Vec<u64>>| -> HashSet<u64> { ids.lock().unwrap().iter().copied().collect() };
+    // Round robin: the fast backend's share is about half.
+    until(
+        20,
+        || {
+            format!(
+                "the fast backend got {} of {N} while the hung one holds its window (tcp-user-timeout 60s); the pool is held up by the hung backend",
+                unique(&b_ids).len()
+            )
+        },
+        || unique(&b_ids).len() as u64 >= N * 2 / 5,
+    );
+    // The hung backend gone (its listener closed, its connections cut):
+    // what it held is sent again, to the fast one.
+    drop(hung);
+    for w in hung_conns.lock().unwrap().iter() {
+        let _ = w.lock().unwrap().shutdown(Shutdown::Both);
+    }
+    lb.wait_metric(
+        "auditlb_relp_resent_total",
+        &[("pool", "p")],
+        "> 0",
+        |v| v > 0.0,
+        20,
+    );
+    until(
+        30,
+        || format!("{} of {N} reached the fast backend", unique(&b_ids).len()),
+        || unique(&b_ids).len() as u64 == N,
+    );
+    lb.stop();
+    lb.assert_verified();
+}
+
+/// The client's edges of a session: a client that half-closes after
+/// sending still gets every answer; bytes after `close` are not taken for
+/// a command cut off (no GAP, no refusal counted); a command cut off by a
+/// stop is recorded (GAP "incomplete"). The session ends with EOF (no
+/// reset) in each case.
+#[test]
+fn half_close_close_and_a_command_cut_at_stop() {
+    let dir = scratch_dir("relp-wire-edges");
+    let sink = LineSink::start();
+    let cfg = TestConfig::at(&dir)
+        .listener("protocol = \"relp\"")
+        .backend_addrs(&[sink.addr])
+        .pool("framing = \"lf\"")
+        .anchors()
+        .admin("127.0.0.1:0");
+    let mut lb = Lb::start(&dir, &cfg.toml());
+    let addr = lb.listener("in");
+
+    // Half-close: 500 messages, then FIN; all 500 answered, then EOF.
+    let mut c = Client::connect(addr);
+    c.open();
+    let sent: Vec<u32> = (0..500)
+        .map(|id| c.send("syslog", &msg(id)).unwrap())
+        .collect();
+    c.w.shutdown(Shutdown::Write).unwrap();
+    let got = c.until_closed(20.0, "answers after a half-close");
+    let answered: Vec<u32> = got
+        .iter()
+        .filter(|f| f.cmd == "rsp" && f.code() == Some(200))
+        .map(|f| f.txnr)
+        .collect();
+    assert_eq!(
+        answered,
+        sent,
+        "a client that half-closed got {} of its 500 answers",
+        answered.len()
+    );
+
+    // Bytes after close, in the same write: close is answered, nothing
+    // after it is a cut command.
+    let mut c = Client::connect(addr);
+    c.open();
+    let mut bytes = frame_bytes(2, "syslog", &msg(1000));
+    bytes.extend_from_slice(&frame_bytes(3, "close", b""));
+    bytes.extend_from_slice(b"4 syslog 18 <13>after cl");
+    c.raw(&bytes).unwrap();
+    let got = c.until_closed(10.0, "answers to close");
+    let shown: Vec<String> = got.iter().map(Wire::show).collect();
+    assert!(
+        got.len() >= 2
+            && got[0].txnr == 2
+            && got[0].code() == Some(200)
+            && got[1].txnr == 3
+            && got[1].cmd == "rsp",
+        "expected `2 rsp 200`, `3 rsp`, then serverclose: {shown:?}"
+    );
+    lb.wait_metric(
+        "auditlb_relp_acks_total",
+        &[("listener", "in")],
+        ">= 501",
+        |v| v >= 501.0,
+        10,
+    );
+    assert_eq!(
+        lb.metric(
+            "auditlb_frames_refused_total",
+            &[("listener", "in"), ("reason", "incomplete")]
+        ),
+        0.0,
+        "bytes after close were counted as a command cut off"
+    );
+
+    // A command cut off by a stop: recorded.
+    let mut c = Client::connect(addr);
+    c.open();
+    let t = c.send("syslog", &msg(2000)).unwrap();
+    c.expect_rsp(t, 200);
+    c.raw(b"3 syslog 30 <13>cut off by the st").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lb.proc.signal(libc::SIGTERM);
+    let got = c.until_closed(15.0, "serverclose after SIGTERM");
+    assert!(
+        got.iter().any(|f| f.cmd == "serverclose" && f.txnr == 0),
+        "no serverclose: {:?}",
+        got.iter().map(Wire::show).collect::<Vec<_>>()
+    );
+    lb.stop();
+    let gaps: Vec<String> = jsonl(&lb.journal())
+        .into_iter()
+        .filter(|l| l.contains("\"type\":\"GAP\""))
+        .collect();
+    assert_eq!(
+        gaps.len(),
+        1,
+        "exactly one GAP (the command cut at the stop) expected: {gaps:?}"
+    );
+    assert!(gaps[0].contains("\"reason\":\"incomplete\""), "{gaps:?}");
+    lb.assert_verified();
+}
+
+/// A journal blocked on its budget stops the session reading: a frame
+/// half read at that moment is not the client's slowness, so the frame
+/// timeout (1 s here) does not cut the client off while reading waits on
+/// the journal.
+#[test]
+fn a_blocked_journal_does_not_trip_the_frame_timeout() {
+    let dir = scratch_dir("relp-wire-blocked-timeout");
+    let cfg = TestConfig::at(&dir)
+        .listener("protocol = \"relp\"")
+        .listener("frame-timeout = \"1s\"")
+        .backend_addrs(&[free_addr()])
+        .journal("segment-size = \"64KiB\"")
+        .journal("disk-budget = \"128KiB\"")
+        .journal("on-full = \"block\"")
+        .admin("127.0.0.1:0");
+    let mut lb = Lb::start(&dir, &cfg.toml());
+    let addr = lb.listener("in");
+    let mut c = Client::connect(addr);
+    c.open();
+    // Many small messages at once: reads end in the middle of one.
+    let mut w = c.w.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        for id in 0..40_000u64 {
+            buf.extend_from_slice(&frame_bytes(id as u32 + 2, "syslog", &msg(id)));
+        }
+        // Stops when auditlb no longer reads (the write times out).
+        let _ = w.write_all(&buf);
+    });
+    // Answers until the journal blocks, then none for 3 s.
+    let mut answers = 0;
+    loop {
+        match c.next(3.0) {
+            Some(Event::Frame(_)) => answers += 1,
+            Some(Event::Closed(why)) => panic!(
+                "the session was closed ({why}) after {answers} answers; closes: {}",
+                relp_series(&scrape(lb.admin))
+            ),
+            None => break,
+        }
+    }
+    let closed_ft = lb.metric(
+        "auditlb_connections_closed_total",
+        &[("listener", "in"), ("reason", "frame_timeout")],
+    );
+    let incomplete = lb.metric(
+        "auditlb_frames_refused_total",
+        &[("listener", "in"), ("reason", "incomplete")],
+    );
+    assert_eq!(
+        (closed_ft, incomplete),
+        (0.0, 0.0),
+        "a client held back by a blocked journal was cut off for a slow frame ({answers} answers)"
+    );
+    lb.proc.kill9();
+    let _ = writer.join();
+}
+
+/// A client that sends and never reads its answers does not hold up a
+/// stop: the session gives up on it within its drain time, well inside
+/// the shutdown grace, and the process stops cleanly.
+#[test]
+fn a_client_that_never_reads_does_not_hold_up_the_stop() {
+    let dir = scratch_dir("relp-wire-unread");
+    let sink = LineSink::start();
+    let cfg = TestConfig::at(&dir)
+        .listener("protocol = \"relp\"")
+        .backend_addrs(&[sink.addr])
+        .pool("framing = \"lf\"")
+        .grace("8s")
+        .admin("127.0.0.1:0");
+    let mut lb = Lb::start(&dir, &cfg.toml());
+    let addr = lb.listener("in");
+    // A small receive buffer, never read after open.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    s.write_all(&frame_bytes(1, "open", OFFERS)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = Vec::new();
+    for id in 0..200_000u64 {
+        buf.extend_from_slice(&frame_bytes(id as u32 + 2, "syslog", &msg(id)));
+    }
+    // Until auditlb stops reading (its answers fill our small buffer).
+    let _ = s.write_all(&buf);
+    lb.wait_metric(
+        "auditlb_relp_acks_total",
+        &[("listener", "in")],
+        "> 0",
+        |v| v > 0.0,
+        10,
+    );
+    lb.stop();
+    let held: Vec<String> = lb
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("did not finish within grace"))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "a client that never reads held up the stop: {held:?}"
+    );
+    drop(s);
+}

@@ -690,17 +690,18 @@ impl Dispatcher {
             let f = self.pending.pop_front().expect("counted above");
             // A replayed frame goes to another backend than the one whose
             // window it came from, while another can take it.
-            let kept_off = match self.replay.origin.is_empty() {
+            let origin = match self.replay.origin.is_empty() {
                 true => None,
-                false => self.replay.origin.remove(&f.seq).and_then(|o| {
-                    let at = self.backends.iter().position(|b| b.index == o as usize)?;
-                    let others = avail.iter().enumerate().any(|(i, &a)| a && i != at);
-                    (avail[at] && others).then(|| {
-                        avail[at] = false;
-                        at
-                    })
-                }),
+                false => self.replay.origin.remove(&f.seq),
             };
+            let kept_off = origin.and_then(|o| {
+                let at = self.backends.iter().position(|b| b.index == o as usize)?;
+                let others = avail.iter().enumerate().any(|(i, &a)| a && i != at);
+                (avail[at] && others).then(|| {
+                    avail[at] = false;
+                    at
+                })
+            });
             let picked = self.selector.pick(
                 View {
                     avail: &avail,
@@ -723,6 +724,10 @@ impl Dispatcher {
                     out[i].push(f);
                 }
                 None => {
+                    // Not routed: it stays kept off its origin.
+                    if let Some(o) = origin {
+                        self.replay.origin.insert(f.seq, o);
+                    }
                     self.pending.push_front(f);
                     break;
                 }

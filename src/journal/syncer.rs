@@ -46,6 +46,16 @@ enum Job {
     Barrier(SyncSender<()>),
 }
 
+/// What became of a sync request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// Jobs are waiting: ask again later.
+    Busy,
+    /// The sync thread is gone: the writer syncs itself.
+    Gone,
+}
+
 /// The writer's handle on the sync thread.
 pub struct Syncer {
     tx: Option<SyncSender<Job>>,
@@ -84,14 +94,16 @@ impl Syncer {
     /// waiting and it was skipped: the writer asks again later, since the
     /// waiting jobs mark durable only what was written when they were
     /// queued (a RELP client waits on that mark).
-    pub fn sync_segment(&self, file: File, path: PathBuf, upto: u64) -> bool {
-        let Some(tx) = &self.tx else { return true };
+    pub fn sync_segment(&self, file: File, path: PathBuf, upto: u64) -> Queued {
+        let Some(tx) = &self.tx else {
+            return Queued::Gone;
+        };
         match tx.try_send(Job::Segment { file, path, upto }) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => false,
+            Ok(()) => Queued::Yes,
+            Err(TrySendError::Full(_)) => Queued::Busy,
             Err(TrySendError::Disconnected(_)) => {
                 self.ok.store(false, Ordering::Release);
-                true
+                Queued::Gone
             }
         }
     }

@@ -41,6 +41,14 @@ pub(crate) const MAX_UNANSWERED: usize = 16 * 1024;
 const MIN_DATA: usize = 4096;
 /// Longest read.
 const READ_CHUNK: usize = 64 * 1024;
+/// Answer buffer kept between writes; a larger one (after a burst) is let
+/// go.
+const KEEP_OUT: usize = 64 * 1024;
+/// Queue of owed answers kept when empty; a larger one is let go.
+const KEEP_OWED: usize = 256;
+/// How long a closing session waits for the client to close after its
+/// last answer (lingering close).
+const LINGER: Duration = Duration::from_secs(1);
 /// While stopping: how long what the client already sent is read ...
 const DRAIN_READ: Duration = Duration::from_secs(1);
 /// ... and how long the answers owed may take in all (well within the
@@ -106,19 +114,41 @@ pub(super) async fn session<S: ClientStream + AsyncWrite>(
         durable: s.durable.subscribe(),
     };
     let close = st.run(&mut stream, &mut dec, &mut buf, stop, recheck).await;
-    if matches!(
-        close,
-        Close::Idle
-            | Close::FrameTimeout
-            | Close::Error(_)
-            | Close::Shutdown
-            | Close::Revalidation(_)
-            | Close::Eof
-    ) && dec.in_frame(&buf)
+    // After `close` nothing more is taken: bytes after it are not a cut
+    // command.
+    if !st.closing
+        && matches!(
+            close,
+            Close::Idle
+                | Close::FrameTimeout
+                | Close::Error(_)
+                | Close::Shutdown
+                | Close::Revalidation(_)
+                | Close::Eof
+        )
+        && dec.in_frame(&buf)
     {
         // A command cut off: the client sends it again (never answered).
         s.metrics.refused_incomplete.inc();
         record_gap(s, meta, "incomplete").await;
+    }
+    if matches!(close, Close::Shutdown | Close::Eof) {
+        // A lingering close: our side ends (FIN, after close_notify over
+        // TLS), then what the client still sends is read and dropped (it
+        // was not answered; the client sends it again) until it closes
+        // too. Closing with unread data would reset the connection, and a
+        // reset makes the client's kernel drop the answers (and the
+        // serverclose) it has not read yet.
+        let _ = tokio::time::timeout(LINGER, async {
+            stream.shutdown().await?;
+            loop {
+                buf.clear();
+                if stream.read_some(&mut buf, READ_CHUNK).await? == 0 {
+                    return Ok::<(), io::Error>(());
+                }
+            }
+        })
+        .await;
     }
     close
 }
@@ -156,33 +186,36 @@ impl State<'_> {
         recheck: &mut Recheck,
     ) -> Close {
         let s = self.s;
-        let mut last_read = Instant::now();
+        // Last read or answer written: the idle timeout counts from here.
+        let mut last_active = Instant::now();
         let mut partial_since: Option<Instant> = None;
         let mut draining: Option<Instant> = None;
         // While stopping: what the client had already sent is read.
         let mut input_done = false;
+        // The client half-closed: what it is owed is still answered.
+        let mut eof = false;
         loop {
-            // Every whole command read so far.
+            // Every whole command read so far, up to the cap.
             let mut completed = false;
-            while !self.closing {
+            while !self.closing && self.unanswered < MAX_UNANSWERED {
                 match dec.decode(buf) {
                     Ok(Some(f)) => {
                         completed = true;
                         if let Err(close) = self.command(f).await {
-                            // An answer that goes with the refusal (an
-                            // open refused with 500) is sent first.
+                            // What is due now, and the answer that goes
+                            // with a refusal (an open refused with 500),
+                            // are sent first.
+                            let _ = self.answer();
                             self.write_out(stream).await;
                             return close;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        if !self.hand_over().await {
-                            return Close::Downstream;
-                        }
-                        s.metrics.refused_malformed.inc();
-                        record_gap(s, self.meta, "malformed").await;
-                        return Close::Malformed(format!("RELP: {e} ({})", e.reason()));
+                        let close = self.malformed(format!("RELP: {e} ({})", e.reason())).await;
+                        let _ = self.answer();
+                        self.write_out(stream).await;
+                        return close;
                     }
                 }
             }
@@ -195,60 +228,43 @@ impl State<'_> {
                 Err(close) => return close,
             };
             if !self.out.is_empty() {
-                let w = async {
-                    stream.write_all(&self.out).await?;
-                    stream.flush().await
-                };
-                match tokio::time::timeout(s.idle_timeout, w).await {
-                    Ok(Ok(())) => self.out.clear(),
-                    Ok(Err(e)) => return Close::Error(e),
-                    Err(_) => {
-                        return Close::Error(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("answers not taken within {:?}", s.idle_timeout),
-                        ))
-                    }
+                if let Err(close) = self.write_answers(stream, stop, &mut draining).await {
+                    return close;
                 }
+                last_active = Instant::now();
             }
-            if end {
-                // The client's `close` is answered: the session is over.
+            if end || (eof && self.owed.is_empty()) {
+                // The client's `close` is answered, or it half-closed and
+                // has every answer: the session is over.
                 return Close::Eof;
             }
             if let Some(since) = draining {
                 // Stopping: what was read is answered (or the wait ran
                 // out), then the client is told the server closes.
-                let quiet = input_done || self.closing;
+                let quiet = input_done || self.closing || eof;
                 if (quiet && self.owed.is_empty()) || since.elapsed() >= DRAIN_ANSWERS {
                     let mut hint = Vec::new();
                     relp::encode(0, "serverclose", b"", &mut hint);
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
                         stream.write_all(&hint).await?;
-                        stream.flush().await?;
-                        // A lingering close: our side ends (FIN, after
-                        // close_notify over TLS), then what the client
-                        // still sends is read and dropped (it was not
-                        // answered; the client sends it again) until it
-                        // closes too. Closing with unread data would reset
-                        // the connection, and a reset makes the client's
-                        // kernel drop the answers and the hint it has not
-                        // read yet.
-                        stream.shutdown().await?;
-                        buf.clear();
-                        while stream.read_some(buf, READ_CHUNK).await? > 0 {
-                            buf.clear();
-                        }
-                        Ok::<(), io::Error>(())
+                        stream.flush().await
                     })
                     .await;
-                    buf.clear();
                     return Close::Shutdown;
                 }
             }
             if buf.is_empty() {
                 *buf = BytesMut::new();
             }
+            if draining.is_some_and(|t| t.elapsed() >= DRAIN_READ) {
+                // A client that keeps sending is not read for ever.
+                input_done = true;
+            }
+            let may_read = !self.closing && !eof && !input_done && self.unanswered < MAX_UNANSWERED;
+            // A frame is timed only while it is being read: not while
+            // reading waits for answers (a blocked journal).
             let now = Instant::now();
-            partial_since = if dec.in_frame(buf) {
+            partial_since = if may_read && dec.in_frame(buf) {
                 if completed {
                     Some(now)
                 } else {
@@ -257,20 +273,14 @@ impl State<'_> {
             } else {
                 None
             };
-            // Idle only when nothing is owed: an answer waits on the journal.
-            let idle_deadline = last_read + s.idle_timeout;
+            let idle_deadline = last_active + s.idle_timeout;
             let deadline = match partial_since {
                 Some(t) => idle_deadline.min(t + s.frame_timeout),
                 None => idle_deadline,
             };
-            let may_read = !self.closing && self.unanswered < MAX_UNANSWERED;
             let owing = !self.owed.is_empty();
-            if draining.is_some_and(|t| t.elapsed() >= DRAIN_READ) {
-                // A client that keeps sending is not read for ever.
-                input_done = true;
-            }
             let step = if draining.is_some() {
-                if may_read && !input_done {
+                if may_read {
                     match read_now(stream, buf, READ_CHUNK).await {
                         Some(r) => Step::Read(r),
                         None => {
@@ -294,6 +304,8 @@ impl State<'_> {
                         }
                         continue;
                     }
+                    // Idle only when nothing is owed: an answer waits on
+                    // the journal.
                     _ = tokio::time::sleep_until(deadline), if !owing || partial_since.is_some() => {
                         return if partial_since.is_some_and(|t| t + s.frame_timeout <= Instant::now()) {
                             Close::FrameTimeout
@@ -308,20 +320,78 @@ impl State<'_> {
             match step {
                 Step::Answered => {}
                 Step::Read(Ok(0)) => {
-                    // The client left; what it sent and was not answered
-                    // it sends again on its next session.
-                    return Close::Eof;
+                    // The client sends no more: what it is owed is still
+                    // answered (a client may half-close and read them).
+                    // What it sent and was not answered it sends again.
+                    if self.owed.is_empty() {
+                        return Close::Eof;
+                    }
+                    eof = true;
                 }
                 Step::Read(Ok(n)) => {
                     s.metrics.bytes_in.inc_by(n as u64);
-                    last_read = Instant::now();
+                    last_active = Instant::now();
                 }
                 Step::Read(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Close::Eof;
+                    if self.owed.is_empty() {
+                        return Close::Eof;
+                    }
+                    eof = true;
                 }
                 Step::Read(Err(e)) => return Close::Error(e),
             }
         }
+    }
+
+    /// Writes the answers encoded, within `idle-timeout` (a client that
+    /// does not take them is cut off); a stop during the write, or one
+    /// already under way, bounds it by what is left of [`DRAIN_ANSWERS`].
+    async fn write_answers<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        stop: &CancellationToken,
+        draining: &mut Option<Instant>,
+    ) -> Result<(), Close> {
+        let s = self.s;
+        let mut out = std::mem::take(&mut self.out);
+        let w = async {
+            stream.write_all(&out).await?;
+            stream.flush().await
+        };
+        tokio::pin!(w);
+        let first = match *draining {
+            Some(_) => None,
+            None => tokio::select! {
+                r = tokio::time::timeout(s.idle_timeout, &mut w) => Some(r),
+                _ = stop.cancelled() => None,
+            },
+        };
+        let r = match first {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => {
+                return Err(Close::Error(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("answers not taken within {:?}", s.idle_timeout),
+                )))
+            }
+            None => {
+                let since = *draining.get_or_insert_with(Instant::now);
+                match tokio::time::timeout(DRAIN_ANSWERS.saturating_sub(since.elapsed()), &mut w)
+                    .await
+                {
+                    Ok(r) => r,
+                    // Stopping, and the client does not take its answers.
+                    Err(_) => return Err(Close::Shutdown),
+                }
+            }
+        };
+        r.map_err(Close::Error)?;
+        out.clear();
+        // A burst's buffer is not kept for the life of the session.
+        if out.capacity() <= KEEP_OUT {
+            self.out = out;
+        }
+        Ok(())
     }
 
     /// Takes one command.
@@ -368,6 +438,17 @@ impl State<'_> {
                     code: 200,
                     text: "OK",
                     data: relp::offers(),
+                });
+            }
+            Command::Syslog if f.len == 0 => {
+                // An empty message carries nothing to record or route (the
+                // syslog framer skips empty lines too): answered at once.
+                s.metrics.relp_acks.inc();
+                self.owe(Owed::Now {
+                    txnr: f.txnr,
+                    code: 200,
+                    text: "OK",
+                    data: Vec::new(),
                 });
             }
             Command::Syslog => {
@@ -545,6 +626,9 @@ impl State<'_> {
                 }
             }
             self.owed.pop_front();
+        }
+        if self.owed.is_empty() && self.owed.capacity() > KEEP_OWED {
+            self.owed = VecDeque::new();
         }
         Ok(false)
     }

@@ -1,13 +1,21 @@
 //! The RELP client side of a backend connection (`protocol = "relp"` on a
 //! pool). After `open` (offering `commands=syslog`) each frame goes out as
 //! a `syslog` command; at most `relp-window` are unanswered at once. A
-//! frame settles on the backend's `rsp 200` for its transaction number;
-//! answers come in command order. A refusal (any other code) marks the
-//! backend down and sends the frame to another backend; a connection that
-//! ends with frames unanswered hands them all back, to be sent again
-//! (counted in `auditlb_relp_resent_total`: the backend may have taken some
-//! of them, so the receivers may see duplicates, never a loss).
+//! frame settles on the backend's `rsp 200` for its transaction number
+//! (answers come in command order; another order is taken too, as
+//! librelp's client does). A refusal (any other code) marks the backend
+//! down and sends the frame, and what waits behind it, to another backend;
+//! a connection that ends with frames unanswered hands them all back, to be
+//! sent again (counted in `auditlb_relp_resent_total`: the backend may have
+//! taken some of them, so the receivers may see duplicates, never a loss).
+//!
+//! The dispatcher's channel is always read, whatever the window: frames
+//! beyond it wait here (charged to this connection's `queue-bytes` like
+//! any in flight), so a slow or hung backend never holds up the
+//! dispatcher and with it the other backends. The connection counts as
+//! connected only once `open` is answered.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -66,6 +74,8 @@ impl Upstream {
                 }
             }
         });
+        // Not ready for frames until the session is open.
+        self.shared.connected.store(false, Ordering::Release);
         let f = tokio::select! {
             _ = abort.cancelled() => return End::Aborted,
             r = opened => match r {
@@ -98,6 +108,14 @@ impl Upstream {
             }
         }
         tracing::debug!(backend = %self.backend.addr, "RELP session open");
+        self.shared.connected.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        // Anything that came with the answer to open.
+        if !rbuf.is_empty() {
+            if let Err(end) = self.answers(&mut dec, &mut rbuf) {
+                return end;
+            }
+        }
         let mut txnr = relp::next_txnr(1);
         let mut tick = tokio::time::interval(TICK);
         self.last_progress = Instant::now();
@@ -111,6 +129,7 @@ impl Upstream {
             if !self.waiting.is_empty() && self.fifo.len() < window {
                 out.clear();
                 let mut n = 0u64;
+                let was_idle = self.fifo.is_empty();
                 while self.fifo.len() < window {
                     let Some(f) = self.waiting.pop_front() else {
                         break;
@@ -119,10 +138,6 @@ impl Upstream {
                     self.fifo.push_back((u64::from(txnr), f));
                     txnr = relp::next_txnr(txnr);
                     n += 1;
-                }
-                if self.fifo.len() as u64 == n {
-                    // Nothing was outstanding: the answer clock starts now.
-                    self.last_progress = Instant::now();
                 }
                 self.note_oldest();
                 let write = async {
@@ -143,10 +158,15 @@ impl Upstream {
                         ))
                     }
                 }
+                if was_idle {
+                    // Nothing was outstanding: the answer clock starts
+                    // once the messages are out.
+                    self.last_progress = Instant::now();
+                }
                 self.backend.metrics.frames_out.inc_by(n);
                 self.backend.metrics.bytes_out.inc_by(out.len() as u64);
             }
-            let take_more = !self.input_closed && self.waiting.is_empty();
+            let take_more = !self.input_closed;
             tokio::select! {
                 biased;
                 _ = abort.cancelled() => return End::Aborted,
@@ -203,15 +223,15 @@ impl Upstream {
                     )))
                 }
             }
-            let expected = self.fifo.front().map(|(t, _)| *t);
-            if expected != Some(u64::from(f.txnr)) {
+            // Answers come in command order; another order is taken too
+            // (the front is the usual case).
+            let Some(at) = self.fifo.iter().position(|(t, _)| *t == u64::from(f.txnr)) else {
                 break Err(failed(format!(
-                    "RELP answer for transaction {} where {} was expected",
-                    f.txnr,
-                    expected.map_or("none".into(), |t| t.to_string())
+                    "RELP answer for transaction {}, which is not outstanding",
+                    f.txnr
                 )));
-            }
-            let (_, frame) = self.fifo.pop_front().expect("front checked");
+            };
+            let (_, frame) = self.fifo.remove(at).expect("position found");
             match relp::parse_rsp(&f.data) {
                 Some(r) if r.ok() => {
                     acked += 1;
@@ -227,7 +247,7 @@ impl Upstream {
                     refused.push(frame);
                 }
                 None => {
-                    self.fifo.push_front((u64::from(f.txnr), frame));
+                    self.fifo.insert(at, (u64::from(f.txnr), frame));
                     break Err(failed("backend sent an rsp without a status code".into()));
                 }
             }
@@ -244,11 +264,18 @@ impl Upstream {
         if !refused.is_empty() {
             self.last_progress = Instant::now();
             let n = refused.len() as u64;
-            let bytes: u64 = refused.iter().map(|f| f.len() as u64).sum();
             self.backend.metrics.relp_nacks.inc_by(n);
             self.settings.metrics.relp_resent.inc_by(n);
-            self.settings.metrics.redispatched.inc_by(n);
-            tracing::warn!(pool = %self.backend.pool, backend = %self.backend.addr, frames = n, answer = %refusal, "backend refused RELP messages; sending them to another backend");
+            // What waits to be sent goes elsewhere too: the backend is down.
+            refused.extend(self.waiting.drain(..));
+            let bytes: u64 = refused.iter().map(|f| f.len() as u64).sum();
+            self.settings
+                .metrics
+                .redispatched
+                .inc_by(refused.len() as u64);
+            if let Some(skipped) = self.warn_limit.allow() {
+                tracing::warn!(pool = %self.backend.pool, backend = %self.backend.addr, frames = n, answer = %refusal, skipped, "backend refused RELP messages; routing them again (to another backend while there is one)");
+            }
             self.backend
                 .passive_failure(&format!("refused RELP messages ({refusal})"));
             self.backend.sub_pending(bytes);

@@ -390,12 +390,20 @@ impl Writer {
     pub fn sync_soon(&mut self) -> io::Result<()> {
         match &self.syncer {
             Some(s) if self.dirty => {
-                // Still dirty when skipped: the next tick asks again.
-                self.dirty = !s.sync_segment(
-                    self.file.try_clone()?,
-                    self.seg_path.clone(),
-                    self.committed.load(Ordering::Acquire),
-                );
+                use crate::journal::syncer::Queued;
+                let upto = self.committed.load(Ordering::Acquire);
+                match s.sync_segment(self.file.try_clone()?, self.seg_path.clone(), upto) {
+                    Queued::Yes => self.dirty = false,
+                    // Still dirty: the next tick asks again.
+                    Queued::Busy => {}
+                    // No sync thread (it died): synced here, so what
+                    // waits on the durable mark is not left waiting.
+                    Queued::Gone => {
+                        self.file.sync_data()?;
+                        self.dirty = false;
+                        self.durable.mark(upto);
+                    }
+                }
                 Ok(())
             }
             Some(_) => Ok(()),
