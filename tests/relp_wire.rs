@@ -1960,3 +1960,66 @@ fn a_client_that_never_reads_does_not_hold_up_the_stop() {
     );
     drop(s);
 }
+
+/// A client that pipelines 40,000 messages (more than auditlb's cap of
+/// 16,384 unanswered commands) in one go, then `close`, gets every answer
+/// in command order and the close answered; an empty message between
+/// others is answered in its turn (answering it at once, ahead of the
+/// message before it, fails here). Whether the cap itself is reached
+/// depends on how fast the journal syncs: this does not force it.
+#[test]
+fn pipelining_and_empty_messages_keep_command_order() {
+    let dir = scratch_dir("relp-wire-cap");
+    let sink = LineSink::start();
+    let cfg = TestConfig::at(&dir)
+        .listener("protocol = \"relp\"")
+        .backend_addrs(&[sink.addr])
+        .pool("framing = \"lf\"")
+        .admin("127.0.0.1:0");
+    let mut lb = Lb::start(&dir, &cfg.toml());
+    let addr = lb.listener("in");
+    let mut c = Client::connect(addr);
+    c.open();
+    // An empty message after a whole one, in the same write.
+    let mut bytes = frame_bytes(2, "syslog", &msg(0));
+    bytes.extend_from_slice(&frame_bytes(3, "syslog", b""));
+    c.raw(&bytes).unwrap();
+    c.expect_rsp(2, 200);
+    c.expect_rsp(3, 200);
+    // 40,000 messages and a close, written while answers are read.
+    const N: u32 = 40_000;
+    let mut w = c.w.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        for i in 0..N {
+            buf.extend_from_slice(&frame_bytes(i + 4, "syslog", &msg(u64::from(i) + 1)));
+        }
+        buf.extend_from_slice(&frame_bytes(N + 4, "close", b""));
+        w.write_all(&buf).unwrap();
+    });
+    let got = c.until_closed(40.0, "answers to 40,000 pipelined messages and close");
+    writer.join().unwrap();
+    let rsps: Vec<&Wire> = got.iter().filter(|f| f.cmd == "rsp").collect();
+    assert_eq!(
+        rsps.len() as u32,
+        N + 1,
+        "{} answers to {N} messages and a close",
+        rsps.len()
+    );
+    for (i, f) in rsps.iter().enumerate() {
+        assert_eq!(f.txnr, i as u32 + 4, "answers out of command order at {i}");
+    }
+    assert!(
+        got.last().is_some_and(|f| f.cmd == "serverclose"),
+        "close not followed by serverclose"
+    );
+    assert_eq!(
+        lb.metric(
+            "auditlb_frames_refused_total",
+            &[("listener", "in"), ("reason", "incomplete")]
+        ),
+        0.0
+    );
+    lb.stop();
+}

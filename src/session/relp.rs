@@ -197,7 +197,14 @@ impl State<'_> {
         loop {
             // Every whole command read so far, up to the cap.
             let mut completed = false;
-            while !self.closing && self.unanswered < MAX_UNANSWERED {
+            // Decoding stopped at the cap: whole commands may still be in
+            // `buf`, to be decoded (not read past) once answers make room.
+            let mut capped = false;
+            while !self.closing {
+                if self.unanswered >= MAX_UNANSWERED {
+                    capped = !buf.is_empty();
+                    break;
+                }
                 match dec.decode(buf) {
                     Ok(Some(f)) => {
                         completed = true;
@@ -233,7 +240,12 @@ impl State<'_> {
                 }
                 last_active = Instant::now();
             }
-            if end || (eof && self.owed.is_empty()) {
+            if capped && self.unanswered < MAX_UNANSWERED {
+                // Room again: what is buffered is decoded before anything
+                // is read or the session is taken as over.
+                continue;
+            }
+            if end || (eof && !capped && self.owed.is_empty()) {
                 // The client's `close` is answered, or it half-closed and
                 // has every answer: the session is over.
                 return Close::Eof;
@@ -241,7 +253,7 @@ impl State<'_> {
             if let Some(since) = draining {
                 // Stopping: what was read is answered (or the wait ran
                 // out), then the client is told the server closes.
-                let quiet = input_done || self.closing || eof;
+                let quiet = (input_done || self.closing || eof) && !capped;
                 if (quiet && self.owed.is_empty()) || since.elapsed() >= DRAIN_ANSWERS {
                     let mut hint = Vec::new();
                     relp::encode(0, "serverclose", b"", &mut hint);
@@ -260,7 +272,8 @@ impl State<'_> {
                 // A client that keeps sending is not read for ever.
                 input_done = true;
             }
-            let may_read = !self.closing && !eof && !input_done && self.unanswered < MAX_UNANSWERED;
+            let may_read =
+                !self.closing && !eof && !input_done && !capped && self.unanswered < MAX_UNANSWERED;
             // A frame is timed only while it is being read: not while
             // reading waits for answers (a blocked journal).
             let now = Instant::now();
@@ -442,7 +455,11 @@ impl State<'_> {
             }
             Command::Syslog if f.len == 0 => {
                 // An empty message carries nothing to record or route (the
-                // syslog framer skips empty lines too): answered at once.
+                // syslog framer skips empty lines too): answered in its
+                // turn, after the messages read before it.
+                if !self.hand_over().await {
+                    return Err(Close::Downstream);
+                }
                 s.metrics.relp_acks.inc();
                 self.owe(Owed::Now {
                     txnr: f.txnr,
