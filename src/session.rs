@@ -111,6 +111,22 @@ enum Close {
     },
 }
 
+impl Close {
+    /// An end that leaves a frame begun and not finished as refused (a
+    /// GAP "incomplete"): the client did not end it (an EOF finishes what
+    /// framing allows, and RELP counts it too).
+    fn cuts_a_frame(&self) -> bool {
+        matches!(
+            self,
+            Close::Idle
+                | Close::FrameTimeout
+                | Close::Error(_)
+                | Close::Shutdown
+                | Close::Revalidation(_)
+        )
+    }
+}
+
 /// How long a closing TLS session waits to get its close_notify out.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 
@@ -367,15 +383,7 @@ async fn read_loop<S: ClientStream>(
     let mut dec = Decoder::new(s.framing, s.max_frame, s.oversize);
     let mut buf = BytesMut::new();
     let close = read_frames(stream, &mut dec, &mut buf, meta, s, stop, recheck).await;
-    if matches!(
-        close,
-        Close::Idle
-            | Close::FrameTimeout
-            | Close::Error(_)
-            | Close::Shutdown
-            | Close::Revalidation(_)
-    ) && dec.partial(&buf)
-    {
+    if close.cuts_a_frame() && dec.partial(&buf) {
         s.metrics.refused_incomplete.inc();
         record_gap(s, meta, "incomplete").await;
     }
@@ -473,21 +481,9 @@ async fn read_frames<S: ClientStream>(
             // Let an idle connection hold no buffer at all.
             *buf = BytesMut::new();
         }
-        let now = Instant::now();
-        partial_since = if dec.in_frame(buf) {
-            if completed {
-                Some(now)
-            } else {
-                partial_since.or(Some(now))
-            }
-        } else {
-            None
-        };
-        let idle_deadline = last_read + s.idle_timeout;
-        let deadline = match partial_since {
-            Some(t) => idle_deadline.min(t + s.frame_timeout),
-            None => idle_deadline,
-        };
+        let deadline;
+        (partial_since, deadline) =
+            timeouts(s, dec.in_frame(buf), completed, partial_since, last_read);
         let read = if draining {
             // Stopping: take what is already buffered, then close.
             match read_now(&mut stream, buf, chunk).await {
@@ -533,6 +529,28 @@ async fn read_frames<S: ClientStream>(
             Err(e) => return Close::Error(e),
         }
     }
+}
+
+/// When the frame being read started (`None`: none is; a frame completed
+/// just now restarts the clock for the next one), and how long the next
+/// wait may last: `idle-timeout` after `last_read`, or `frame-timeout`
+/// after the frame started, whichever comes first.
+fn timeouts(
+    s: &SessionSettings,
+    in_frame: bool,
+    completed: bool,
+    partial_since: Option<Instant>,
+    last_read: Instant,
+) -> (Option<Instant>, Instant) {
+    let now = Instant::now();
+    let partial_since = match (in_frame, completed) {
+        (false, _) => None,
+        (true, true) => Some(now),
+        (true, false) => partial_since.or(Some(now)),
+    };
+    let idle = last_read + s.idle_timeout;
+    let deadline = partial_since.map_or(idle, |t| idle.min(t + s.frame_timeout));
+    (partial_since, deadline)
 }
 
 /// Hands the batch to the journal writer. False when it is gone.

@@ -74,17 +74,6 @@ fn module_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Polls `cond` every 20 ms until it holds; after `secs`, fails with `why()`.
-fn until(secs: u64, why: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("after {secs}s: {}", why());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// TCP ports the process `pid` listens on: its socket inodes, found among
 /// the LISTEN entries of /proc/PID/net/tcp{,6}.
 fn listening_ports(pid: u32) -> Vec<u16> {
@@ -490,100 +479,12 @@ fn logged_addr(proc: &mut Proc, log: &Log, what: &str) -> SocketAddr {
 impl Auditlb {
     /// SIGTERM; a clean exit within 30 s, no panic logged.
     fn stop(&mut self) {
-        self.proc.signal(libc::SIGTERM);
-        let mut status = None;
-        until(
-            30,
-            || {
-                format!(
-                    "auditlb did not stop on SIGTERM; its log:\n{}",
-                    self.log.lines().join("\n")
-                )
-            },
-            || {
-                status = self.proc.child.try_wait().unwrap();
-                status.is_some()
-            },
-        );
-        let status = status.unwrap();
-        assert!(
-            status.success(),
-            "auditlb exited with {status}; its log:\n{}",
-            self.log.lines().join("\n")
-        );
-        self.assert_no_panic();
+        self.proc.stop_cleanly(&self.log);
     }
 
     fn assert_no_panic(&self) {
-        let panics: Vec<String> = self
-            .log
-            .lines()
-            .into_iter()
-            .filter(|l| l.contains("panicked"))
-            .collect();
-        assert!(
-            panics.is_empty(),
-            "auditlb panicked:\n{}",
-            panics.join("\n")
-        );
+        self.log.assert_no_panic();
     }
-}
-
-/// The sum of the samples of `name` whose labels include every `k="v"` of
-/// `labels` (0 when there is none).
-fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, lbl) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let matches = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| lbl.split(',').any(|p| p == format!("{k}=\"{v}\"")));
-            if matches {
-                value.trim().parse::<f64>().ok()
-            } else {
-                None
-            }
-        })
-        .sum()
-}
-
-/// The RELP and backend-state series of a scrape, for failure messages.
-fn relp_series(scrape: &str) -> String {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && (l.contains("relp") || l.contains("backend_up")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Waits until `name{labels}` (summed) satisfies `ok` (described by `want`).
-fn wait_metric(
-    admin: SocketAddr,
-    name: &str,
-    labels: &[(&str, &str)],
-    want: &str,
-    ok: impl Fn(f64) -> bool,
-    secs: u64,
-) {
-    until(
-        secs,
-        || {
-            let text = scrape(admin);
-            format!(
-                "{name}{labels:?} is {}, never {want}; the RELP series:\n{}",
-                metric_sum(&text, name, labels),
-                relp_series(&text)
-            )
-        },
-        || ok(metric_sum(&scrape(admin), name, labels)),
-    );
 }
 
 /// `auditlb cat --format jsonl` of a journal.

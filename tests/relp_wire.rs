@@ -354,6 +354,26 @@ impl SrvConn {
         let _ = self.w.lock().unwrap().write_all(&out);
     }
 
+    /// A well-behaved backend: answers open and close, every message 200
+    /// (its id noted in `ids`), anything else 500; `seen` sees each
+    /// command first, with this connection's number.
+    fn ack_all(mut self, ids: &Mutex<Vec<u64>>, mut seen: impl FnMut(usize, &Wire)) {
+        while let Some(f) = self.next() {
+            seen(self.n, &f);
+            match f.cmd.as_str() {
+                "open" => self.answer_open(&f),
+                "syslog" => {
+                    if let Some(id) = id_of(&f.data) {
+                        ids.lock().unwrap().push(id);
+                    }
+                    self.rsp(f.txnr, 200, "OK", b"");
+                }
+                "close" => return self.answer_close(&f),
+                _ => self.rsp(f.txnr, 500, "unknown command", b""),
+            }
+        }
+    }
+
     /// Closes the socket in both directions, mid-session.
     fn drop_connection(&self) {
         let _ = self.w.lock().unwrap().shutdown(Shutdown::Both);
@@ -446,17 +466,6 @@ impl LineSink {
 // ---------------------------------------------------------------------
 // auditlb as a process, its metrics and its journal.
 
-/// Polls `cond` every 20 ms until it holds; after `secs`, fails with `why()`.
-fn until(secs: u64, why: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("after {secs}s: {}", why());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The auditlb binary on a config in `dir`.
 struct Lb {
     proc: Proc,
@@ -536,59 +545,12 @@ impl Lb {
         ok: impl Fn(f64) -> bool,
         secs: u64,
     ) {
-        until(
-            secs,
-            || {
-                let text = scrape(self.admin);
-                format!(
-                    "{name}{labels:?} is {}, never {want}; the RELP series:\n{}",
-                    metric_sum(&text, name, labels),
-                    relp_series(&text)
-                )
-            },
-            || ok(self.metric(name, labels)),
-        );
+        wait_metric(self.admin, name, labels, want, ok, secs);
     }
 
     /// SIGTERM; a clean exit within 30 s, no panic logged.
     fn stop(&mut self) {
-        self.proc.signal(libc::SIGTERM);
-        let mut status = None;
-        let log = self.log.clone();
-        until(
-            30,
-            || {
-                format!(
-                    "auditlb did not stop on SIGTERM; its log:\n{}",
-                    log.lines().join("\n")
-                )
-            },
-            || {
-                status = self.proc.child.try_wait().unwrap();
-                status.is_some()
-            },
-        );
-        let status = status.unwrap();
-        assert!(
-            status.success(),
-            "auditlb exited with {status}; its log:\n{}",
-            self.log.lines().join("\n")
-        );
-        self.assert_no_panic();
-    }
-
-    fn assert_no_panic(&self) {
-        let panics: Vec<String> = self
-            .log
-            .lines()
-            .into_iter()
-            .filter(|l| l.contains("panicked"))
-            .collect();
-        assert!(
-            panics.is_empty(),
-            "auditlb panicked:\n{}",
-            panics.join("\n")
-        );
+        self.proc.stop_cleanly(&self.log);
     }
 
     /// `auditlb verify` with the anchors: intact.
@@ -601,51 +563,6 @@ impl Lb {
             self.dir.display()
         );
     }
-}
-
-/// The sum of the samples of `name` whose labels include every `k="v"` of
-/// `labels` (0 when there is none).
-fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, lbl) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let matches = n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| lbl.split(',').any(|p| p == format!("{k}=\"{v}\"")));
-            if matches {
-                value.trim().parse::<f64>().ok()
-            } else {
-                None
-            }
-        })
-        .sum()
-}
-
-/// The RELP, backend and refusal series of a scrape, for failure messages.
-fn relp_series(scrape: &str) -> String {
-    scrape
-        .lines()
-        .filter(|l| {
-            !l.starts_with('#')
-                && [
-                    "relp",
-                    "backend_up",
-                    "transitions",
-                    "refused",
-                    "closed_total",
-                ]
-                .iter()
-                .any(|k| l.contains(k))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// `auditlb cat --format FORMAT` of a journal.
@@ -827,9 +744,24 @@ fn protocol_errors_close_with_a_reason_and_a_record() {
             ),
         )
     };
+    // Both counters one up from `before`.
+    let one_more = |lb: &Lb, before: (f64, f64), what: &str| {
+        for (name, was) in [
+            ("auditlb_frames_refused_total", before.0),
+            ("auditlb_connections_closed_total", before.1),
+        ] {
+            lb.wait_metric(
+                name,
+                &[("listener", "in"), ("reason", "malformed")],
+                &format!("{} ({what})", was + 1.0),
+                |v| v >= was + 1.0,
+                10,
+            );
+        }
+    };
 
     // (a) Garbage: closed, refused and closed as malformed.
-    let (r0, c0) = malformed(&lb);
+    let before = malformed(&lb);
     let mut c = Client::connect(addr);
     c.raw(b"hello, this is not RELP\n").unwrap();
     let got = c.until_closed(10.0, "garbage");
@@ -838,23 +770,10 @@ fn protocol_errors_close_with_a_reason_and_a_record() {
         "answers to garbage: {:?}",
         got.iter().map(Wire::show).collect::<Vec<_>>()
     );
-    lb.wait_metric(
-        "auditlb_frames_refused_total",
-        &[("listener", "in"), ("reason", "malformed")],
-        &format!("{} (garbage refused)", r0 + 1.0),
-        |v| v >= r0 + 1.0,
-        10,
-    );
-    lb.wait_metric(
-        "auditlb_connections_closed_total",
-        &[("listener", "in"), ("reason", "malformed")],
-        &format!("{} (garbage closed)", c0 + 1.0),
-        |v| v >= c0 + 1.0,
-        10,
-    );
+    one_more(&lb, before, "garbage refused and closed");
 
     // (b) A first command other than open: closed, nothing answered.
-    let (r1, c1) = malformed(&lb);
+    let before = malformed(&lb);
     let mut c = Client::connect(addr);
     c.send("syslog", &msg(1)).unwrap();
     let got = c.until_closed(10.0, "syslog before open");
@@ -863,20 +782,7 @@ fn protocol_errors_close_with_a_reason_and_a_record() {
         "answers to a syslog before open: {:?}",
         got.iter().map(Wire::show).collect::<Vec<_>>()
     );
-    lb.wait_metric(
-        "auditlb_connections_closed_total",
-        &[("listener", "in"), ("reason", "malformed")],
-        &format!("{} (syslog before open closed)", c1 + 1.0),
-        |v| v >= c1 + 1.0,
-        10,
-    );
-    lb.wait_metric(
-        "auditlb_frames_refused_total",
-        &[("listener", "in"), ("reason", "malformed")],
-        &format!("{} (syslog before open refused)", r1 + 1.0),
-        |v| v >= r1 + 1.0,
-        10,
-    );
+    one_more(&lb, before, "syslog before open refused and closed");
 
     // (c) open without commands=syslog: rsp 500, then closed.
     let mut c = Client::connect(addr);
@@ -1156,25 +1062,14 @@ fn a_backend_that_refuses_gets_nothing_settled_and_the_frames_go_elsewhere() {
     let b_ids: Arc<Mutex<Vec<u64>>> = Arc::default();
     let b_cmds: Commands = Arc::default();
     let (ids, cmds) = (b_ids.clone(), b_cmds.clone());
-    let b = Relpd::start(move |mut c| {
-        while let Some(f) = c.next() {
+    let b = Relpd::start(move |c| {
+        c.ack_all(&ids, |n, f| {
             cmds.lock()
                 .unwrap()
-                .entry(c.n)
+                .entry(n)
                 .or_default()
                 .push((f.txnr, f.cmd.clone()));
-            match f.cmd.as_str() {
-                "open" => c.answer_open(&f),
-                "syslog" => {
-                    if let Some(id) = id_of(&f.data) {
-                        ids.lock().unwrap().push(id);
-                    }
-                    c.rsp(f.txnr, 200, "OK", b"");
-                }
-                "close" => return c.answer_close(&f),
-                _ => c.rsp(f.txnr, 500, "unknown command", b""),
-            }
-        }
+        })
     });
     let dir = scratch_dir("relp-wire-refuse");
     let cfg = TestConfig::at(&dir)
@@ -1679,21 +1574,7 @@ fn a_hung_relp_backend_does_not_hold_up_the_others() {
     });
     let b_ids: Arc<Mutex<Vec<u64>>> = Arc::default();
     let ids = b_ids.clone();
-    let fast = Relpd::start(move |mut c| {
-        while let Some(f) = c.next() {
-            match f.cmd.as_str() {
-                "open" => c.answer_open(&f),
-                "syslog" => {
-                    if let Some(id) = id_of(&f.data) {
-                        ids.lock().unwrap().push(id);
-                    }
-                    c.rsp(f.txnr, 200, "OK", b"");
-                }
-                "close" => return c.answer_close(&f),
-                _ => c.rsp(f.txnr, 500, "unknown command", b""),
-            }
-        }
-    });
+    let fast = Relpd::start(move |c| c.ack_all(&ids, |_, _| {}));
     let dir = scratch_dir("relp-wire-hung");
     let cfg = TestConfig::at(&dir)
         .pool("protocol = \"relp\"")

@@ -27,7 +27,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{flush_with, read_now, record_gap, ClientStream, Close, Recheck, BATCH_FRAMES};
+use super::{
+    flush_with, read_now, record_gap, timeouts, ClientStream, Close, Recheck, BATCH_FRAMES,
+};
 use crate::config::Oversize;
 use crate::frame::{ConnMeta, Frame};
 use crate::journal::Refused;
@@ -116,18 +118,9 @@ pub(super) async fn session<S: ClientStream + AsyncWrite>(
     let close = st.run(&mut stream, &mut dec, &mut buf, stop, recheck).await;
     // After `close` nothing more is taken: bytes after it are not a cut
     // command.
-    if !st.closing
-        && matches!(
-            close,
-            Close::Idle
-                | Close::FrameTimeout
-                | Close::Error(_)
-                | Close::Shutdown
-                | Close::Revalidation(_)
-                | Close::Eof
-        )
-        && dec.in_frame(&buf)
-    {
+    // An EOF inside a command cuts it too: RELP has no last frame
+    // without its trailer.
+    if !st.closing && (close.cuts_a_frame() || matches!(close, Close::Eof)) && dec.in_frame(&buf) {
         // A command cut off: the client sends it again (never answered).
         s.metrics.refused_incomplete.inc();
         record_gap(s, meta, "incomplete").await;
@@ -276,21 +269,14 @@ impl State<'_> {
                 !self.closing && !eof && !input_done && !capped && self.unanswered < MAX_UNANSWERED;
             // A frame is timed only while it is being read: not while
             // reading waits for answers (a blocked journal).
-            let now = Instant::now();
-            partial_since = if may_read && dec.in_frame(buf) {
-                if completed {
-                    Some(now)
-                } else {
-                    partial_since.or(Some(now))
-                }
-            } else {
-                None
-            };
-            let idle_deadline = last_active + s.idle_timeout;
-            let deadline = match partial_since {
-                Some(t) => idle_deadline.min(t + s.frame_timeout),
-                None => idle_deadline,
-            };
+            let deadline;
+            (partial_since, deadline) = timeouts(
+                s,
+                may_read && dec.in_frame(buf),
+                completed,
+                partial_since,
+                last_active,
+            );
             let owing = !self.owed.is_empty();
             let step = if draining.is_some() {
                 if may_read {

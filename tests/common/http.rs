@@ -23,6 +23,75 @@ pub fn sample(scrape: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The sum of the samples of `name` whose labels include every `k="v"` of
+/// `labels` (0 when there is none).
+pub fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, lbl) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| lbl.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+            if matches {
+                value.trim().parse::<f64>().ok()
+            } else {
+                None
+            }
+        })
+        .sum()
+}
+
+/// The RELP, backend and refusal series of a scrape, for failure messages.
+pub fn relp_series(scrape: &str) -> String {
+    scrape
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && [
+                    "relp",
+                    "backend_up",
+                    "transitions",
+                    "refused",
+                    "closed_total",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `name{labels}` (summed) at the admin endpoint `admin`
+/// satisfies `ok` (described by `want`); fails with the RELP series.
+pub fn wait_metric(
+    admin: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: &str,
+    ok: impl Fn(f64) -> bool,
+    secs: u64,
+) {
+    until(
+        secs,
+        || {
+            let text = scrape(admin);
+            format!(
+                "{name}{labels:?} is {}, never {want}; the RELP series:\n{}",
+                metric_sum(&text, name, labels),
+                relp_series(&text)
+            )
+        },
+        || ok(metric_sum(&scrape(admin), name, labels)),
+    );
+}
+
 /// `/metrics` of the admin endpoint at `admin`, from a test thread.
 pub fn scrape(admin: std::net::SocketAddr) -> String {
     use std::io::{Read, Write};

@@ -49,6 +49,18 @@ pub async fn wait_for(secs: f64, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// A loopback address nothing listens on now (for a backend started
 /// later, or a server that takes a port number).
+/// Polls `cond` every 20 ms from a test thread until it holds; after
+/// `secs`, fails with `why()`.
+pub fn until(secs: u64, why: impl Fn() -> String, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            panic!("after {secs}s: {}", why());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

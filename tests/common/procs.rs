@@ -25,6 +25,32 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then a clean exit within 30 s and no panic in `log`.
+    pub fn stop_cleanly(&mut self, log: &Log) {
+        self.signal(libc::SIGTERM);
+        let mut status = None;
+        until(
+            30,
+            || {
+                format!(
+                    "auditlb did not stop on SIGTERM; its log:\n{}",
+                    log.lines().join("\n")
+                )
+            },
+            || {
+                status = self.child.try_wait().unwrap();
+                status.is_some()
+            },
+        );
+        let status = status.unwrap();
+        assert!(
+            status.success(),
+            "auditlb exited with {status}; its log:\n{}",
+            log.lines().join("\n")
+        );
+        log.assert_no_panic();
+    }
+
     /// Resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -118,6 +144,20 @@ impl Log {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// No line says a thread panicked.
+    pub fn assert_no_panic(&self) {
+        let panics: Vec<String> = self
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains("panicked"))
+            .collect();
+        assert!(
+            panics.is_empty(),
+            "auditlb panicked:\n{}",
+            panics.join("\n")
+        );
     }
 
     pub fn lines(&self) -> Vec<String> {
