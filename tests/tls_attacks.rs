@@ -1062,7 +1062,7 @@ async fn handshakes_beyond_max_handshakes_wait_their_turn() {
     } = serve(&t.dir, |c| {
         t.listener(c)
             .listener_tls("max-handshakes = 1")
-            .listener_tls("handshake-timeout = \"1s\"")
+            .listener_tls("handshake-timeout = \"2s\"")
     })
     .await;
     let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1070,6 +1070,10 @@ async fn handshakes_beyond_max_handshakes_wait_their_turn() {
         metric(&server, "auditlb_connections_open", &[]) == 1.0
     })
     .await;
+    // Waiting for a turn counts against the waiter's own timeout: started
+    // 1 s after the silent one, it waits about 1 s and keeps about 1 s for
+    // its handshake (a loaded machine needs some).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
     let mut s = tls_connect(addr, t.client_cfg(), "localhost")
         .await
