@@ -375,22 +375,39 @@ async fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut server = Server::start(cfg).await?;
+    // POST /reload on the admin endpoint: the same as SIGHUP, answered.
+    let mut admin_reloads = server.take_admin_reloads();
     loop {
-        tokio::select! {
+        let answer = tokio::select! {
             sig = stop_signal(&mut term, &mut int) => {
                 tracing::info!("{sig} received");
                 break;
             }
             _ = hup.recv() => {
-                // A reload waits for the journal writer (which waits for
-                // disk space under on-full = block): a stop must not.
-                tokio::select! {
-                    _ = reload(&mut server, path) => {}
-                    sig = stop_signal(&mut term, &mut int) => {
-                        tracing::warn!("{sig} during a reload: stopping without finishing it");
-                        break;
-                    }
+                tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+                None
+            }
+            Some(answer) = async {
+                match &mut admin_reloads {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
                 }
+            } => {
+                tracing::info!(config = %path.display(), "reload asked for on the admin endpoint");
+                Some(answer)
+            }
+        };
+        // A reload waits for the journal writer (which waits for disk
+        // space under on-full = block): a stop must not.
+        tokio::select! {
+            r = reload(&mut server, path) => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(r);
+                }
+            }
+            sig = stop_signal(&mut term, &mut int) => {
+                tracing::warn!("{sig} during a reload: stopping without finishing it");
+                break;
             }
         }
     }
@@ -409,27 +426,45 @@ async fn stop_signal(
     }
 }
 
-/// SIGHUP: re-reads the config file and applies it, or keeps the running
-/// config and logs every problem with its key path.
-async fn reload(server: &mut Server, path: &std::path::Path) {
-    tracing::info!(config = %path.display(), "SIGHUP received: reloading");
+/// SIGHUP or POST /reload: re-reads the config file and applies it, or
+/// keeps the running config and logs every problem with its key path.
+/// The answer for the admin endpoint: what was applied, or the problems.
+async fn reload(server: &mut Server, path: &std::path::Path) -> Result<String, Vec<String>> {
     match server.reload_file(path).await {
-        Ok(r) => tracing::info!(
-            config = %path.display(),
-            journal_seq = r.config_seq,
-            pools_added = r.pools_added,
-            pools_removed = r.pools_removed,
-            pools_changed = r.pools_changed,
-            listeners_added = r.listeners_added,
-            listeners_removed = r.listeners_removed,
-            listeners_changed = r.listeners_changed,
-            "config reloaded"
-        ),
+        Ok(r) => {
+            tracing::info!(
+                config = %path.display(),
+                journal_seq = r.config_seq,
+                pools_added = r.pools_added,
+                pools_removed = r.pools_removed,
+                pools_changed = r.pools_changed,
+                listeners_added = r.listeners_added,
+                listeners_removed = r.listeners_removed,
+                listeners_changed = r.listeners_changed,
+                "config reloaded"
+            );
+            Ok(format!(
+                "{} (CONFIG record seq {}): pools +{} -{} ~{}, listeners +{} -{} ~{}",
+                path.display(),
+                r.config_seq,
+                r.pools_added,
+                r.pools_removed,
+                r.pools_changed,
+                r.listeners_added,
+                r.listeners_removed,
+                r.listeners_changed
+            ))
+        }
         Err(refused) => {
             for p in &refused.problems {
                 tracing::error!(config = %path.display(), key = %p.key, problem = %p.msg, "reload refused");
             }
             tracing::error!(config = %path.display(), problems = refused.problems.len(), "reload refused; the running config stays");
+            Err(refused
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.msg))
+                .collect())
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pending_frames: IntGaugeVec,
     delivery_lag: IntGaugeVec,
     oldest_undelivered: prometheus::GaugeVec,
+    admin_requests: IntCounterVec,
+    admin_refused: IntCounterVec,
     relp_sessions: IntCounterVec,
     relp_acks: IntCounterVec,
     relp_nacks: IntCounterVec,
@@ -332,6 +334,18 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric names are unique");
                 g
             },
+            admin_requests: counter(
+                &r,
+                "admin_requests_total",
+                "Admin endpoint requests, by path (`-` for an unknown one) and HTTP status.",
+                &["path", "code"],
+            ),
+            admin_refused: counter(
+                &r,
+                "admin_refused_total",
+                "Admin requests refused before they were served, by reason (unauthenticated: 401, forbidden: 403, tls_handshake).",
+                &["reason"],
+            ),
             relp_sessions: counter(
                 &r,
                 "relp_sessions_total",
@@ -393,6 +407,18 @@ impl Metrics {
             },
             registry: r,
         }
+    }
+
+    /// An admin request answered with `code`.
+    pub fn admin_request(&self, path: &str, code: u16) {
+        self.admin_requests
+            .with_label_values(&[path, &code.to_string()])
+            .inc();
+    }
+
+    /// An admin request or connection refused.
+    pub fn admin_refused(&self, reason: &str) {
+        self.admin_refused.with_label_values(&[reason]).inc();
     }
 
     /// Publishes the expiry of every certificate in `m` (replacing what a

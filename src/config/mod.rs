@@ -81,6 +81,31 @@ pub struct Config {
 pub struct AdminConfig {
     /// `IP:PORT` to serve on; keep it on loopback or a management network.
     pub address: String,
+    /// HTTPS, with the same keys as `[listener.tls]`; a client certificate
+    /// (verified against `client-ca`, or pinned) names the caller for the
+    /// roles.
+    pub tls: Option<ListenerTlsConfig>,
+    /// Who may do what (README "Admin API"). None: anonymous may read
+    /// `/metrics`, `/healthz` and `/readyz`, and nothing else.
+    #[serde(default, rename = "role")]
+    pub roles: Vec<AdminRoleConfig>,
+}
+
+/// One `[[admin.role]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdminRoleConfig {
+    pub name: String,
+    /// Any of `metrics`, `health`, `status`, `reload`, `journal`.
+    pub allow: Vec<String>,
+    /// Any of `anonymous`, `cn:PATTERN`, `dns:PATTERN`, `sha256:FP` (a
+    /// client certificate), `token-sha256:HEX` (a bearer token's SHA-256).
+    #[serde(default = "default_who")]
+    pub who: Vec<String>,
+}
+
+fn default_who() -> Vec<String> {
+    vec!["anonymous".into()]
 }
 
 /// When the journal calls fdatasync.

@@ -49,6 +49,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
         if let Some(admin) = &self.admin {
+            match crate::admin::auth::Roles::parse(&admin.roles) {
+                Err(e) => errs.extend(e),
+                Ok(roles) if roles.uses_certificates() && admin.tls.is_none() => errs.push(
+                    "admin.role: a who names a client certificate, but there is no [admin.tls]"
+                        .into(),
+                ),
+                Ok(_) => {}
+            }
             if let Err(e) = parse_addr(&admin.address) {
                 errs.push(format!("admin.address: {e}"));
             }

@@ -256,6 +256,13 @@ fn json_line(r: &Record<'_>, backend: Option<&str>, conn: Option<&str>) -> Strin
             }
         }
         Some(RecordType::Recovery) => s.push_str(&format!(",\"reason\":{}", meta(tag::REASON))),
+        Some(RecordType::Admin) => s.push_str(&format!(
+            ",\"who\":{},\"role\":{},\"action\":{},\"outcome\":{}",
+            meta(tag::WHO),
+            meta(tag::ROLE),
+            meta(tag::ACTION),
+            meta(tag::OUTCOME)
+        )),
         Some(RecordType::Archived) => {
             if let Some(a) = super::format::ArchivedBody::decode(r.body) {
                 s.push_str(&format!(

@@ -61,6 +61,12 @@ pub enum RecordType {
     /// Segments deleted by retention ([`PruneBody`]): sealed and anchored
     /// (a `p1` anchors line) before any of them is unlinked.
     Prune = 14,
+    /// A request to the admin endpoint other than metrics and health: who
+    /// (certificate, token digest or anonymous), the role that allowed it,
+    /// what was asked, and the outcome (meta `WHO`, `ROLE`, `ACTION`,
+    /// `OUTCOME`). Reading the audit trail leaves a trace in it. Body:
+    /// version byte 1.
+    Admin = 15,
 }
 
 impl RecordType {
@@ -80,6 +86,7 @@ impl RecordType {
             12 => Self::Connection,
             13 => Self::Archived,
             14 => Self::Prune,
+            15 => Self::Admin,
             _ => return None,
         })
     }
@@ -100,6 +107,7 @@ impl RecordType {
             Self::Connection => "CONNECTION",
             Self::Archived => "ARCHIVED",
             Self::Prune => "PRUNE",
+            Self::Admin => "ADMIN",
         }
     }
 
@@ -137,6 +145,15 @@ pub mod tag {
     /// CONFIG, repeated: one loaded TLS file (`listener NAME cert
     /// sha256:.. SUBJECT`).
     pub const TLS_LOADED: u8 = 14;
+    /// ADMIN: who asked (`anonymous`, `cert SUBJECT sha256:..`,
+    /// `token-sha256:..`).
+    pub const WHO: u8 = 15;
+    /// ADMIN: the role that allowed it (empty when refused).
+    pub const ROLE: u8 = 16;
+    /// ADMIN: what was asked (`GET /status`, `POST /reload`, ...).
+    pub const ACTION: u8 = 17;
+    /// ADMIN: the outcome (`200`, `403 forbidden`, `reload refused: ...`).
+    pub const OUTCOME: u8 = 18;
 }
 
 /// The body of a CONNECTION record (format version 1).

@@ -67,6 +67,18 @@ pub enum Ingress {
     },
     /// A config reload: applied in order with the frames around it.
     Reconfigure(Box<Reconfigure>),
+    /// An admin request (an ADMIN record), in order with the frames.
+    Admin(Box<AdminAction>),
+}
+
+/// What an ADMIN record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAction {
+    pub who: String,
+    /// Empty when refused.
+    pub role: String,
+    pub action: String,
+    pub outcome: String,
 }
 
 /// The answer to a batch that asked for one ([`Ingress::Frames`]).

@@ -46,6 +46,7 @@ impl Server {
             stop,
             sessions,
         });
+        self.publish_listeners();
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use listeners::ListenerState;
 use pools::{PoolState, PoolSupervisor};
 pub use reload::{Problem, ReloadError, ReloadPlan, Reloaded};
 pub use status::PoolRuntime;
-use status::{readiness, AdminStatus, PoolView};
+use status::{readiness, AdminStatus, ListenerRuntime, ListenerView, PoolView};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +66,10 @@ pub struct Server {
     /// own sender goes at shutdown, so the writer then sees its input end.
     ingress: mpsc::Sender<Ingress>,
     admin_addr: Option<SocketAddr>,
+    /// Reloads asked for with POST /reload, for the process's signal loop.
+    admin_reloads: Option<mpsc::Receiver<admin::ReloadRequest>>,
+    /// The listeners as `/status` shows them; replaced as they change.
+    listener_view: ListenerView,
     grace: Duration,
     /// Stops accepting and reading from clients.
     stop: CancellationToken,
@@ -96,6 +100,8 @@ pub enum StartError {
     JournalThread,
     #[error("TLS material: {}", .0.join("; "))]
     Tls(Vec<String>),
+    #[error("admin roles: {}", .0.join("; "))]
+    AdminRoles(Vec<String>),
     #[error("listener {name}: {source}")]
     Listener {
         name: String,
@@ -226,6 +232,8 @@ impl Server {
         }
         let view: PoolView = Arc::new(Mutex::new(pools.iter().map(PoolState::runtime).collect()));
 
+        let listener_view: ListenerView = Arc::new(Mutex::new(Vec::new()));
+        let mut admin_reloads = None;
         let admin_addr = match admin_listener {
             Some(l) => {
                 let addr = l.local_addr().map_err(|source| StartError::Admin {
@@ -235,13 +243,31 @@ impl Server {
                         .map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.socket_addr()),
                     source,
                 })?;
-                tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz");
+                let acfg = config
+                    .admin
+                    .as_ref()
+                    .expect("an admin listener has its config");
+                let roles =
+                    admin::auth::Roles::parse(&acfg.roles).map_err(StartError::AdminRoles)?;
+                tracing::info!(address = %addr, tls = acfg.tls.is_some(), roles = acfg.roles.len(), "admin endpoint: /metrics /healthz /readyz /status /reload /journal/...");
                 let status = Arc::new(AdminStatus {
                     metrics: metrics.clone(),
                     pools: view.clone(),
+                    listeners: listener_view.clone(),
                 });
+                let (reload_tx, reload_rx) = mpsc::channel(1);
+                admin_reloads = Some(reload_rx);
+                let a = Arc::new(admin::Admin::new(
+                    status,
+                    roles,
+                    material.admin.clone(),
+                    ingress.clone(),
+                    Some(reload_tx),
+                    config.journal.dir.clone(),
+                    config.journal.anchors.clone(),
+                ));
                 ctx.background
-                    .spawn(admin::run(l, status, ctx.background_stop.clone()));
+                    .spawn(admin::run(l, a, ctx.background_stop.clone()));
                 Some(addr)
             }
             None => None,
@@ -256,6 +282,8 @@ impl Server {
             routes,
             ingress,
             admin_addr,
+            admin_reloads,
+            listener_view,
             grace: config.shutdown.grace.0,
             stop,
             client_tasks: TaskTracker::new(),
@@ -291,6 +319,26 @@ impl Server {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Reloads asked for on the admin endpoint (once; `None` without an
+    /// admin endpoint): whoever runs the server answers each.
+    pub fn take_admin_reloads(&mut self) -> Option<mpsc::Receiver<admin::ReloadRequest>> {
+        self.admin_reloads.take()
+    }
+
+    /// Publishes the listeners for `/status`.
+    fn publish_listeners(&self) {
+        *crate::lock(&self.listener_view) = self
+            .listeners
+            .iter()
+            .map(|l| ListenerRuntime {
+                name: l.cfg.name.clone(),
+                address: l.addr,
+                protocol: l.cfg.protocol.label(),
+                tls: l.cfg.tls.is_some(),
+            })
+            .collect();
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

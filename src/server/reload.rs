@@ -337,6 +337,7 @@ impl Server {
             stopping.push(s);
             report.listeners_removed += 1;
         }
+        self.publish_listeners();
         // Removed pools close once nothing can send them frames: their
         // dispatchers finish what they were given, then stop.
         let removed_pools = &plan.removed_pools;

@@ -97,7 +97,8 @@ impl Rule {
         }
     }
 
-    fn admits(&self, peer: &PeerCert) -> bool {
+    /// Does this rule name this (already verified) certificate?
+    pub fn admits(&self, peer: &PeerCert) -> bool {
         match self {
             Rule::Pin(f) => peer.sha256 == *f,
             Rule::Dns(p) => {

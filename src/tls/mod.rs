@@ -133,6 +133,9 @@ pub fn current(slot: &PoolTlsSlot) -> Option<Arc<PoolTls>> {
 pub struct Material {
     pub listeners: Vec<Option<Arc<ListenerTls>>>,
     pub pools: Vec<Option<Arc<PoolTls>>>,
+    /// `[admin.tls]` (fixed for a run: the admin endpoint changes only at
+    /// a restart).
+    pub admin: Option<Arc<ListenerTls>>,
 }
 
 impl Material {
@@ -190,8 +193,19 @@ pub fn load(cfg: &Config) -> Result<Material, Vec<String>> {
             )
         })
         .collect();
+    let admin = collect(
+        &mut errs,
+        cfg.admin
+            .as_ref()
+            .and_then(|a| a.tls.as_ref())
+            .map(|t| load_listener("admin.tls", t)),
+    );
     if errs.is_empty() {
-        Ok(Material { listeners, pools })
+        Ok(Material {
+            listeners,
+            pools,
+            admin,
+        })
     } else {
         Err(errs)
     }

@@ -193,6 +193,27 @@ impl Writer {
     }
 
     /// Journals frames refused before routing.
+    /// An ADMIN record (each field cut to 1 KiB).
+    pub fn append_admin(&mut self, a: &crate::journal::AdminAction) {
+        let (who, role, action, outcome) = (
+            clip(&a.who, MAX_NAME),
+            clip(&a.role, MAX_NAME),
+            clip(&a.action, MAX_NAME),
+            clip(&a.outcome, MAX_NAME),
+        );
+        self.push(
+            RecordType::Admin,
+            0,
+            &[
+                (tag::WHO, who.as_bytes()),
+                (tag::ROLE, role.as_bytes()),
+                (tag::ACTION, action.as_bytes()),
+                (tag::OUTCOME, outcome.as_bytes()),
+            ],
+            &[1],
+        );
+    }
+
     pub fn append_gap(&mut self, listener: &str, client: &str, reason: &str, count: u64) {
         self.push(
             RecordType::Gap,

@@ -338,6 +338,11 @@ pub(super) async fn run(
                     staged.append(w, outputs);
                     w.append_gap(&listener, &client.to_string(), reason, count);
                 }
+                Ingress::Admin(a) => {
+                    // Records stay in arrival order.
+                    staged.append(w, outputs);
+                    w.append_admin(&a);
+                }
                 Ingress::Reconfigure(rc) => {
                     staged.append(w, outputs);
                     // What came before goes out under the old routing.
