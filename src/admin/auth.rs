@@ -115,10 +115,12 @@ pub struct Caller {
 impl Caller {
     /// The SHA-256 of an `Authorization` header's bearer token.
     pub fn token_of(header: &[u8]) -> Option<[u8; 32]> {
-        let rest = header
-            .strip_prefix(b"Bearer ")
-            .or_else(|| header.strip_prefix(b"bearer "))?;
-        let token = rest.trim_ascii();
+        // The scheme is case-insensitive (RFC 7235).
+        let sp = header.iter().position(|&b| b == b' ')?;
+        if !header[..sp].eq_ignore_ascii_case(b"bearer") {
+            return None;
+        }
+        let token = header[sp + 1..].trim_ascii();
         (!token.is_empty()).then(|| Sha256::digest(token).into())
     }
 }
@@ -207,6 +209,21 @@ impl Roles {
         } else {
             Err(errs)
         }
+    }
+
+    /// Rights beyond metrics and health that anonymous callers get (to be
+    /// warned about at start).
+    pub fn anonymous_privileges(&self) -> Vec<(&str, Right)> {
+        self.0
+            .iter()
+            .filter(|r| r.who.contains(&Who::Anonymous))
+            .flat_map(|r| {
+                r.allow
+                    .iter()
+                    .filter(|a| !matches!(a, Right::Metrics | Right::Health))
+                    .map(move |a| (r.name.as_str(), *a))
+            })
+            .collect()
     }
 
     /// Does any `who` need a client certificate?
@@ -418,6 +435,7 @@ mod tests {
         let want: [u8; 32] = Sha256::digest(b"t0k").into();
         assert_eq!(Caller::token_of(b"Bearer t0k"), Some(want));
         assert_eq!(Caller::token_of(b"Bearer  t0k "), Some(want));
+        assert_eq!(Caller::token_of(b"BEARER t0k"), Some(want));
         assert_eq!(Caller::token_of(b"Bearer "), None);
         assert_eq!(Caller::token_of(b"Basic dXNlcjpwdw=="), None);
         assert_eq!(parse_hex32(&hex(want)), Some(want));

@@ -11,9 +11,15 @@
 //! | `GET /journal/verify`, `/journal/records`, `/journal/checkpoints` | journal |
 //!
 //! Every request other than metrics and health leaves an ADMIN record in
-//! the journal (who, role, what, outcome), refusals too (at most
-//! [`REFUSALS_RECORDED`] per 10 s; the rest are counted, and the next
-//! record says how many were not recorded). One request per connection,
+//! the journal (who, role, what, outcome) before anything is served: a
+//! request whose record the journal does not take within
+//! [`RECORD_WAIT`] (a journal at its budget) is answered 503 and not
+//! served. A reload is recorded when it starts and again with its result
+//! (the second record is written even if the client has gone). Refusals
+//! (401, 403, 400, 404, 405, and unknown tokens shown to metrics and
+//! health) are recorded without waiting, at most [`REFUSALS_RECORDED`] per
+//! 10 s; the rest are counted, and the next recorded refusal says how
+//! many were not. One request per connection,
 //! request heads bounded in size and time, at most
 //! [`MAX_ADMIN_CONNECTIONS`] at once; a journal stream holds at most a few
 //! chunks of 64 KiB.
@@ -49,6 +55,11 @@ pub const REFUSALS_RECORDED: u32 = 20;
 /// A journal stream's chunk, and how many may wait for a slow reader.
 const CHUNK: usize = 64 * 1024;
 const CHUNKS_QUEUED: usize = 4;
+/// A stream whose reader takes nothing for this long is cut (its
+/// connection slot and thread go back).
+const STALL: Duration = Duration::from_secs(60);
+/// How long an admin request waits for its ADMIN record to be taken.
+pub const RECORD_WAIT: Duration = Duration::from_secs(2);
 
 /// What the admin endpoint reports on.
 pub trait Status: Send + Sync + 'static {
@@ -68,8 +79,9 @@ pub struct Admin {
     pub status: Arc<dyn Status>,
     pub roles: Roles,
     pub tls: Option<Arc<ListenerTls>>,
-    /// The journal writer, for ADMIN records.
-    pub ingress: mpsc::Sender<Ingress>,
+    /// The journal writer, for ADMIN records. Weak: the writer's input
+    /// must end at shutdown when the sessions' senders go.
+    pub ingress: mpsc::WeakSender<Ingress>,
     /// The process's reload loop (`None`: reload is not offered, e.g. in
     /// tests that run the server in-process).
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
@@ -97,7 +109,7 @@ impl Admin {
             status,
             roles,
             tls,
-            ingress,
+            ingress: ingress.downgrade(),
             reload,
             journal_dir,
             anchors,
@@ -284,14 +296,31 @@ pub fn query(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn handle(req: Request<Incoming>, admin: &Admin, caller: &Caller) -> Response<Body> {
+async fn handle(req: Request<Incoming>, admin: &Arc<Admin>, caller: &Caller) -> Response<Body> {
     let metrics = admin.status.metrics();
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
+    let action = match req.uri().query() {
+        Some(q) => format!("{method} {path}?{q}"),
+        None => format!("{method} {path}"),
+    };
+    let mut caller = caller.clone();
+    let bad_auth = match req.headers().get(http::header::AUTHORIZATION) {
+        None => false,
+        Some(h) => match Caller::token_of(h.as_bytes()) {
+            Some(t) => {
+                caller.token = Some(t);
+                false
+            }
+            None => true,
+        },
+    };
     let route = match route(&method, &path) {
         Ok(r) => r,
         Err(code) => {
             metrics.admin_request("-", code);
+            let who = admin.roles.decide(&caller, Right::Metrics).who().to_owned();
+            refused(admin, &who, &action, code);
             return text(
                 code,
                 if code == 404 {
@@ -302,41 +331,30 @@ async fn handle(req: Request<Incoming>, admin: &Admin, caller: &Caller) -> Respo
             );
         }
     };
-    let mut caller = caller.clone();
-    if let Some(h) = req.headers().get(http::header::AUTHORIZATION) {
-        match Caller::token_of(h.as_bytes()) {
-            Some(t) => caller.token = Some(t),
-            None => {
-                metrics.admin_request(route.name(), 400);
-                return text(400, "Authorization: only `Bearer TOKEN` is taken\n");
-            }
-        }
+    if bad_auth {
+        metrics.admin_request(route.name(), 400);
+        metrics.admin_refused("bad_request");
+        refused(admin, "anonymous", &action, 400);
+        return text(400, "Authorization: only `Bearer TOKEN` is taken\n");
     }
     let right = route.right();
     let decision = admin.roles.decide(&caller, right);
-    let action = match req.uri().query() {
-        Some(q) => format!("{method} {path}?{q}"),
-        None => format!("{method} {path}"),
-    };
     let audited = !matches!(right, Right::Metrics | Right::Health);
     let role = match &decision {
         Decision::Allowed { role, .. } => role.clone(),
-        refused => {
-            let code = refused.status();
+        no => {
+            let code = no.status();
             metrics.admin_request(route.name(), code);
             metrics.admin_refused(if code == 401 {
                 "unauthenticated"
             } else {
                 "forbidden"
             });
-            if audited {
-                if let Some(skipped) = admin.refusals.allow() {
-                    let outcome = match skipped {
-                        0 => format!("{code} refused"),
-                        n => format!("{code} refused ({n} refusals before it not recorded)"),
-                    };
-                    record(admin, refused.who(), "", &action, outcome).await;
-                }
+            // Metrics and health are recorded only for a token no role
+            // knows (they would otherwise tell a token's validity
+            // untraced).
+            if audited || caller.token.is_some() {
+                refused(admin, no.who(), &action, code);
             }
             let mut r = text(
                 code,
@@ -347,7 +365,7 @@ async fn handle(req: Request<Incoming>, admin: &Admin, caller: &Caller) -> Respo
                     } else {
                         "forbidden"
                     },
-                    refused.who(),
+                    no.who(),
                     right.name()
                 ),
             );
@@ -363,6 +381,9 @@ async fn handle(req: Request<Incoming>, admin: &Admin, caller: &Caller) -> Respo
     let who = decision.who().to_owned();
     let q = query(req.uri().query().unwrap_or(""));
     let full = q.iter().any(|(k, v)| k == "full" && v == "1");
+    if route == Route::Reload {
+        return reload(admin, who, role, action).await;
+    }
     let resp = match route {
         Route::Metrics => {
             let mut r = text(200, metrics.render());
@@ -378,86 +399,141 @@ async fn handle(req: Request<Incoming>, admin: &Admin, caller: &Caller) -> Respo
             Err(why) => text(503, format!("not ready: {why}\n")),
         },
         Route::Status => json(200, admin.status.status_json()),
-        Route::Reload => reload(admin).await,
         Route::Verify if full => full_verify(admin),
         Route::Verify => json(200, verify_json(metrics)),
         Route::Records => records(admin, &q),
         Route::Checkpoints => checkpoints(admin).await,
+        Route::Reload => unreachable!("answered above"),
     };
     let code = resp.status().as_u16();
-    metrics.admin_request(route.name(), code);
     if audited {
+        // Recorded before the answer leaves (a stream's data flows only
+        // once it is returned): nothing is served unrecorded.
         let outcome = match (route, code) {
-            (Route::Reload, _) => format!("{code} {}", reload_outcome(&resp)),
             (Route::Records | Route::Checkpoints, 200) => format!("{code} streaming"),
             (Route::Verify, 200) if full => format!("{code} streaming a fresh verification"),
             _ => code.to_string(),
         };
-        record(admin, &who, &role, &action, outcome).await;
+        if !record(admin, &who, &role, &action, outcome).await {
+            metrics.admin_request(route.name(), 503);
+            return text(
+                503,
+                "the journal does not take the ADMIN record of this request now (at its budget?); nothing was served\n",
+            );
+        }
     }
+    metrics.admin_request(route.name(), code);
     resp
 }
 
-/// The first line of a reload's answer, for its ADMIN record.
-fn reload_outcome(r: &Response<Body>) -> String {
-    r.headers()
-        .get("x-auditlb-reload")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// Writes an ADMIN record (waits for room in the writer's queue, not for
-/// the disk).
-async fn record(admin: &Admin, who: &str, role: &str, action: &str, outcome: String) {
+/// Writes an ADMIN record, waiting at most [`RECORD_WAIT`] for room in the
+/// writer's queue (not for the disk). False when it was not taken.
+async fn record(admin: &Admin, who: &str, role: &str, action: &str, outcome: String) -> bool {
     let a = AdminAction {
         who: who.to_owned(),
         role: role.to_owned(),
         action: action.to_owned(),
         outcome,
     };
-    tracing::info!(who = %a.who, role = %a.role, action = %a.action, outcome = %a.outcome, "admin request");
-    if admin
-        .ingress
-        .send(Ingress::Admin(Box::new(a)))
+    // Debug formatting: a certificate subject's control characters are
+    // escaped in the log, not written raw.
+    tracing::info!(who = ?a.who, role = ?a.role, action = ?a.action, outcome = ?a.outcome, "admin request");
+    let Some(tx) = admin.ingress.upgrade() else {
+        return false;
+    };
+    match tx
+        .send_timeout(Ingress::Admin(Box::new(a)), RECORD_WAIT)
         .await
-        .is_err()
     {
-        tracing::warn!("admin request not recorded: the journal writer has stopped");
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                "admin request not recorded: the journal writer did not take it in time"
+            );
+            false
+        }
     }
 }
 
-async fn reload(admin: &Admin) -> Response<Body> {
-    let Some(tx) = &admin.reload else {
+/// Records a refusal without waiting, at most [`REFUSALS_RECORDED`] per
+/// 10 s; the next one recorded says how many were not.
+fn refused(admin: &Admin, who: &str, action: &str, code: u16) {
+    let Some(skipped) = admin.refusals.allow() else {
+        return;
+    };
+    let outcome = match skipped {
+        0 => format!("{code} refused"),
+        n => format!("{code} refused ({n} refusals before it not recorded)"),
+    };
+    tracing::info!(who = ?who, action = ?action, outcome = ?outcome, "admin request refused");
+    let Some(tx) = admin.ingress.upgrade() else {
+        return;
+    };
+    let _ = tx.try_send(Ingress::Admin(Box::new(AdminAction {
+        who: who.to_owned(),
+        role: String::new(),
+        action: action.to_owned(),
+        outcome,
+    })));
+}
+
+/// `POST /reload`: recorded when it starts; the reload and the record of
+/// its result run on their own, so a client that leaves cuts neither.
+async fn reload(admin: &Arc<Admin>, who: String, role: String, action: String) -> Response<Body> {
+    let metrics = admin.status.metrics();
+    let Some(tx) = admin.reload.clone() else {
+        metrics.admin_request(Route::Reload.name(), 503);
         return text(503, "reload is not offered by this process\n");
     };
     let (done, answer) = oneshot::channel();
-    match tx.try_send(done) {
-        Ok(()) => {}
+    let permit = match tx.try_reserve_owned() {
+        Ok(p) => p,
         Err(mpsc::error::TrySendError::Full(_)) => {
-            return text(409, "a reload is already under way\n");
+            metrics.admin_request(Route::Reload.name(), 409);
+            refused(admin, &who, &action, 409);
+            return text(409, "a reload is already waiting\n");
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {
+            metrics.admin_request(Route::Reload.name(), 503);
             return text(503, "the process is stopping\n");
         }
-    }
-    let (code, head, body) = match answer.await {
-        Ok(Ok(applied)) => (200, "applied".to_owned(), format!("applied: {applied}\n")),
-        Ok(Err(problems)) => (
-            422,
-            format!("refused: {} problem(s)", problems.len()),
-            format!(
-                "refused; the running config stays:\n{}\n",
-                problems.join("\n")
-            ),
-        ),
-        Err(_) => (503, "not done".into(), "the process is stopping\n".into()),
     };
-    let mut r = text(code, body);
-    if let Ok(v) = http::HeaderValue::from_str(&head) {
-        r.headers_mut().insert("x-auditlb-reload", v);
+    if !record(admin, &who, &role, &action, "started".into()).await {
+        metrics.admin_request(Route::Reload.name(), 503);
+        return text(
+            503,
+            "the journal does not take the ADMIN record of this request now; nothing was done\n",
+        );
     }
-    r
+    permit.send(done);
+    let a = admin.clone();
+    let job = tokio::spawn(async move {
+        let (code, outcome, body) = match answer.await {
+            Ok(Ok(applied)) => (
+                200,
+                "200 applied".to_owned(),
+                format!("applied: {applied}\n"),
+            ),
+            Ok(Err(problems)) => (
+                422,
+                format!("422 refused: {} problem(s)", problems.len()),
+                format!(
+                    "refused; the running config stays:\n{}\n",
+                    problems.join("\n")
+                ),
+            ),
+            Err(_) => (
+                503,
+                "503 not done (stopping)".into(),
+                "the process is stopping\n".into(),
+            ),
+        };
+        record(&a, &who, &role, &action, outcome).await;
+        a.status.metrics().admin_request(Route::Reload.name(), code);
+        text(code, body)
+    });
+    job.await
+        .unwrap_or_else(|_| text(500, "the reload task failed\n"))
 }
 
 /// The running journal's self-verification as the custodian last left it.
@@ -514,15 +590,32 @@ fn full_verify(admin: &Admin) -> Response<Body> {
 
 /// A body fed from a blocking writer through a bounded channel: the
 /// reader's pace sets the writer's, and a reader that leaves stops it.
+///
+/// A writer that fails marks it: the body then ends with an error, which
+/// aborts the response (no final empty chunk), so a client never takes a
+/// cut stream for a whole one.
 fn channel_body() -> (ChunkWriter, Body) {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_QUEUED);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|c| (c.map(Frame::data), rx))
+    let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_QUEUED);
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let state = (rx, failed.clone(), false);
+    let stream = futures_util::stream::unfold(state, |(mut rx, failed, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(c) => Some((Ok(Frame::data(c)), (rx, failed, false))),
+            None if failed.load(std::sync::atomic::Ordering::Acquire) => Some((
+                Err(std::io::Error::other("the journal stream failed")),
+                (rx, failed, true),
+            )),
+            None => None,
+        }
     });
     (
         ChunkWriter {
             tx,
             buf: Vec::with_capacity(CHUNK),
+            failed,
         },
         BodyExt::boxed(StreamBody::new(stream)),
     )
@@ -530,8 +623,17 @@ fn channel_body() -> (ChunkWriter, Body) {
 
 /// `std::io::Write` into a streamed body, a chunk at a time.
 struct ChunkWriter {
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ChunkWriter {
+    /// The stream ends with an error (once what is queued is read).
+    fn fail(&self) {
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl std::io::Write for ChunkWriter {
@@ -547,10 +649,30 @@ impl std::io::Write for ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader left"))
+        let mut chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        // A reader that takes nothing for STALL is let go.
+        let deadline = std::time::Instant::now() + STALL;
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "the reader left",
+                    ))
+                }
+                Err(mpsc::error::TrySendError::Full(c)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the reader took nothing for {STALL:?}"),
+                        ));
+                    }
+                    chunk = c;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
     }
 }
 
@@ -581,7 +703,7 @@ fn records(admin: &Admin, q: &[(String, String)]) -> Response<Body> {
         if let Err(e) = r {
             if e.kind() != std::io::ErrorKind::BrokenPipe {
                 tracing::warn!(error = %e, "admin: journal records stream failed");
-                let _ = w.tx.blocking_send(Err(e));
+                w.fail();
             }
         }
     });

@@ -55,6 +55,16 @@ impl Config {
                     "admin.role: a who names a client certificate, but there is no [admin.tls]"
                         .into(),
                 ),
+                Ok(roles)
+                    if roles.uses_certificates()
+                        && admin.tls.as_ref().is_some_and(|t| {
+                            t.client_auth() == crate::config::ClientAuth::None
+                        }) =>
+                {
+                    errs.push(
+                        "admin.tls.client-auth: a role's who names a client certificate, but none is asked for (client-auth = \"none\")".into(),
+                    )
+                }
                 Ok(_) => {}
             }
             if let Err(e) = parse_addr(&admin.address) {

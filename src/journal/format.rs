@@ -152,7 +152,8 @@ pub mod tag {
     pub const ROLE: u8 = 16;
     /// ADMIN: what was asked (`GET /status`, `POST /reload`, ...).
     pub const ACTION: u8 = 17;
-    /// ADMIN: the outcome (`200`, `403 forbidden`, `reload refused: ...`).
+    /// ADMIN: the outcome (`200`, `200 streaming`, `403 refused`,
+    /// `started`, `422 refused: 2 problem(s)`).
     pub const OUTCOME: u8 = 18;
 }
 

@@ -180,8 +180,10 @@ impl Mapped {
             });
         }
         // SAFETY: a fresh read-only private mapping of an open regular
-        // file, checked below and unmapped in Drop. Only used at start-up,
-        // before this process writes the journal; nothing else may.
+        // file, checked below and unmapped in Drop, of its length now. The
+        // running writer only appends to a segment (never truncates or
+        // rewrites what it wrote; recovery cuts torn tails before anything
+        // reads); retention unlinks, which leaves a mapping valid.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),

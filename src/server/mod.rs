@@ -249,6 +249,9 @@ impl Server {
                     .expect("an admin listener has its config");
                 let roles =
                     admin::auth::Roles::parse(&acfg.roles).map_err(StartError::AdminRoles)?;
+                for (role, right) in roles.anonymous_privileges() {
+                    tracing::warn!(role, right = right.name(), "admin: anonymous callers may {} (a role without who, or with who = [\"anonymous\"])", right.name());
+                }
                 tracing::info!(address = %addr, tls = acfg.tls.is_some(), roles = acfg.roles.len(), "admin endpoint: /metrics /healthz /readyz /status /reload /journal/...");
                 let status = Arc::new(AdminStatus {
                     metrics: metrics.clone(),

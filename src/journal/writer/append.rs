@@ -192,7 +192,6 @@ impl Writer {
         self.metrics.records.inc_by(n as u64);
     }
 
-    /// Journals frames refused before routing.
     /// An ADMIN record (each field cut to 1 KiB).
     pub fn append_admin(&mut self, a: &crate::journal::AdminAction) {
         let (who, role, action, outcome) = (
@@ -214,6 +213,7 @@ impl Writer {
         );
     }
 
+    /// Journals frames refused before routing.
     pub fn append_gap(&mut self, listener: &str, client: &str, reason: &str, count: u64) {
         self.push(
             RecordType::Gap,
