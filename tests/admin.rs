@@ -222,8 +222,14 @@ who = ["token-sha256:{}"]
     assert!(lines[0].starts_with("{\"verifying\":"), "{body}");
     // A running journal: nothing wrong, its newest records not anchored
     // yet (exit 2, as `auditlb verify` says of a live journal).
+    let report = lines.last().unwrap();
     assert!(
-        lines[1].contains("\"failure\":null") && lines[1].contains("\"frames\":500"),
+        report.contains("\"failure\":null") && report.contains("\"frames\":500"),
+        "{body}"
+    );
+    // A line per segment walked, as it went.
+    assert!(
+        lines[1].starts_with("{\"segment\":") && lines[1].contains("\"frames\":500"),
         "{body}"
     );
     let (_, anchors) = request(addr, "GET", "/journal/checkpoints", au);

@@ -551,9 +551,9 @@ fn verify_json(m: &Metrics) -> String {
 }
 
 /// `GET /journal/verify?full=1`: a fresh verification of the journal
-/// directory against the anchors, as `auditlb verify --json` reports it:
-/// a line when it starts, then the report (one at a time; 409 while one
-/// runs).
+/// directory against the anchors, streamed as it goes: a line when it
+/// starts, one per segment walked, then the report as `auditlb verify
+/// --json` gives it (one at a time; 409 while one runs).
 fn full_verify(admin: &Admin) -> Response<Body> {
     let Ok(permit) = admin.verifying.clone().try_acquire_owned() else {
         return text(409, "a verification is already running\n");
@@ -570,7 +570,24 @@ fn full_verify(admin: &Admin) -> Response<Body> {
             crate::journal::verify::json_str(&dir.display().to_string())
         );
         let _ = w.flush();
-        let line = match crate::journal::verify::verify(&dir, anchors.as_deref(), None) {
+        // A line per segment walked, as it goes; the report at the end.
+        let mut progress = |seg: &std::path::Path, rep: &crate::journal::verify::Report| {
+            let _ = writeln!(
+                w,
+                "{{\"segment\":{},\"records\":{},\"frames\":{}}}",
+                crate::journal::verify::json_str(&seg.display().to_string()),
+                rep.records,
+                rep.frames
+            );
+            let _ = w.flush();
+        };
+        let result = crate::journal::verify::verify_with_progress(
+            &dir,
+            anchors.as_deref(),
+            None,
+            &mut progress,
+        );
+        let line = match result {
             Ok(report) => report.json(),
             Err(e) => format!(
                 "{{\"error\":{}}}",

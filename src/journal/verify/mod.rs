@@ -155,6 +155,17 @@ pub fn verify(
     anchors: Option<&Path>,
     key: Option<&Hash>,
 ) -> Result<Report, VerifyError> {
+    verify_with_progress(journal, anchors, key, &mut |_, _| {})
+}
+
+/// [`verify`], telling `progress` after each segment walked (its path and
+/// the report so far).
+pub fn verify_with_progress(
+    journal: &Path,
+    anchors: Option<&Path>,
+    key: Option<&Hash>,
+    progress: &mut dyn FnMut(&Path, &Report),
+) -> Result<Report, VerifyError> {
     let segments = list_entries(journal).map_err(|source| VerifyError::Io {
         path: journal.to_owned(),
         source,
@@ -174,6 +185,7 @@ pub fn verify(
         segments.iter().map(Source::local).collect(),
         anchors,
         key,
+        progress,
     )
 }
 
@@ -185,9 +197,10 @@ pub fn verify_sources(
     sources: Vec<Source>,
     anchors: Option<(PathBuf, Anchors)>,
     key: Option<&Hash>,
+    progress: &mut dyn FnMut(&Path, &Report),
 ) -> Result<Report, VerifyError> {
     let boundary = find_boundary(&sources);
-    verify_sources_from(journal, sources, anchors, key, boundary)
+    verify_sources_from(journal, sources, anchors, key, boundary, progress)
 }
 
 /// [`verify_sources`] with the PRUNE record a pruned start rests on
@@ -198,6 +211,7 @@ pub fn verify_sources_from(
     anchors: Option<(PathBuf, Anchors)>,
     key: Option<&Hash>,
     mut boundary: Option<Boundary>,
+    progress: &mut dyn FnMut(&Path, &Report),
 ) -> Result<Report, VerifyError> {
     // With anchors, a boundary their `p1` lines do not state is none at
     // all: found before the walk, so its epochs never drive key derivation.
@@ -262,7 +276,9 @@ pub fn verify_sources_from(
             None
         };
         let bytes = mapped.as_ref().map_or(&[][..], Mapped::bytes);
-        if walker.segment(info, bytes, k + 1 == n) == Step::Stop {
+        let step = walker.segment(info, bytes, k + 1 == n);
+        progress(&label, &walker.rep);
+        if step == Step::Stop {
             break;
         }
         // Only the custodian uses them: not kept for a whole journal.
