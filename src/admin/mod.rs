@@ -58,6 +58,10 @@ const CHUNKS_QUEUED: usize = 4;
 /// A stream whose reader takes nothing for this long is cut (its
 /// connection slot and thread go back).
 const STALL: Duration = Duration::from_secs(60);
+/// `/journal/records` streams at once: each reads the open segment into
+/// memory (at most `segment-size`; the writer may cut a failed write off
+/// its end, so it is not mapped).
+pub const MAX_RECORD_STREAMS: usize = 2;
 /// How long an admin request waits for its ADMIN record to be taken.
 pub const RECORD_WAIT: Duration = Duration::from_secs(2);
 
@@ -92,6 +96,10 @@ pub struct Admin {
     refusals: LogLimiter,
     /// One fresh verification (`/journal/verify?full=1`) at a time.
     verifying: Arc<Semaphore>,
+    /// Journal record streams at once (each holds the open segment).
+    streams: Arc<Semaphore>,
+    /// Refusals a full writer queue kept out, for the next record.
+    unrecorded: std::sync::atomic::AtomicU64,
 }
 
 impl Admin {
@@ -115,6 +123,8 @@ impl Admin {
             anchors,
             refusals: LogLimiter::new(REFUSALS_RECORDED, Duration::from_secs(10)),
             verifying: Arc::new(Semaphore::new(1)),
+            streams: Arc::new(Semaphore::new(MAX_RECORD_STREAMS)),
+            unrecorded: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -461,6 +471,11 @@ fn refused(admin: &Admin, who: &str, action: &str, code: u16) {
     let Some(skipped) = admin.refusals.allow() else {
         return;
     };
+    // Refusals a full queue kept out count as not recorded too.
+    let skipped = skipped
+        + admin
+            .unrecorded
+            .swap(0, std::sync::atomic::Ordering::Relaxed);
     let outcome = match skipped {
         0 => format!("{code} refused"),
         n => format!("{code} refused ({n} refusals before it not recorded)"),
@@ -469,12 +484,19 @@ fn refused(admin: &Admin, who: &str, action: &str, code: u16) {
     let Some(tx) = admin.ingress.upgrade() else {
         return;
     };
-    let _ = tx.try_send(Ingress::Admin(Box::new(AdminAction {
-        who: who.to_owned(),
-        role: String::new(),
-        action: action.to_owned(),
-        outcome,
-    })));
+    if tx
+        .try_send(Ingress::Admin(Box::new(AdminAction {
+            who: who.to_owned(),
+            role: String::new(),
+            action: action.to_owned(),
+            outcome,
+        })))
+        .is_err()
+    {
+        admin
+            .unrecorded
+            .fetch_add(1 + skipped, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `POST /reload`: recorded when it starts; the reload and the record of
@@ -571,15 +593,19 @@ fn full_verify(admin: &Admin) -> Response<Body> {
         );
         let _ = w.flush();
         // A line per segment walked, as it goes; the report at the end.
+        // A reader that left (or stalled) stops the walk.
+        let mut gone = false;
         let mut progress = |seg: &std::path::Path, rep: &crate::journal::verify::Report| {
-            let _ = writeln!(
+            let r = writeln!(
                 w,
                 "{{\"segment\":{},\"records\":{},\"frames\":{}}}",
                 crate::journal::verify::json_str(&seg.display().to_string()),
                 rep.records,
                 rep.frames
-            );
-            let _ = w.flush();
+            )
+            .and_then(|()| w.flush());
+            gone = r.is_err();
+            !gone
         };
         let result = crate::journal::verify::verify_with_progress(
             &dir,
@@ -594,8 +620,10 @@ fn full_verify(admin: &Admin) -> Response<Body> {
                 crate::journal::verify::json_str(&e.to_string())
             ),
         };
-        let _ = writeln!(w, "{line}");
-        let _ = w.flush();
+        if gone || writeln!(w, "{line}").and_then(|()| w.flush()).is_err() {
+            // Cut short: the body ends with an error, never looking whole.
+            w.fail();
+        }
     });
     let mut r = Response::new(body);
     r.headers_mut().insert(
@@ -710,9 +738,16 @@ fn records(admin: &Admin, q: &[(String, String)]) -> Response<Body> {
             _ => return text(400, format!("unknown parameter {k:?} (from, to)\n")),
         }
     }
+    let Ok(permit) = admin.streams.clone().try_acquire_owned() else {
+        return text(
+            409,
+            format!("{MAX_RECORD_STREAMS} journal streams are already running\n"),
+        );
+    };
     let (mut w, body) = channel_body();
     let dir = admin.journal_dir.clone();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let r = cat(&dir, from, to, Format::Jsonl, &mut w).and_then(|_| {
             use std::io::Write;
             w.flush()

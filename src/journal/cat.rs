@@ -83,13 +83,17 @@ pub fn cat(
     };
     let mut n = 0;
     let segments = list_segments(dir)?;
-    for seg in &segments {
-        // Mapped, not read into memory (the admin endpoint streams this
-        // from a running journal: memory must not follow the segment
-        // size). The newest may be growing: mapped up to its length now,
-        // and the writer only appends; a record cut at that length ends
-        // the walk as it would a read.
-        let mapped = Mapped::map(&seg.path)?;
+    let newest = segments.len().saturating_sub(1);
+    for (k, seg) in segments.iter().enumerate() {
+        // Closed segments are mapped (never cut while auditlb runs), so
+        // memory does not follow their size. The newest is read: a live
+        // writer may cut a failed write off its end (and recovery a torn
+        // tail), which a mapping would meet as SIGBUS.
+        let mapped = if k == newest {
+            Mapped::open(&seg.path)?
+        } else {
+            Mapped::map(&seg.path)?
+        };
         // CONNECTION records of this segment, as JSON, by seq (a segment
         // holds the CONNECTION record of every frame in it that refers to
         // one, so this is bounded by one segment).
@@ -151,8 +155,15 @@ fn write_raw_line(out: &mut dyn Write, frame: &[u8]) -> io::Result<()> {
 /// Every (start, end, backend) range of DELIVERY records, sorted.
 fn delivered_ranges(dir: &Path) -> io::Result<Vec<(u64, u64, String)>> {
     let mut out = Vec::new();
-    for seg in list_segments(dir)? {
-        let mapped = Mapped::map(&seg.path)?;
+    let segments = list_segments(dir)?;
+    let newest = segments.len().saturating_sub(1);
+    for (k, seg) in segments.iter().enumerate() {
+        // As in `cat`: the newest read, the others mapped.
+        let mapped = if k == newest {
+            Mapped::open(&seg.path)?
+        } else {
+            Mapped::map(&seg.path)?
+        };
         for (_, r) in Records::new(mapped.bytes()).map_while(Result::ok) {
             if r.kind() != Some(RecordType::Delivery) || r.flags & flags::RANGES == 0 {
                 continue;

@@ -180,10 +180,12 @@ impl Mapped {
             });
         }
         // SAFETY: a fresh read-only private mapping of an open regular
-        // file, checked below and unmapped in Drop, of its length now. The
-        // running writer only appends to a segment (never truncates or
-        // rewrites what it wrote; recovery cuts torn tails before anything
-        // reads); retention unlinks, which leaves a mapping valid.
+        // file, checked below and unmapped in Drop, of its length now.
+        // Callers map only segments nobody cuts while they read: closed
+        // ones (the writer cuts only its open segment, after a failed
+        // write; recovery only the newest, at start-up), or any at start-up
+        // before this process writes; retention unlinks, which leaves a
+        // mapping valid.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),

@@ -155,16 +155,17 @@ pub fn verify(
     anchors: Option<&Path>,
     key: Option<&Hash>,
 ) -> Result<Report, VerifyError> {
-    verify_with_progress(journal, anchors, key, &mut |_, _| {})
+    verify_with_progress(journal, anchors, key, &mut |_, _| true)
 }
 
 /// [`verify`], telling `progress` after each segment walked (its path and
-/// the report so far).
+/// the report so far); the walk stops early when it answers false (the
+/// report then covers what was walked).
 pub fn verify_with_progress(
     journal: &Path,
     anchors: Option<&Path>,
     key: Option<&Hash>,
-    progress: &mut dyn FnMut(&Path, &Report),
+    progress: &mut dyn FnMut(&Path, &Report) -> bool,
 ) -> Result<Report, VerifyError> {
     let segments = list_entries(journal).map_err(|source| VerifyError::Io {
         path: journal.to_owned(),
@@ -197,7 +198,7 @@ pub fn verify_sources(
     sources: Vec<Source>,
     anchors: Option<(PathBuf, Anchors)>,
     key: Option<&Hash>,
-    progress: &mut dyn FnMut(&Path, &Report),
+    progress: &mut dyn FnMut(&Path, &Report) -> bool,
 ) -> Result<Report, VerifyError> {
     let boundary = find_boundary(&sources);
     verify_sources_from(journal, sources, anchors, key, boundary, progress)
@@ -211,7 +212,7 @@ pub fn verify_sources_from(
     anchors: Option<(PathBuf, Anchors)>,
     key: Option<&Hash>,
     mut boundary: Option<Boundary>,
-    progress: &mut dyn FnMut(&Path, &Report),
+    progress: &mut dyn FnMut(&Path, &Report) -> bool,
 ) -> Result<Report, VerifyError> {
     // With anchors, a boundary their `p1` lines do not state is none at
     // all: found before the walk, so its epochs never drive key derivation.
@@ -277,8 +278,8 @@ pub fn verify_sources_from(
         };
         let bytes = mapped.as_ref().map_or(&[][..], Mapped::bytes);
         let step = walker.segment(info, bytes, k + 1 == n);
-        progress(&label, &walker.rep);
-        if step == Step::Stop {
+        let go_on = progress(&label, &walker.rep);
+        if step == Step::Stop || !go_on {
             break;
         }
         // Only the custodian uses them: not kept for a whole journal.
