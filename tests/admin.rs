@@ -86,20 +86,8 @@ fn start(cfg: &TestConfig, admin: &str) -> (Proc, Log, SocketAddr, std::path::Pa
     let path = cfg.dir().join("auditlb.toml");
     std::fs::write(&path, format!("{admin}\n{}", cfg.toml())).unwrap();
     let (proc, log) = spawn_auditlb_env(&path, &[]);
-    let mut addr = None;
-    until(
-        20,
-        || format!("no admin endpoint logged:\n{}", log.lines().join("\n")),
-        || {
-            addr = log
-                .lines()
-                .iter()
-                .filter(|l| l.contains("admin endpoint"))
-                .find_map(|l| l.split("address=").nth(1)?.split(' ').next()?.parse().ok());
-            addr.is_some()
-        },
-    );
-    (proc, log, addr.unwrap(), path)
+    let addr = log.wait_addr("admin endpoint", None);
+    (proc, log, addr, path)
 }
 
 fn admin_records(journal: &Path) -> Vec<String> {
@@ -176,22 +164,7 @@ who = ["token-sha256:{}"]
         assert!(status.contains(want), "{want} not in /status: {status}");
     }
     // Frames, then the journal as the auditor reads it.
-    let listener = log
-        .lines()
-        .iter()
-        .find_map(|l| {
-            l.contains("listening")
-                .then(|| {
-                    l.split("address=")
-                        .nth(1)?
-                        .split(' ')
-                        .next()?
-                        .parse::<SocketAddr>()
-                        .ok()
-                })
-                .flatten()
-        })
-        .unwrap();
+    let listener = log.wait_addr("listening", None);
     let mut c = TcpStream::connect(listener).unwrap();
     for i in 0..500 {
         writeln!(c, "<13>1 - h app - - - admin test id={i}").unwrap();
@@ -420,22 +393,7 @@ who = ["token-sha256:{}"]
         sha_hex("a")
     );
     let (mut proc, log, addr, _) = start(&cfg, &admin);
-    let listener = log
-        .lines()
-        .iter()
-        .find_map(|l| {
-            l.contains("listening")
-                .then(|| {
-                    l.split("address=")
-                        .nth(1)?
-                        .split(' ')
-                        .next()?
-                        .parse::<SocketAddr>()
-                        .ok()
-                })
-                .flatten()
-        })
-        .unwrap();
+    let listener = log.wait_addr("listening", None);
     // 300,000 frames of about 300 bytes (the backend is down: they stay).
     let gen = std::process::Command::new(env!("CARGO_BIN_EXE_auditlb-load"))
         .args([
@@ -557,22 +515,7 @@ who = ["token-sha256:{}"]
         || log.lines().iter().any(|l| l.contains("config reloaded")),
     );
     // Fill the journal: the backend is down, the budget small.
-    let listener = log
-        .lines()
-        .iter()
-        .find_map(|l| {
-            l.contains("listening")
-                .then(|| {
-                    l.split("address=")
-                        .nth(1)?
-                        .split(' ')
-                        .next()?
-                        .parse::<SocketAddr>()
-                        .ok()
-                })
-                .flatten()
-        })
-        .unwrap();
+    let listener = log.wait_addr("listening", None);
     let mut c = TcpStream::connect(listener).unwrap();
     c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let line = format!("<13>1 - h app - - - {} fill\n", "x".repeat(400));

@@ -85,15 +85,7 @@ pub fn cat(
     let segments = list_segments(dir)?;
     let newest = segments.len().saturating_sub(1);
     for (k, seg) in segments.iter().enumerate() {
-        // Closed segments are mapped (never cut while auditlb runs), so
-        // memory does not follow their size. The newest is read: a live
-        // writer may cut a failed write off its end (and recovery a torn
-        // tail), which a mapping would meet as SIGBUS.
-        let mapped = if k == newest {
-            Mapped::open(&seg.path)?
-        } else {
-            Mapped::map(&seg.path)?
-        };
+        let mapped = open_segment(&seg.path, k == newest)?;
         // CONNECTION records of this segment, as JSON, by seq (a segment
         // holds the CONNECTION record of every frame in it that refers to
         // one, so this is bounded by one segment).
@@ -152,18 +144,25 @@ fn write_raw_line(out: &mut dyn Write, frame: &[u8]) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
+/// A segment to read through: closed segments are mapped (nothing cuts
+/// them while auditlb runs), so memory does not follow their size; the
+/// newest is read whole, since a live writer may cut a failed write off its
+/// end (and recovery a torn tail), which a mapping would meet as SIGBUS.
+fn open_segment(path: &Path, newest: bool) -> io::Result<Mapped> {
+    if newest {
+        Mapped::open(path)
+    } else {
+        Mapped::map(path)
+    }
+}
+
 /// Every (start, end, backend) range of DELIVERY records, sorted.
 fn delivered_ranges(dir: &Path) -> io::Result<Vec<(u64, u64, String)>> {
     let mut out = Vec::new();
     let segments = list_segments(dir)?;
     let newest = segments.len().saturating_sub(1);
     for (k, seg) in segments.iter().enumerate() {
-        // As in `cat`: the newest read, the others mapped.
-        let mapped = if k == newest {
-            Mapped::open(&seg.path)?
-        } else {
-            Mapped::map(&seg.path)?
-        };
+        let mapped = open_segment(&seg.path, k == newest)?;
         for (_, r) in Records::new(mapped.bytes()).map_while(Result::ok) {
             if r.kind() != Some(RecordType::Delivery) || r.flags & flags::RANGES == 0 {
                 continue;
