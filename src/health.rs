@@ -120,59 +120,41 @@ impl HealthCheck for RelpOpen {
     }
 }
 
-/// `open`, its answer, `close`, its answer.
-async fn relp_probe<S>(mut s: S) -> Result<(), String>
+/// `open`, its answer, `close`, its answer: the same exchange a RELP
+/// pool's connection opens with.
+async fn relp_probe<S>(s: S) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use crate::relp;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::upstream::relp::{check_open, exchange};
+    let (mut rd, mut wr) = tokio::io::split(s);
     let mut dec = relp::Decoder::new(64 * 1024);
     let mut buf = bytes::BytesMut::new();
-    for (txnr, command, data) in [(1, "open", relp::offers()), (2, "close", Vec::new())] {
-        let mut out = Vec::new();
-        relp::encode(txnr, command, &data, &mut out);
-        s.write_all(&out)
-            .await
-            .map_err(|e| format!("health check: RELP {command}: {e}"))?;
-        s.flush()
-            .await
-            .map_err(|e| format!("health check: RELP {command}: {e}"))?;
-        let f = loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(f)) => break f,
-                Ok(None) => {}
-                Err(e) => return Err(format!("health check: not RELP: {e}")),
-            }
-            match s.read_buf(&mut buf).await {
-                Ok(0) => {
-                    return Err(format!(
-                        "health check: connection closed after RELP {command}"
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(format!("health check: RELP {command}: {e}")),
-            }
-        };
-        if f.command != relp::Command::Rsp || f.txnr != txnr {
-            return Err(format!("health check: no RELP answer to {command}"));
-        }
-        if command == "close" {
-            // librelp answers `close` with an empty rsp, then serverclose.
-            break;
-        }
-        let rsp = relp::parse_rsp(&f.data)
-            .ok_or_else(|| format!("health check: RELP answer to {command} has no status"))?;
-        if !rsp.ok() {
-            return Err(format!(
-                "health check: RELP {command} refused: {} {}",
-                rsp.code,
-                String::from_utf8_lossy(rsp.text)
-            ));
-        }
-        if command == "open" && !relp::offers_syslog(rsp.cmd_data) {
-            return Err("health check: the RELP server does not offer the syslog command".into());
-        }
+    let step = |command: &'static str, f: std::io::Result<relp::Frame>| {
+        f.map_err(|e| format!("health check: RELP {command}: {e}"))
+    };
+    let f = step(
+        "open",
+        exchange(
+            &mut rd,
+            &mut wr,
+            &mut dec,
+            &mut buf,
+            1,
+            "open",
+            &relp::offers(),
+        )
+        .await,
+    )?;
+    check_open(&f).map_err(|e| format!("health check: {e}"))?;
+    let f = step(
+        "close",
+        exchange(&mut rd, &mut wr, &mut dec, &mut buf, 2, "close", b"").await,
+    )?;
+    // librelp answers `close` with an empty rsp, then serverclose.
+    if f.command != relp::Command::Rsp || f.txnr != 2 {
+        return Err("health check: no RELP answer to close".into());
     }
     Ok(())
 }

@@ -463,7 +463,8 @@ impl Metrics {
     }
 
     /// Sum of a metric family's samples whose labels include all of
-    /// `labels`. For tests (readiness reads its gauges directly).
+    /// `labels`: for tests, and the admin endpoint's `/status` and
+    /// `/journal/verify` (readiness reads its gauges directly).
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let mut total = 0.0;
         for fam in self.registry.gather() {

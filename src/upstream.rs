@@ -15,7 +15,7 @@
 //! ([`relp`]): a frame settles on the backend's `rsp 200`, so neither
 //! `SIOCOUTQ` nor a replay window is needed.
 
-mod relp;
+pub(crate) mod relp;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

@@ -416,15 +416,13 @@ impl State<'_> {
                     return Err(self.malformed("RELP: a second open".into()).await);
                 }
                 if !relp::offers_syslog(&f.data) {
-                    let mut out = Vec::new();
                     relp::encode_rsp(
                         f.txnr,
                         500,
                         "auditlb takes only the syslog command",
                         b"",
-                        &mut out,
+                        &mut self.out,
                     );
-                    self.out.extend_from_slice(&out);
                     s.metrics.relp_nack("command", 1);
                     return Err(self
                         .malformed("RELP: the client does not offer the syslog command".into())

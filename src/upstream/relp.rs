@@ -34,6 +34,57 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a closing connection waits for the answer to `close`.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// Sends one command and reads the next frame the server sends.
+pub(crate) async fn exchange<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    dec: &mut relp::Decoder,
+    buf: &mut BytesMut,
+    txnr: u32,
+    command: &str,
+    data: &[u8],
+) -> std::io::Result<relp::Frame>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    relp::encode(txnr, command, data, &mut out);
+    wr.write_all(&out).await?;
+    wr.flush().await?;
+    loop {
+        if let Some(f) = dec.decode(buf).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not RELP: {e}"))
+        })? {
+            return Ok(f);
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Whether `f` answers our `open` (txnr 1) with 200 and the `syslog`
+/// command; else why not.
+pub(crate) fn check_open(f: &relp::Frame) -> Result<(), String> {
+    let rsp = (f.command == Command::Rsp && f.txnr == 1)
+        .then(|| relp::parse_rsp(&f.data))
+        .flatten();
+    match rsp {
+        Some(r) if r.ok() && relp::offers_syslog(r.cmd_data) => Ok(()),
+        Some(r) if r.ok() => Err("the RELP server does not offer the syslog command".into()),
+        Some(r) => Err(format!(
+            "RELP open refused: {} {}",
+            r.code,
+            String::from_utf8_lossy(r.text)
+        )),
+        None => Err(format!(
+            "unexpected answer to RELP open: {}",
+            f.command.name()
+        )),
+    }
+}
+
 fn failed(reason: String) -> End {
     End::Failed {
         reason,
@@ -58,22 +109,12 @@ impl Upstream {
         let mut rbuf = BytesMut::with_capacity(4096);
         let mut out = Vec::new();
         // Open, within connect-timeout.
-        relp::encode(1, "open", &relp::offers(), &mut out);
         let limit = self.settings.connect_timeout;
-        let opened = tokio::time::timeout(limit, async {
-            wr.write_all(&out).await?;
-            wr.flush().await?;
-            loop {
-                if let Some(f) = dec.decode(&mut rbuf).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not RELP: {e}"))
-                })? {
-                    return Ok::<_, std::io::Error>(f);
-                }
-                if rd.read_buf(&mut rbuf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-        });
+        let offers = relp::offers();
+        let opened = tokio::time::timeout(
+            limit,
+            exchange(&mut rd, &mut wr, &mut dec, &mut rbuf, 1, "open", &offers),
+        );
         // Not ready for frames until the session is open.
         self.shared.connected.store(false, Ordering::Release);
         let f = tokio::select! {
@@ -84,28 +125,8 @@ impl Upstream {
                 Ok(Ok(f)) => f,
             },
         };
-        let rsp = (f.command == Command::Rsp && f.txnr == 1)
-            .then(|| relp::parse_rsp(&f.data))
-            .flatten();
-        match rsp {
-            Some(r) if r.ok() => {
-                if !relp::offers_syslog(r.cmd_data) {
-                    return failed("the RELP server does not offer the syslog command".into());
-                }
-            }
-            Some(r) => {
-                return failed(format!(
-                    "RELP open refused: {} {}",
-                    r.code,
-                    String::from_utf8_lossy(r.text)
-                ))
-            }
-            None => {
-                return failed(format!(
-                    "unexpected answer to RELP open: {}",
-                    f.command.name()
-                ))
-            }
+        if let Err(why) = check_open(&f) {
+            return failed(why);
         }
         tracing::debug!(backend = %self.backend.addr, "RELP session open");
         self.shared.connected.store(true, Ordering::Release);
